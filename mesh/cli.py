@@ -1,0 +1,38 @@
+"""The `meshserve` command: one entry point, one subcommand per process kind.
+
+Subcommands name their module by string and are imported only when chosen, so
+`meshserve runtime` never imports the router (and the import contracts hold).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "runtime": ("runtimes.server", "serve many models in one process (V2 gRPC + model-runtime SPI)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: meshserve <command> [options]", "", "commands:"]
+    lines += [f"  {name:<12} {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    lines += ["", "`meshserve <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"meshserve: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

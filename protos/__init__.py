@@ -1,0 +1,10 @@
+"""Protocol definitions: `.proto` sources and their generated Python modules.
+
+- `grpc_service.proto`, `model_config.proto`: KServe V2 inference with Triton's
+  extensions (package `inference`), wire-compatible with tritonclient.
+- `model_runtime.proto`: ModelMesh's model-runtime SPI (`mmesh.ModelRuntime`).
+- `model_mesh.proto`: ModelMesh's management API (`mmesh.ModelMesh`).
+
+Imports nothing from the other meshserve packages. Regenerate with
+`python -m protos.generate`; the generated modules are committed.
+"""

@@ -1,0 +1,15 @@
+"""The runtime server: many models in one process behind KServe V2 gRPC and
+ModelMesh's model-runtime SPI.
+
+Layers, from the pure core out:
+- `datatypes`, `model_type`, `sizes`, `errors`: pure definitions (numpy only).
+- `backends`: one class per model format (ONNX Runtime, PyTorch) behind `Backend`.
+- `model_manager`: the lifecycle of loaded models: capacity accounting, per-model
+  ordering of load/unload, in-flight tracking, concurrency limits.
+- `dataplane`: the V2 inference service (transport-free).
+- `converters`: every protobuf <-> domain mapping.
+- `grpc_servicers`, `server`: thin gRPC adapters and the process entry point.
+
+May import: `protos`, `puller`. Never imports `mesh` or `router`, so a
+ModelMesh-style runtime written by someone else plugs in the same way.
+"""

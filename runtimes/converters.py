@@ -1,0 +1,140 @@
+"""Every protobuf <-> domain mapping of the runtime, in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protos import grpc_service_pb2 as pb
+from protos import model_config_pb2 as config_pb
+from runtimes.backends import TensorSpec
+from runtimes.dataplane import InferInput, InferRequest, InferResponse, ModelSignature
+from runtimes.datatypes import decode_raw, element_count, encode_raw, numpy_dtype_of
+from runtimes.errors import InvalidInput
+from runtimes.model_manager import ModelEntry
+
+# Which InferTensorContents field carries each datatype when sent typed.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def parameter_value(param: pb.InferParameter):
+    choice = param.WhichOneof("parameter_choice")
+    return getattr(param, choice) if choice else None
+
+
+def set_parameter(param: pb.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = str(value)
+
+
+def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
+    """Decode the inputs (raw or typed) into arrays; InvalidInput for any malformed tensor."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input, in order, or none"
+        )
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        shape = list(tensor.shape)
+        if raw:
+            data = decode_raw(tensor.name, tensor.datatype, shape, raw[index])
+        else:
+            data = _decode_typed(tensor, shape)
+        inputs.append(InferInput(tensor.name, tensor.datatype, shape, data))
+    return InferRequest(
+        model_id=request.model_name,
+        inputs=inputs,
+        output_names=[o.name for o in request.outputs],
+        request_id=request.id,
+        parameters={k: parameter_value(v) for k, v in request.parameters.items()},
+    )
+
+
+def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int]) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape {shape} has a negative dimension")
+    dtype = numpy_dtype_of(datatype)
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': {datatype} has no typed contents; send it in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    expected = element_count(shape)
+    if len(values) != expected:
+        raise InvalidInput(f"input '{name}': {len(values)} values in contents.{field}, expected {expected} for shape {shape}")
+    if datatype == "BYTES":
+        array = np.empty(expected, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=dtype).reshape(shape)
+    except OverflowError:
+        raise InvalidInput(f"input '{name}': a value does not fit in {datatype}") from None
+
+
+def infer_response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
+    """Outputs always go raw: one raw_output_contents entry per output, in order."""
+    message = pb.ModelInferResponse(model_name=response.model_id, model_version="1", id=response.request_id)
+    for output in response.outputs:
+        message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        message.raw_output_contents.append(encode_raw(output.data))
+    return message
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+
+
+def metadata_to_proto(signature: ModelSignature) -> pb.ModelMetadataResponse:
+    return pb.ModelMetadataResponse(
+        name=signature.name,
+        versions=["1"],
+        platform=signature.platform,
+        inputs=[_tensor_metadata(s) for s in signature.inputs],
+        outputs=[_tensor_metadata(s) for s in signature.outputs],
+    )
+
+
+def _config_datatype(datatype: str) -> int:
+    name = "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}" if datatype else "TYPE_INVALID"
+    return config_pb.DataType.Value(name)
+
+
+def config_to_proto(signature: ModelSignature) -> pb.ModelConfigResponse:
+    """A ModelConfig with name, platform, inputs and outputs: what perf_analyzer reads.
+
+    max_batch_size is 0: the dims are the full shapes, batch dimension included.
+    """
+    backend = "onnxruntime" if signature.platform.startswith("onnx") else "pytorch"
+    config = config_pb.ModelConfig(name=signature.name, platform=signature.platform, backend=backend, max_batch_size=0)
+    for spec in signature.inputs:
+        config.input.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=list(spec.shape))
+    for spec in signature.outputs:
+        config.output.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=list(spec.shape))
+    return pb.ModelConfigResponse(config=config)
+
+
+def statistics_to_proto(entries: list[tuple[str, ModelEntry]]) -> pb.ModelStatisticsResponse:
+    response = pb.ModelStatisticsResponse()
+    for model_id, entry in entries:
+        stats = entry.stats
+        item = response.model_stats.add(
+            name=model_id, version="1", last_inference=stats.last_inference_ms,
+            inference_count=stats.inference_count, execution_count=stats.inference_count,
+        )
+        for name in ("success", "fail", "queue", "compute_infer"):
+            duration = getattr(stats, name)
+            target = getattr(item.inference_stats, name)
+            target.count, target.ns = duration.count, duration.ns
+    return response

@@ -1,0 +1,128 @@
+"""The V2 inference service, free of any transport.
+
+The gRPC servicer (and a REST handler, later) convert their messages with
+`converters`, call this service, and convert the reply. Checks of a request
+against the model's signature live here, so every transport gets the same
+INVALID_ARGUMENT messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtimes.backends import TensorSpec
+from runtimes.datatypes import v2_datatype_of
+from runtimes.errors import InvalidInput
+from runtimes.model_manager import ModelEntry, ModelManager, State
+
+SERVER_NAME = "meshserve"
+# Triton extension names for what this server really implements.
+EXTENSIONS = ("model_configuration", "statistics", "parameters", "binary_tensor_data")
+
+
+@dataclass
+class InferInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class InferRequest:
+    model_id: str
+    inputs: list[InferInput]
+    output_names: list[str] = field(default_factory=list)
+    request_id: str = ""
+    parameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class InferOutput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class InferResponse:
+    model_id: str
+    outputs: list[InferOutput]
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+def check_inputs(model_id: str, inputs: list[InferInput], specs: list[TensorSpec]) -> None:
+    """InvalidInput naming the input and what was expected, for the first mismatch."""
+    by_name = {spec.name: spec for spec in specs}
+    seen = set()
+    for tensor in inputs:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(f"model '{model_id}' has no input '{tensor.name}'; its inputs are {sorted(by_name)}")
+        if tensor.name in seen:
+            raise InvalidInput(f"input '{tensor.name}' is given twice")
+        seen.add(tensor.name)
+        if spec.datatype and tensor.datatype != spec.datatype:
+            raise InvalidInput(f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}")
+        if spec.shape and not _shape_matches(tensor.shape, spec.shape):
+            raise InvalidInput(f"input '{tensor.name}': shape {list(tensor.shape)}, expected {list(spec.shape)} (-1: any size)")
+    missing = [name for name in by_name if name not in seen]
+    if missing:
+        raise InvalidInput(f"model '{model_id}' needs inputs {missing} that the request does not give")
+
+
+def _shape_matches(shape: list[int], expected: tuple[int, ...]) -> bool:
+    return len(shape) == len(expected) and all(e < 0 or e == s for s, e in zip(shape, expected))
+
+
+class InferenceService:
+    """ModelInfer, metadata, readiness, config and statistics over a ModelManager."""
+
+    def __init__(self, manager: ModelManager, version: str) -> None:
+        self._manager = manager
+        self.version = version
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        return SERVER_NAME, self.version, EXTENSIONS
+
+    def model_ready(self, model_id: str) -> bool:
+        entry = self._manager.entries().get(model_id)
+        return entry is not None and entry.state is State.LOADED
+
+    def signature(self, model_id: str) -> ModelSignature:
+        model = self._manager.get(model_id).model
+        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs))
+
+    def statistics(self, model_id: str) -> list[tuple[str, ModelEntry]]:
+        if model_id:
+            return [(model_id, self._manager.get(model_id))]
+        return sorted((m, e) for m, e in self._manager.entries().items() if e.model is not None)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        entry = self._manager.get(request.model_id)
+        model = entry.model
+        check_inputs(request.model_id, request.inputs, model.inputs)
+        known_outputs = {spec.name for spec in model.outputs}
+        for name in request.output_names:
+            if known_outputs and name not in known_outputs:
+                raise InvalidInput(f"model '{request.model_id}' has no output '{name}'; its outputs are {sorted(known_outputs)}")
+        arrays = {tensor.name: tensor.data for tensor in request.inputs}
+        results = await self._manager.run(request.model_id, arrays, list(request.output_names))
+        outputs = [_output(name, array) for name, array in results.items()]
+        return InferResponse(request.model_id, outputs, request.request_id)
+
+
+def _output(name: str, array: np.ndarray) -> InferOutput:
+    array = np.asarray(array)
+    return InferOutput(name, v2_datatype_of(array), list(array.shape), array)

@@ -1,0 +1,282 @@
+"""The lifecycle of the models one runtime holds.
+
+Guarantees:
+- Capacity: the bytes of loaded models plus the reservations of loads in
+  progress never exceed `capacity_bytes`. A load reserves its predicted size
+  first; after loading, the measured size replaces it, and a model that turns
+  out not to fit is unloaded again and refused (CapacityExhausted). Deciding
+  what to evict belongs to the placement layer, not here.
+- Ordering: loads and unloads of one model id run one at a time, in order;
+  different ids run in parallel (up to `max_loading_concurrency` loads).
+- In flight: a model being unloaded takes no new requests, and its unload
+  waits for the requests already running.
+- Concurrency: each model runs at most `max_concurrency` requests at once;
+  `max_queue` more may wait; beyond that a request is refused at once (Busy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtimes.backends import BackendRegistry, Device, LoadedModel
+from runtimes.errors import (
+    Busy,
+    CapacityExhausted,
+    InvalidInput,
+    LoadFailed,
+    ModelNotFound,
+)
+from runtimes.model_type import parse_model_key, resolve_model_type
+from runtimes.sizes import disk_size, format_size
+from runtimes.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+
+class Artifacts(Protocol):
+    """Where model files come from (the puller): storage location -> local path."""
+
+    async def pull(self, model_id: str, model_path: str, model_key: str | None = None): ...
+
+    async def release(self, model_id: str) -> None: ...
+
+
+class LifecycleObserver(Protocol):
+    """Hooks for metrics: called after each load and unload."""
+
+    def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None: ...
+
+    def model_load_failed(self, model_id: str, seconds: float, reason: str) -> None: ...
+
+    def model_unloaded(self, model_id: str, seconds: float) -> None: ...
+
+
+class State(enum.Enum):
+    LOADING = "LOADING"
+    LOADED = "LOADED"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelEntry:
+    model_id: str
+    state: State
+    reserved_bytes: int
+    model: LoadedModel | None = None
+    stats: ModelStats = field(default_factory=ModelStats)
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    slots: asyncio.Semaphore | None = None
+    loaded: asyncio.Future | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    capacity_bytes: int
+    size_factor: float = 1.25
+    default_model_size: int = 1 << 20
+    max_concurrency: int = 8
+    max_queue: int = 256
+    max_loading_concurrency: int = 2
+    infer_threads: int = 4
+    device: Device = Device()
+
+
+class ModelManager:
+    """Owns every model this runtime holds; see the module docstring for guarantees."""
+
+    def __init__(self, config: ManagerConfig, backends: BackendRegistry, artifacts: Artifacts,
+                 observer: LifecycleObserver | None = None) -> None:
+        self.config = config
+        self._backends = backends
+        self._artifacts = artifacts
+        self._observer = observer
+        self._entries: dict[str, ModelEntry] = {}
+        self._order: dict[str, asyncio.Lock] = {}
+        self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
+        self._load_pool = ThreadPoolExecutor(config.max_loading_concurrency, thread_name_prefix="load")
+        self._infer_pool = ThreadPoolExecutor(config.infer_threads, thread_name_prefix="infer")
+
+    # -- accounting ---------------------------------------------------------
+    @property
+    def capacity_bytes(self) -> int:
+        return self.config.capacity_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held or reserved: loaded models plus loads in progress."""
+        return sum(e.reserved_bytes for e in self._entries.values())
+
+    def loaded_models(self) -> list[str]:
+        return sorted(m for m, e in self._entries.items() if e.state is State.LOADED)
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return dict(self._entries)
+
+    def get(self, model_id: str) -> ModelEntry:
+        """The loaded model's entry; ModelNotFound if it is absent, loading or unloading."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state is not State.LOADED:
+            detail = "is not loaded" if entry is None else f"is {entry.state.value.lower()}"
+            raise ModelNotFound(model_id, detail)
+        return entry
+
+    def size_of(self, model_id: str) -> int:
+        return self.get(model_id).reserved_bytes
+
+    def predict_size(self, model_type: str, model_path: str, model_key: str | None) -> int:
+        """Fast, conservative: local files times the size factor; else the key's disk size or a default."""
+        key = parse_model_key(model_key)
+        resolve_model_type(model_type, key)  # an unsupported type fails here, before any work
+        local = Path(model_path) if model_path and "://" not in model_path else None
+        if local is not None and local.exists():
+            on_disk = disk_size(local)
+        else:
+            on_disk = int(key.get("disk_size_bytes") or 0)
+        if not on_disk:
+            return self.config.default_model_size
+        return max(int(on_disk * self.config.size_factor), 1)
+
+    # -- lifecycle ----------------------------------------------------------
+    def _lock(self, model_id: str) -> asyncio.Lock:
+        return self._order.setdefault(model_id, asyncio.Lock())
+
+    async def load(self, model_id: str, model_type: str, model_path: str, model_key: str | None = None) -> int:
+        """Load a model and return its measured size; at once if it is already loaded."""
+        if not model_id:
+            raise InvalidInput("modelId is empty")
+        async with self._lock(model_id):
+            entry = self._entries.get(model_id)
+            if entry is not None and entry.state is State.LOADED:
+                return entry.reserved_bytes
+            key = parse_model_key(model_key)
+            wanted = resolve_model_type(model_type, key)
+            predicted = self.predict_size(model_type, model_path, model_key)
+            self._reserve(model_id, predicted)
+            started = time.perf_counter()
+            try:
+                async with self._load_slots:
+                    model, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
+                self._settle(model_id, model, on_disk)
+            except BaseException as error:
+                self._entries.pop(model_id, None)
+                if self._observer:
+                    self._observer.model_load_failed(model_id, time.perf_counter() - started, type(error).__name__)
+                raise
+            entry = self._entries[model_id]
+            if self._observer:
+                self._observer.model_loaded(model_id, time.perf_counter() - started, entry.reserved_bytes)
+            log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), time.perf_counter() - started)
+            return entry.reserved_bytes
+
+    def _reserve(self, model_id: str, size: int) -> None:
+        free = self.capacity_bytes - self.used_bytes
+        if size > free:
+            raise CapacityExhausted(
+                f"cannot load '{model_id}': needs {format_size(size)}, {format_size(max(free, 0))} free "
+                f"of {format_size(self.capacity_bytes)}"
+            )
+        self._entries[model_id] = ModelEntry(model_id, State.LOADING, size)
+
+    async def _fetch_and_load(self, model_id: str, model_type: str, model_path: str,
+                              model_key: str | None) -> tuple[LoadedModel, int]:
+        """The loaded model and the bytes its files take on disk."""
+        pulled = await self._pull(model_id, model_path, model_key)
+        backend, model_file = self._backends.select(model_type, Path(pulled.local_path))
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self._load_pool, backend.load, model_file, self.config.device)
+        return model, disk_size(model_file)
+
+    async def _pull(self, model_id: str, model_path: str, model_key: str | None):
+        from puller.errors import InvalidStorageUri, PullError, UnsafePath
+
+        try:
+            return await self._artifacts.pull(model_id, model_path, model_key)
+        except (InvalidStorageUri, UnsafePath) as error:
+            raise InvalidInput(str(error)) from error
+        except PullError as error:
+            raise LoadFailed(f"cannot fetch '{model_id}': {error}", retryable=error.retryable) from error
+
+    def _settle(self, model_id: str, model: LoadedModel, on_disk: int) -> None:
+        """Swap the reservation for the measured size, or refuse a model that does not fit.
+
+        A backend that cannot measure (size 0) is charged its bytes on disk times the size factor.
+        """
+        entry = self._entries[model_id]
+        measured = model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
+        others = self.used_bytes - entry.reserved_bytes
+        if others + measured > self.capacity_bytes:
+            model.unload()
+            raise CapacityExhausted(
+                f"'{model_id}' measured {format_size(measured)} after loading (predicted "
+                f"{format_size(entry.reserved_bytes)}); it does not fit, so it was unloaded again"
+            )
+        entry.model = model
+        entry.reserved_bytes = measured
+        entry.slots = asyncio.Semaphore(self.config.max_concurrency)
+        entry.state = State.LOADED
+
+    async def unload(self, model_id: str) -> None:
+        """Unload a model once its requests in flight finish; at once if unknown."""
+        async with self._lock(model_id):
+            entry = self._entries.get(model_id)
+            if entry is None:
+                return
+            entry.state = State.UNLOADING
+            started = time.perf_counter()
+            await entry.idle.wait()
+            model, entry.model = entry.model, None
+            if model is not None:
+                await asyncio.get_running_loop().run_in_executor(self._load_pool, model.unload)
+            del self._entries[model_id]
+            await self._artifacts.release(model_id)
+            if self._observer:
+                self._observer.model_unloaded(model_id, time.perf_counter() - started)
+            log.info("unloaded %s", model_id)
+        if not self._lock(model_id).locked() and model_id not in self._entries:
+            self._order.pop(model_id, None)
+
+    async def unload_all(self) -> None:
+        await asyncio.gather(*(self.unload(m) for m in list(self._entries)))
+
+    # -- requests -----------------------------------------------------------
+    async def run(self, model_id: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        """Run one request on a loaded model, honouring its concurrency limit."""
+        entry = self.get(model_id)
+        if entry.in_flight >= self.config.max_concurrency + self.config.max_queue:
+            raise Busy(f"model '{model_id}' has {entry.in_flight} requests in flight or queued; retry later")
+        entry.in_flight += 1
+        entry.idle.clear()
+        queued_at = time.perf_counter_ns()
+        try:
+            async with entry.slots:
+                started = time.perf_counter_ns()
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._infer_pool, entry.model.infer, inputs, output_names)
+            entry.stats.record_success(queued_at, started, time.perf_counter_ns())
+            return outputs
+        except BaseException:
+            entry.stats.record_failure(queued_at, time.perf_counter_ns())
+            raise
+        finally:
+            entry.in_flight -= 1
+            if entry.in_flight == 0:
+                entry.idle.set()
+
+    async def close(self) -> None:
+        await self.unload_all()
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+

@@ -1,0 +1,176 @@
+"""The runtime process: `meshserve runtime`.
+
+Serves inference.GRPCInferenceService and mmesh.ModelRuntime on one gRPC port,
+and Prometheus metrics on another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from importlib import metadata
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from protos import grpc_service_pb2_grpc, model_runtime_pb2_grpc
+from puller import Puller
+from runtimes.backends import BackendRegistry, Device
+from runtimes.dataplane import InferenceService
+from runtimes.grpc_servicers import InferenceServicer, ModelRuntimeServicer
+from runtimes.metrics import RuntimeMetrics
+from runtimes.model_manager import ManagerConfig, ModelManager
+from runtimes.settings import RuntimeSettings
+from runtimes.sizes import container_memory_limit, format_size
+
+log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    try:
+        return metadata.version("meshserve")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def resolve_device(setting: str) -> Device:
+    if setting == "cpu":
+        return Device("cpu")
+    if setting == "cuda" or _gpu_visible():
+        return Device("cuda", 0)
+    return Device("cpu")
+
+
+def _gpu_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return torch.cuda.is_available()
+
+
+def resolve_capacity(settings: RuntimeSettings, device: Device) -> int:
+    """The flag's value, or the memory models may use (GPU memory on a GPU) minus the buffer."""
+    if settings.capacity is not None:
+        return settings.capacity
+    total = container_memory_limit()
+    if device.is_gpu:
+        try:
+            import torch
+
+            total = torch.cuda.mem_get_info(device.index)[1]
+        except (ImportError, RuntimeError):
+            log.warning("cannot read GPU memory; capacity comes from host memory")
+    return max(total - settings.capacity_buffer, 0)
+
+
+@dataclass
+class RunningRuntime:
+    """A started runtime; `stop` drains it."""
+
+    server: grpc.aio.Server
+    manager: ModelManager
+    port: int
+    metrics_port: int | None
+    ready: asyncio.Event
+    _metrics_http: object | None = None
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.ready.clear()
+        await self.server.stop(grace)
+        await self.manager.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+
+
+async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry | None = None) -> RunningRuntime:
+    """Start serving; returns once the port is bound and the runtime reports READY."""
+    device = resolve_device(settings.device)
+    capacity = resolve_capacity(settings, device)
+    config = ManagerConfig(
+        capacity_bytes=capacity,
+        size_factor=settings.size_factor,
+        default_model_size=settings.default_model_size,
+        max_concurrency=settings.max_concurrency,
+        max_queue=settings.max_queue,
+        max_loading_concurrency=settings.max_loading_concurrency,
+        infer_threads=settings.infer_threads,
+        device=device,
+    )
+    registry = registry or CollectorRegistry()
+    metrics = RuntimeMetrics(registry)
+    puller = Puller(settings.models_dir, storage_config_dir=settings.storage_config_dir,
+                    disk_budget_bytes=settings.disk_budget)
+    manager = ModelManager(config, BackendRegistry.default(settings.threads_per_model), puller, observer=metrics)
+    metrics.watch(manager)
+    ready = asyncio.Event()
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(InferenceService(manager, version()), manager, metrics, ready), server)
+    model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(
+        ModelRuntimeServicer(manager, ready, version(), settings.model_loading_timeout_ms), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: the port is taken or the address is wrong")
+    await server.start()
+    metrics_http, metrics_port = None, None
+    if settings.metrics_port:
+        metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        metrics_port = metrics_http.server_port
+    # A fresh process holds nothing, so it is READY at once (ModelMesh: purge before READY).
+    ready.set()
+    log.info("runtime listening on %s:%d, capacity %s on %s, metrics on %s",
+             settings.host, port, format_size(capacity), device.kind, metrics_port or "off")
+    return RunningRuntime(server, manager, port, metrics_port, ready, metrics_http)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshserve runtime", description="Serve many models in one process.")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--capacity", help="bytes of models to hold, e.g. 2GiB (default: memory limit minus buffer)")
+    parser.add_argument("--models-dir", help="local model cache folder")
+    parser.add_argument("--storage-config-dir", help="folder of storage credential JSON files")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-concurrency", type=int)
+    parser.add_argument("--log-level")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
+    """Flags given on the command line override MESHSERVE_* variables and defaults."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return RuntimeSettings(**given)
+
+
+async def serve(settings: RuntimeSettings) -> None:
+    running = await start_runtime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining requests in flight")
+    await running.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        raise SystemExit(f"meshserve runtime: {error}") from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0

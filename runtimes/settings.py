@@ -1,0 +1,46 @@
+"""Settings of one runtime process: CLI flags override MESHSERVE_* variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtimes.sizes import parse_size
+
+
+class RuntimeSettings(BaseSettings):
+    """Every default is written here once; docs/configuration.md lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(8085, description="gRPC port for V2 inference and the model-runtime SPI (ModelMesh's runtime port).")
+    metrics_port: int = Field(2112, description="Prometheus /metrics port; 0 turns it off.")
+    capacity: int | None = Field(
+        None, description="Bytes of models this runtime may hold (e.g. 2GiB); unset: the container's memory limit "
+        "(GPU memory on a GPU) minus capacity_buffer."
+    )
+    capacity_buffer: int = Field(256 << 20, description="Bytes kept free for the process itself when capacity is derived (ModelMesh's 256MiB).")
+    models_dir: Path = Field(Path("/tmp/meshserve/models"), description="Local cache the puller writes model files to.")
+    storage_config_dir: Path | None = Field(None, description="Folder of storage credentials, one JSON file per key (ModelMesh's storage-config Secret).")
+    disk_budget: int | None = Field(None, description="Bytes the model cache may use on disk; unset: no limit.")
+    size_factor: float = Field(1.25, description="Predicted in-memory size = bytes on disk times this, before a model is loaded.")
+    default_model_size: int = Field(1 << 20, description="Predicted size when nothing is known of a model's files (bytes).")
+    max_concurrency: int = Field(8, description="Requests one model runs at once; more wait in its queue.")
+    max_queue: int = Field(256, description="Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.")
+    max_loading_concurrency: int = Field(2, description="Loads that run at once.")
+    model_loading_timeout_ms: int = Field(90_000, description="Time the placement layer allows a load (reported in runtimeStatus).")
+    infer_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), description="Worker threads running inference.")
+    threads_per_model: int = Field(1, description="Intra-op threads of each model (ONNX Runtime session, torch).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run: auto picks cuda when a GPU is visible.")
+    max_message_bytes: int = Field(64 << 20, description="Largest gRPC message accepted or sent.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("capacity", "capacity_buffer", "disk_budget", "default_model_size", "max_message_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value):
+        return None if value is None or value == "" else parse_size(value)

@@ -1,0 +1,41 @@
+"""Per-model inference statistics, as Triton's ModelStatistics reports them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+
+@dataclass
+class ModelStats:
+    """Cumulative counts and durations since the model was loaded."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    last_inference_ms: int = 0
+
+    @property
+    def inference_count(self) -> int:
+        return self.success.count
+
+    def record_success(self, queued_ns: int, started_ns: int, finished_ns: int) -> None:
+        self.success.add(finished_ns - queued_ns)
+        self.queue.add(started_ns - queued_ns)
+        self.compute_infer.add(finished_ns - started_ns)
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def record_failure(self, queued_ns: int, finished_ns: int) -> None:
+        self.fail.add(finished_ns - queued_ns)
+        self.last_inference_ms = int(time.time() * 1000)

@@ -1,0 +1,86 @@
+"""Real models built in the test: ONNX graphs with onnx.helper, torch modules saved for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# V2 datatype -> ONNX element type, for identity models of every datatype.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BF16": TensorProto.BFLOAT16, "BYTES": TensorProto.STRING,
+}
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def identity_onnx(path: Path, datatype: str, shape=(None, 3)) -> Path:
+    """OUT = IN for one V2 datatype."""
+    elem = ONNX_TYPES[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["IN"], ["OUT"])], "identity",
+        [helper.make_tensor_value_info("IN", elem, list(shape))],
+        [helper.make_tensor_value_info("OUT", elem, list(shape))],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def add_onnx(path: Path, width: int = 4, offset: float = 1.0, weights: int = 0) -> Path:
+    """y = x + offset (FP32 [-1, width]), and a second output z = x * 2.
+
+    `weights` adds an unused-looking but real initializer of that many floats,
+    to give the model a size on disk.
+    """
+    nodes = [
+        helper.make_node("Add", ["x", "offset"], ["y"]),
+        helper.make_node("Mul", ["x", "two"], ["z"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.full((width,), offset, dtype=np.float32), "offset"),
+        numpy_helper.from_array(np.full((width,), 2.0, dtype=np.float32), "two"),
+    ]
+    if weights:
+        initializers.append(numpy_helper.from_array(np.random.default_rng(0).random(weights, dtype=np.float32), "ballast"))
+        nodes.append(helper.make_node("ReduceSum", ["ballast"], ["ballast_sum"], keepdims=0))
+    graph = helper.make_graph(
+        nodes, "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, width])],
+        initializer=initializers,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def torchscript_linear(path: Path, in_features: int = 4, out_features: int = 2) -> tuple[Path, object]:
+    """A TorchScript Linear(in, out) with fixed weights; returns the path and the module."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(in_features, out_features).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(module).save(str(path))
+    return path, module
+
+
+def exported_mlp(path: Path, in_features: int = 4, out_features: int = 3) -> tuple[Path, object]:
+    """A torch.export program of a small MLP (batch of 2); returns the path and the module."""
+    import torch
+
+    torch.manual_seed(1)
+    module = torch.nn.Sequential(torch.nn.Linear(in_features, 8), torch.nn.ReLU(), torch.nn.Linear(8, out_features)).eval()
+    program = torch.export.export(module, (torch.zeros(2, in_features),))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    return path, module

@@ -75,6 +75,7 @@ class RunningRuntime:
 
     server: grpc.aio.Server
     manager: ModelManager
+    puller: Puller
     port: int
     metrics_port: int | None
     ready: asyncio.Event
@@ -84,6 +85,7 @@ class RunningRuntime:
         self.ready.clear()
         await self.server.stop(grace)
         await self.manager.close()
+        await self.puller.aclose()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
 
@@ -131,7 +133,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     ready.set()
     log.info("runtime listening on %s:%d, capacity %s on %s, metrics on %s",
              settings.host, port, format_size(capacity), device.kind, metrics_port or "off")
-    return RunningRuntime(server, manager, port, metrics_port, ready, metrics_http)
+    return RunningRuntime(server, manager, puller, port, metrics_port, ready, metrics_http)
 
 
 def build_parser() -> argparse.ArgumentParser:

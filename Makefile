@@ -12,7 +12,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,torch]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+AZURITE := node_modules/.bin/azurite-blob
+
+# Azurite (the Azure Storage emulator) for the puller's Azure tests, from the npm registry.
+$(AZURITE):
+	command -v npm >/dev/null && npm install --no-save --no-audit --no-fund --silent azurite@3.35.0 || echo "npm missing: Azure tests will skip"
+
+setup: $(STAMP) $(AZURITE)
 
 ## Run the whole test suite (real etcd, moto, gRPC servers on loopback).
 test: setup lint-imports

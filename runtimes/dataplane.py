@@ -19,7 +19,7 @@ from runtimes.model_manager import ModelEntry, ModelManager, State
 
 SERVER_NAME = "meshserve"
 # Triton extension names for what this server really implements.
-EXTENSIONS = ("model_configuration", "statistics", "parameters", "binary_tensor_data")
+EXTENSIONS = ("model_configuration", "statistics", "parameters")
 
 
 @dataclass

@@ -12,6 +12,13 @@ Guarantees:
   waits for the requests already running.
 - Concurrency: each model runs at most `max_concurrency` requests at once;
   `max_queue` more may wait; beyond that a request is refused at once (Busy).
+
+Where inference runs: on the worker pool, so a slow model never stalls the event
+loop. A model proven fast (its last `inline_after` runs each took under
+`inline_below_ns` of CPU and under `inline_max_wall_ns`) runs small requests (inputs up to `inline_max_bytes`) on the
+event loop itself: the hop to a worker thread and back costs ~30-100 us of CPU and a GIL hand-off, many
+times the compute of a tiny model. One slow inline run sends the model back to
+the pool for `inline_backoff` runs.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
+from puller.errors import InvalidStorageUri, PullError, UnsafePath
 from runtimes.backends import BackendRegistry, Device, LoadedModel
 from runtimes.errors import (
     Busy,
@@ -77,6 +85,7 @@ class ModelEntry:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     slots: asyncio.Semaphore | None = None
     loaded: asyncio.Future | None = None
+    fast_runs: int = 0  # consecutive runs under ManagerConfig.inline_below_ns (negative: backing off)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -92,6 +101,11 @@ class ManagerConfig:
     max_loading_concurrency: int = 2
     infer_threads: int = 4
     device: Device = Device()
+    inline_below_ns: int = 500_000  # CPU time of the calling thread: immune to GIL waits and preemption
+    inline_max_wall_ns: int = 2_000_000  # and wall time, for backends that block without using CPU (GPU syncs)
+    inline_after: int = 16
+    inline_max_bytes: int = 64 << 10
+    inline_backoff: int = 100
 
 
 class ModelManager:
@@ -200,8 +214,6 @@ class ModelManager:
         return model, disk_size(model_file)
 
     async def _pull(self, model_id: str, model_path: str, model_key: str | None):
-        from puller.errors import InvalidStorageUri, PullError, UnsafePath
-
         try:
             return await self._artifacts.pull(model_id, model_path, model_key)
         except (InvalidStorageUri, UnsafePath) as error:
@@ -262,10 +274,17 @@ class ModelManager:
         queued_at = time.perf_counter_ns()
         try:
             async with entry.slots:
+                inline = self._runs_inline(entry, inputs)
                 started = time.perf_counter_ns()
-                loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self._infer_pool, entry.model.infer, inputs, output_names)
-            entry.stats.record_success(queued_at, started, time.perf_counter_ns())
+                if inline:
+                    outputs, cpu_ns, wall_ns = _timed_infer(entry.model, inputs, output_names)
+                else:
+                    loop = asyncio.get_running_loop()
+                    outputs, cpu_ns, wall_ns = await loop.run_in_executor(
+                        self._infer_pool, _timed_infer, entry.model, inputs, output_names)
+                finished = time.perf_counter_ns()
+            self._note_duration(entry, cpu_ns, wall_ns, inline)
+            entry.stats.record_success(queued_at, started, finished)
             return outputs
         except BaseException:
             entry.stats.record_failure(queued_at, time.perf_counter_ns())
@@ -275,8 +294,34 @@ class ModelManager:
             if entry.in_flight == 0:
                 entry.idle.set()
 
+    def _runs_inline(self, entry: ModelEntry, inputs: dict[str, np.ndarray]) -> bool:
+        config = self.config
+        if entry.fast_runs < config.inline_after:
+            return False
+        size = 0
+        for array in inputs.values():
+            size += array.nbytes
+        return size <= config.inline_max_bytes
+
+    def _note_duration(self, entry: ModelEntry, cpu_ns: int, wall_ns: int, inline: bool) -> None:
+        config = self.config
+        if cpu_ns <= config.inline_below_ns and wall_ns <= config.inline_max_wall_ns:
+            if entry.fast_runs < config.inline_after:
+                entry.fast_runs += 1
+        elif inline:  # it stalled the event loop: back to the pool for a while
+            entry.fast_runs = -config.inline_backoff
+        else:
+            entry.fast_runs = min(entry.fast_runs, 0)
+
     async def close(self) -> None:
         await self.unload_all()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
 
+
+def _timed_infer(model: LoadedModel, inputs: dict[str, np.ndarray],
+                 output_names: list[str]) -> tuple[dict, int, int]:
+    """The model's outputs, and the CPU and wall nanoseconds of its compute (no thread hand-off)."""
+    cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+    outputs = model.infer(inputs, output_names)
+    return outputs, time.thread_time_ns() - cpu, time.perf_counter_ns() - wall

@@ -35,6 +35,7 @@ class RuntimeMetrics:
 
     def __init__(self, registry: CollectorRegistry, max_model_labels: int = 100) -> None:
         self.label = BoundedLabels(max_model_labels)
+        self._children: dict[tuple[str, str], tuple] = {}
         self.inferences = Counter("meshserve_runtime_inference_requests", "Inference requests by model and outcome",
                                   ["model", "code"], registry=registry)
         self.latency = Histogram("meshserve_runtime_inference_seconds", "Inference latency by model",
@@ -56,10 +57,15 @@ class RuntimeMetrics:
         self.capacity.set_function(lambda: manager.capacity_bytes)
 
     def observe_inference(self, model_id: str, code: str, seconds: float) -> None:
+        # Label lookups cost microseconds per call; keep the children (bounded by the label cap).
         label = self.label(model_id)
-        self.inferences.labels(label, code).inc()
+        children = self._children.get((label, code))
+        if children is None:
+            children = (self.inferences.labels(label, code), self.latency.labels(label))
+            self._children[(label, code)] = children
+        children[0].inc()
         if code == "OK":
-            self.latency.labels(label).observe(seconds)
+            children[1].observe(seconds)
 
     # LifecycleObserver
     def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None:

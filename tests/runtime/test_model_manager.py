@@ -180,3 +180,46 @@ async def test_failed_load_releases_its_reservation(manager, backend, tmp_path):
     with pytest.raises(InvalidModel, match=r"no model file \(.onnx\) found in empty"):
         await manager.load("e", "onnx", str(empty))
     assert manager.used_bytes == 0 and manager.entries() == {}
+
+
+class ThreadRecordingModel(GatedModel):
+    """Records which thread ran each request; `slow_ns` makes a run burn that much CPU."""
+
+    def __init__(self) -> None:
+        super().__init__(10, threading.Event())
+        self._gate.set()
+        self.threads: list[int] = []
+        self.slow_ns = 0
+
+    def infer(self, inputs, output_names):
+        self.threads.append(threading.get_ident())
+        if self.slow_ns:
+            import time
+
+            until = time.thread_time_ns() + self.slow_ns
+            while time.thread_time_ns() < until:  # burn CPU, as a slow model does
+                pass
+        return {"y": inputs["x"]}
+
+
+async def test_fast_models_run_inline_and_slow_ones_go_back_to_the_pool(manager, backend, tmp_path):
+    await manager.load("a", "onnx", str(_model_dir(tmp_path, "a", 10)))
+    model = ThreadRecordingModel()
+    manager.entries()["a"].model = model
+    loop_thread = threading.get_ident()
+    x = {"x": np.zeros(4, np.float32)}
+    for _ in range(manager.config.inline_after):
+        await manager.run("a", x, [])
+    assert loop_thread not in model.threads, "a model must prove itself fast on the pool first"
+    await manager.run("a", x, [])
+    assert model.threads[-1] == loop_thread, "a proven-fast model runs on the event loop"
+    big = {"x": np.zeros(manager.config.inline_max_bytes // 4 + 1, np.float32)}
+    await manager.run("a", big, [])
+    assert model.threads[-1] != loop_thread, "large inputs always go to the pool"
+    model.slow_ns = manager.config.inline_below_ns * 2
+    await manager.run("a", x, [])  # inline, and too slow: backs off
+    model.slow_ns = 0
+    for _ in range(manager.config.inline_after + 1):
+        await manager.run("a", x, [])
+    assert all(t != loop_thread for t in model.threads[-manager.config.inline_after - 1:]), \
+        "after a slow inline run the model stays on the pool"

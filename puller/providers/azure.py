@@ -36,7 +36,7 @@ from puller.errors import (
     StorageNotFound,
     StorageUnavailable,
 )
-from puller.providers.base import Listing, RemoteObject
+from puller.providers.base import ClientCache, Listing, RemoteObject
 from puller.spec import AzureLocation, Checksum, Location, check_relative_key
 from puller.storage_config import StorageEntry
 from puller.transfer import FetchedFile, TransferConfig, download_to_file
@@ -58,8 +58,7 @@ class AzureProvider:
     scheme: ClassVar[str] = "azure"
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[AzureConfig, str | None], BlobServiceClient] = {}
-        self._lock = threading.Lock()
+        self._clients: ClientCache[tuple[AzureConfig, str | None], BlobServiceClient] = ClientCache()
 
     def config_from_entry(self, entry: StorageEntry) -> AzureConfig:
         return AzureConfig(
@@ -149,10 +148,7 @@ class AzureProvider:
                                 want_md5=want_md5)
 
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -163,35 +159,32 @@ class AzureProvider:
         return container
 
     def _service(self, config: AzureConfig, location: AzureLocation) -> BlobServiceClient:
-        key = (config, location.account)
-        with self._lock:
-            client = self._clients.get(key)
-            if client is not None:
-                return client
-            # Our puller retries with backoff; the SDK's own long retry loop would hide that.
-            options: dict[str, Any] = {"retry_total": 1, "connection_timeout": 10, "read_timeout": 60,
-                                       "max_single_get_size": 8 * 1024 * 1024,
-                                       "max_chunk_get_size": 4 * 1024 * 1024}
-            try:
-                if config.connection_string:
-                    client = BlobServiceClient.from_connection_string(config.connection_string, **options)
-                else:
-                    account = config.account_name or location.account
-                    if not account and not config.endpoint_url:
-                        raise InvalidStorageUri(f"{location.display}: no Azure storage account configured")
-                    url = config.endpoint_url or f"https://{account}.blob.core.windows.net"
-                    credential: Any = None
-                    if config.account_key:
-                        credential = {"account_name": account, "account_key": config.account_key}
-                    elif config.sas_token:
-                        credential = config.sas_token
-                    client = BlobServiceClient(account_url=url, credential=credential, **options)
-            except PullError:
-                raise
-            except Exception:  # noqa: BLE001 - the SDK's message may quote the connection string
-                raise InvalidStorageUri(f"{location.display}: the Azure storage config is malformed") from None
-            self._clients[key] = client
-            return client
+        return self._clients.get((config, location.account), lambda: self._new_service(config, location))
+
+    def _new_service(self, config: AzureConfig, location: AzureLocation) -> BlobServiceClient:
+        # Our puller retries with backoff; the SDK's own long retry loop would hide that.
+        options: dict[str, Any] = {"retry_total": 1, "connection_timeout": 10, "read_timeout": 60,
+                                   "max_single_get_size": 8 * 1024 * 1024,
+                                   "max_chunk_get_size": 4 * 1024 * 1024}
+        try:
+            if config.connection_string:
+                client = BlobServiceClient.from_connection_string(config.connection_string, **options)
+            else:
+                account = config.account_name or location.account
+                if not account and not config.endpoint_url:
+                    raise InvalidStorageUri(f"{location.display}: no Azure storage account configured")
+                url = config.endpoint_url or f"https://{account}.blob.core.windows.net"
+                credential: Any = None
+                if config.account_key:
+                    credential = {"account_name": account, "account_key": config.account_key}
+                elif config.sas_token:
+                    credential = config.sas_token
+                client = BlobServiceClient(account_url=url, credential=credential, **options)
+        except PullError:
+            raise
+        except Exception:  # noqa: BLE001 - the SDK's message may quote the connection string
+            raise InvalidStorageUri(f"{location.display}: the Azure storage config is malformed") from None
+        return client
 
 
 def _display(config: AzureConfig, location: AzureLocation, container: str, path: str) -> str:

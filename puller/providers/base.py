@@ -16,7 +16,7 @@ message and never a credential), and know nothing of caches, budgets, retries or
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -28,6 +28,30 @@ from puller.transfer import FetchedFile, TransferConfig
 __all__ = ["Listing", "Provider", "ProviderRegistry", "RemoteObject"]
 
 ConfigT = TypeVar("ConfigT")
+KeyT = TypeVar("KeyT")
+ClientT = TypeVar("ClientT")
+
+
+class ClientCache(Generic[KeyT, ClientT]):
+    """SDK clients, one per credential set: created once under a lock, closed together."""
+
+    def __init__(self) -> None:
+        self._clients: dict[KeyT, ClientT] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: KeyT, create: Callable[[], ClientT]) -> ClientT:
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = create()
+                self._clients[key] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

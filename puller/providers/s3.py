@@ -35,7 +35,7 @@ from puller.errors import (
     StorageNotFound,
     StorageUnavailable,
 )
-from puller.providers.base import Listing, RemoteObject
+from puller.providers.base import ClientCache, Listing, RemoteObject
 from puller.spec import Checksum, Location, S3Location, check_relative_key
 from puller.storage_config import StorageEntry
 from puller.transfer import FetchedFile, TransferConfig, download_to_file
@@ -68,8 +68,7 @@ class S3Provider:
 
     def __init__(self, *, max_pool_connections: int = 64):
         self._max_pool = max_pool_connections
-        self._clients: dict[S3Config, Any] = {}
-        self._lock = threading.Lock()
+        self._clients: ClientCache[S3Config, Any] = ClientCache()
 
     # -- config -------------------------------------------------------------------------
 
@@ -197,10 +196,7 @@ class S3Provider:
         return fetched
 
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -211,30 +207,28 @@ class S3Provider:
         return bucket
 
     def _client(self, config: S3Config) -> Any:
-        with self._lock:
-            client = self._clients.get(config)
-            if client is None:
-                session = boto3.session.Session()
-                boto_config = botocore.config.Config(
-                    max_pool_connections=self._max_pool,
-                    retries={"total_max_attempts": 2, "mode": "standard"},
-                    connect_timeout=10,
-                    read_timeout=60,
-                    signature_version=UNSIGNED if config.anonymous else None,
-                    s3={"addressing_style": config.addressing_style or ("path" if config.endpoint_url else "auto")},
-                )
-                client = session.client(
-                    "s3",
-                    aws_access_key_id=config.access_key_id,
-                    aws_secret_access_key=config.secret_access_key,
-                    aws_session_token=config.session_token,
-                    endpoint_url=config.endpoint_url,
-                    region_name=config.region or "us-east-1",
-                    verify=config.verify,
-                    config=boto_config,
-                )
-                self._clients[config] = client
-            return client
+        return self._clients.get(config, lambda: self._new_client(config))
+
+    def _new_client(self, config: S3Config) -> Any:
+        session = boto3.session.Session()
+        boto_config = botocore.config.Config(
+            max_pool_connections=self._max_pool,
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            signature_version=UNSIGNED if config.anonymous else None,
+            s3={"addressing_style": config.addressing_style or ("path" if config.endpoint_url else "auto")},
+        )
+        return session.client(
+            "s3",
+            aws_access_key_id=config.access_key_id,
+            aws_secret_access_key=config.secret_access_key,
+            aws_session_token=config.session_token,
+            endpoint_url=config.endpoint_url,
+            region_name=config.region or "us-east-1",
+            verify=config.verify,
+            config=boto_config,
+        )
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:

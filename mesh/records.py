@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from mesh.placement import CopyView, InstanceView, ModelView
 
 __all__ = ["CopyClaim", "HeldCopy", "InstanceRecord", "LoadFailure", "ModelRecord", "RecordError",
-           "VModelRecord", "decode", "encode"]
+           "VModelRecord", "decode", "encode", "from_document", "to_document"]
 
 FORMAT_VERSION = 1
 
@@ -127,23 +127,33 @@ _NESTED = {("ModelRecord", "copies"): CopyClaim, ("ModelRecord", "failures"): Lo
            ("InstanceRecord", "copies"): HeldCopy}
 
 
-def encode(record: ModelRecord | VModelRecord | InstanceRecord) -> bytes:
-    """The record as compact JSON, with the format version."""
+def to_document(record: ModelRecord | VModelRecord | InstanceRecord) -> dict[str, Any]:
+    """The record as a JSON-ready dict, with the format version."""
     document = asdict(record)
     document["v"] = FORMAT_VERSION
-    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    return document
 
 
-def decode(kind: type[Record], data: bytes | str, key: str = "") -> Record:
-    """Parse a stored document as `kind`; RecordError naming `key` if it is not one."""
+def from_document(kind: type[Record], document: Any, key: str = "") -> Record:
+    """A decoded JSON document as `kind`; RecordError naming `key` if it is not one."""
     where = key or kind.__name__
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RecordError(f"{where}: not JSON ({error})") from None
     if not isinstance(document, dict):
         raise RecordError(f"{where}: a record must be a JSON object")
     return _build(kind, document, where)
+
+
+def encode(record: ModelRecord | VModelRecord | InstanceRecord) -> bytes:
+    """The record as compact JSON bytes."""
+    return json.dumps(to_document(record), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(kind: type[Record], data: bytes | str, key: str = "") -> Record:
+    """Parse stored bytes as `kind`; RecordError naming `key` if they are not one."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{key or kind.__name__}: not JSON ({error})") from None
+    return from_document(kind, document, key)
 
 
 def _build(kind: type, document: dict[str, Any], where: str):

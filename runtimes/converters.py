@@ -133,7 +133,7 @@ def statistics_to_proto(entries: list[tuple[str, ModelEntry]]) -> pb.ModelStatis
             name=model_id, version="1", last_inference=stats.last_inference_ms,
             inference_count=stats.inference_count, execution_count=stats.inference_count,
         )
-        for name in ("success", "fail", "queue", "compute_infer"):
+        for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
             duration = getattr(stats, name)
             target = getattr(item.inference_stats, name)
             target.count, target.ns = duration.count, duration.ns

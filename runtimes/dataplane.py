@@ -8,6 +8,7 @@ INVALID_ARGUMENT messages.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +111,7 @@ class InferenceService:
         return sorted((m, e) for m, e in self._manager.entries().items() if e.model is not None)
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        checked_at = time.perf_counter_ns()
         entry = self._manager.get(request.model_id)
         model = entry.model
         check_inputs(request.model_id, request.inputs, model.inputs)
@@ -118,8 +120,11 @@ class InferenceService:
             if known_outputs and name not in known_outputs:
                 raise InvalidInput(f"model '{request.model_id}' has no output '{name}'; its outputs are {sorted(known_outputs)}")
         arrays = {tensor.name: tensor.data for tensor in request.inputs}
+        input_ns = time.perf_counter_ns() - checked_at
         results = await self._manager.run(request.model_id, arrays, list(request.output_names))
+        output_started = time.perf_counter_ns()
         outputs = [_output(name, array) for name, array in results.items()]
+        entry.stats.record_conversions(input_ns, time.perf_counter_ns() - output_started)
         return InferResponse(request.model_id, outputs, request.request_id)
 
 

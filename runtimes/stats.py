@@ -23,7 +23,9 @@ class ModelStats:
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
     last_inference_ms: int = 0
 
     @property
@@ -35,6 +37,15 @@ class ModelStats:
         self.queue.add(started_ns - queued_ns)
         self.compute_infer.add(finished_ns - started_ns)
         self.last_inference_ms = int(time.time() * 1000)
+
+    def record_conversions(self, input_ns: int, output_ns: int) -> None:
+        """Time spent checking inputs and preparing outputs of a successful request.
+
+        perf_analyzer requires the compute_input/infer/output counts to be equal, so this
+        is called once for every record_success.
+        """
+        self.compute_input.add(input_ns)
+        self.compute_output.add(output_ns)
 
     def record_failure(self, queued_ns: int, finished_ns: int) -> None:
         self.fail.add(finished_ns - queued_ns)

@@ -147,6 +147,9 @@ def test_statistics_count_real_requests(client):
     stats = client.get_inference_statistics("add").model_stats[0]
     assert stats.inference_stats.success.count == before + 3
     assert stats.inference_stats.compute_infer.ns > 0 and stats.last_inference > 0
+    # perf_analyzer refuses statistics whose compute counts differ
+    counts = {getattr(stats.inference_stats, n).count for n in ("compute_input", "compute_infer", "compute_output")}
+    assert counts == {stats.inference_stats.success.count}
 
 
 async def test_aio_client(loaded):

@@ -352,15 +352,32 @@ class EtcdClient(AsyncClosing):
 
         return await self._call(f"get {key}", op)
 
-    async def get_prefix(self, prefix: str) -> tuple[int, list[KV]]:
+    async def get_prefix(self, prefix: str, *, page_size: int = 1000) -> tuple[int, list[KV]]:
         """All keys under `prefix` in one consistent read, sorted by key, and the store
-        revision the read reflects (watch from `revision + 1` to miss nothing)."""
+        revision the read reflects (watch from `revision + 1` to miss nothing).
 
-        async def op(c: aetcd.Client, _: int) -> tuple[int, list[KV]]:
-            found = await c.get_prefix(_key_bytes(prefix))
-            return int(found.header.revision), [KV._from_pb(kv) for kv in found.kvs]
+        Read in pages of `page_size` keys, all pinned to the first page's revision: one
+        range of 100,000 records is ~30 MB, over gRPC's 4 MiB message limit.
+        """
+        start, end = _key_bytes(prefix), _prefix_end(_key_bytes(prefix))
+        kvs: list[KV] = []
+        key, revision = start, 0
+        while True:  # one call (with its own timeout and retries) per page
 
-        return await self._call(f"range {prefix}", op)
+            async def page(c: aetcd.Client, _: int, key: bytes = key, revision: int = revision):
+                await self._stub(c)
+                return await c.kvstub.Range(
+                    rpc.RangeRequest(key=key, range_end=end, limit=page_size, revision=revision),
+                    timeout=self.call_timeout,
+                    metadata=c.metadata,
+                )
+
+            reply = await self._call(f"range {prefix}", page)
+            revision = revision or int(reply.header.revision)
+            kvs.extend(KV._from_pb(kv) for kv in reply.kvs)
+            if not reply.more or not reply.kvs:
+                return revision, kvs
+            key = bytes(reply.kvs[-1].key) + b"\x00"  # the next key after the last one read
 
     async def revision(self) -> int:
         """The store's current revision."""
@@ -621,3 +638,11 @@ class WatchStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.cancel()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with `prefix` (etcd's convention)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\x00"  # every key
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

@@ -206,3 +206,13 @@ async def test_close_with_calls_in_flight_raises_store_closed(etcd_server: EtcdS
     assert all(r is not None for r in finished)
     assert all(isinstance(r, StoreClosed) for r in results if isinstance(r, BaseException)), results
     assert any(isinstance(r, StoreClosed) for r in results)
+
+
+async def test_get_prefix_reads_past_the_grpc_message_limit(etcd, keys):
+    """6 MiB under one prefix (over gRPC's 4 MiB default) comes back whole, in pages."""
+    blob = "x" * 8000
+    await asyncio.gather(*(etcd.put(keys.model(f"m{i:04d}"), {"blob": blob, "i": i}) for i in range(800)))
+    await etcd.put(keys.vmodel("outside"), {"i": -1})
+    revision, kvs = await etcd.get_prefix(keys.models, page_size=50)
+    assert [kv.value["i"] for kv in kvs] == list(range(800))
+    assert revision >= max(kv.mod_revision for kv in kvs)

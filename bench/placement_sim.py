@@ -480,8 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {name: i for i, name in enumerate(_WORKLOADS)}
     rows.sort(key=lambda r: (order[str(r["workload"])], float(r["fraction"])))  # type: ignore[arg-type]
 
-    print(f"4 instances in 2 zones; capacity as % of all models' bytes; "
-          f"LRU and Belady: one cache of the same total capacity.\n")
+    print("4 instances in 2 zones; capacity as % of all models' bytes; "
+          "LRU and Belady: one cache of the same total capacity.\n")
     print("| workload | capacity | requests | hit % fabric | hit % LRU | hit % Belady (MIN) "
           "| loads/1k fabric (of which scale-up) | loads/1k LRU | loads/1k Belady "
           "| misses that waited /1k | max copies | task s |")

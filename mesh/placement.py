@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from mesh.lru import choose_victims, evictable_bytes
+from mesh.lru import choose_victims
 
 __all__ = [
     "AddCopy",

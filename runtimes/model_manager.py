@@ -84,7 +84,6 @@ class ModelEntry:
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     slots: asyncio.Semaphore | None = None
-    loaded: asyncio.Future | None = None
     fast_runs: int = 0  # consecutive runs under ManagerConfig.inline_below_ns (negative: backing off)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from puller import Puller, RetryPolicy, TransferConfig
-from tests.support.moto_server import MotoServer, free_port
+from tests.support.moto_server import MotoServer
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.02, max_delay_s=0.1)

@@ -249,7 +249,7 @@ async def test_cache_survives_restart_and_is_reused(bucket: S3Bucket, cache_dir:
 
 
 async def test_unreachable_store_is_retried_then_unavailable(cache_dir: Path, tmp_path: Path) -> None:
-    from tests.support.moto_server import free_port
+    from tests.support.ports import free_port
 
     entry = {"type": "s3", "access_key_id": "k", "secret_access_key": "s3cr3t-value",
              "endpoint_url": f"http://127.0.0.1:{free_port()}"}

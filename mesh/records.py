@@ -93,6 +93,7 @@ class HeldCopy:
     last_used_ms: int
     in_flight: int = 0
     loading: bool = False
+    rate_per_min: float = 0.0  # requests per minute to this copy, smoothed
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class RuntimeMetrics:
         self.loads.labels("success").inc()
         self.load_time.observe(seconds * 1000)
 
-    def model_load_failed(self, model_id: str, seconds: float, reason: str) -> None:
+    def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None:
         self.loads.labels("failure").inc()
 
     def model_unloaded(self, model_id: str, seconds: float) -> None:

@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import numpy as np
@@ -63,9 +64,14 @@ class LifecycleObserver(Protocol):
 
     def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None: ...
 
-    def model_load_failed(self, model_id: str, seconds: float, reason: str) -> None: ...
+    def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None: ...
 
     def model_unloaded(self, model_id: str, seconds: float) -> None: ...
+
+
+#: Called with (model_id, predicted_bytes) before a load reserves its room; it may unload
+#: other models to make room (the placement layer's instance agent evicts LRU copies).
+RoomMaker = Callable[[str, int], Awaitable[None]]
 
 
 class State(enum.Enum):
@@ -85,9 +91,15 @@ class ModelEntry:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     slots: asyncio.Semaphore | None = None
     fast_runs: int = 0  # consecutive runs under ManagerConfig.inline_below_ns (negative: backing off)
+    since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    @property
+    def last_used_ms(self) -> int:
+        """The last request's time, or when the load began: a fresh copy counts as just used."""
+        return max(self.stats.last_inference_ms, self.since_ms)
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,9 @@ class ModelManager:
         self.config = config
         self._backends = backends
         self._artifacts = artifacts
-        self._observer = observer
+        self._observers: list[LifecycleObserver] = [observer] if observer else []
+        self._make_room: RoomMaker | None = None
+        self._room = asyncio.Lock()  # making room and reserving it happen as one step
         self._entries: dict[str, ModelEntry] = {}
         self._order: dict[str, asyncio.Lock] = {}
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
@@ -162,6 +176,14 @@ class ModelManager:
             return self.config.default_model_size
         return max(int(on_disk * self.config.size_factor), 1)
 
+    def add_observer(self, observer: LifecycleObserver) -> None:
+        """Also call `observer` after each load and unload (the instance agent listens here)."""
+        self._observers.append(observer)
+
+    def set_room_maker(self, make_room: RoomMaker | None) -> None:
+        """Install the hook that frees room before each load reserves it."""
+        self._make_room = make_room
+
     # -- lifecycle ----------------------------------------------------------
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._order.setdefault(model_id, asyncio.Lock())
@@ -177,7 +199,10 @@ class ModelManager:
             key = parse_model_key(model_key)
             wanted = resolve_model_type(model_type, key)
             predicted = self.predict_size(model_type, model_path, model_key)
-            self._reserve(model_id, predicted)
+            async with self._room:
+                if self._make_room is not None:
+                    await self._make_room(model_id, predicted)
+                self._reserve(model_id, predicted)
             started = time.perf_counter()
             try:
                 async with self._load_slots:
@@ -185,12 +210,12 @@ class ModelManager:
                 self._settle(model_id, model, on_disk)
             except BaseException as error:
                 self._entries.pop(model_id, None)
-                if self._observer:
-                    self._observer.model_load_failed(model_id, time.perf_counter() - started, type(error).__name__)
+                for observer in self._observers:
+                    observer.model_load_failed(model_id, time.perf_counter() - started, error)
                 raise
             entry = self._entries[model_id]
-            if self._observer:
-                self._observer.model_loaded(model_id, time.perf_counter() - started, entry.reserved_bytes)
+            for observer in self._observers:
+                observer.model_loaded(model_id, time.perf_counter() - started, entry.reserved_bytes)
             log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), time.perf_counter() - started)
             return entry.reserved_bytes
 
@@ -253,8 +278,8 @@ class ModelManager:
                 await asyncio.get_running_loop().run_in_executor(self._load_pool, model.unload)
             del self._entries[model_id]
             await self._artifacts.release(model_id)
-            if self._observer:
-                self._observer.model_unloaded(model_id, time.perf_counter() - started)
+            for observer in self._observers:
+                observer.model_unloaded(model_id, time.perf_counter() - started)
             log.info("unloaded %s", model_id)
         if not self._lock(model_id).locked() and model_id not in self._entries:
             self._order.pop(model_id, None)

@@ -10,7 +10,9 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "runtime": ("runtimes.server", "serve many models in one process (V2 gRPC + model-runtime SPI)"),
+    "runtime": ("mesh.instance", "serve many models in one process (V2 gRPC + model-runtime SPI); joins a fabric with --etcd"),
+    "controller": ("mesh.controller_main", "management API (mmesh.ModelMesh) and leader-elected background work"),
+    "router": ("router.server", "route V2 inference calls (gRPC 8033, REST 8008) to loaded model copies"),
 }
 
 

@@ -86,7 +86,8 @@ class LeaseSession(AsyncClosing):
         if not self.lost.is_set():
             self.lost_reason = reason
             self.lost.set()
-            log.warning("etcd lease %x (%s) lost: %s", self._lease_id or 0, self.name, reason)
+            level = logging.INFO if reason == "closed" else logging.WARNING  # a clean close is not news
+            log.log(level, "etcd lease %x (%s) lost: %s", self._lease_id or 0, self.name, reason)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Self:

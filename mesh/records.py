@@ -64,7 +64,8 @@ class ModelRecord:
     auto_delete: bool = False  # a vmodel target deleted with its vmodel
 
     def to_view(self, rate_per_min: float = 0.0) -> ModelView:
-        return ModelView(self.model_id, self.model_type, self.size_estimate_bytes,
+        base_type = self.model_type.split(":", 1)[0].strip().lower()  # "onnx:1" is served by "onnx"
+        return ModelView(self.model_id, base_type, self.size_estimate_bytes,
                          self.last_used_ms or None, rate_per_min, frozenset(self.copies))
 
     def live_failures(self, now_ms: int) -> dict[str, LoadFailure]:

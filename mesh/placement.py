@@ -345,12 +345,12 @@ def choose_instance(
     ``evict`` is then that minimal LRU victim set.
 
     Preference, strongest first:
-      1. a zone that holds no copy of the model (copies spread across failure domains);
-      2. an instance with fewer than ``max_loads_in_progress`` loads running;
-      3. fits without eviction; among those, most free bytes (loads reserve space, so
-         concurrent misses spread out instead of piling onto one instance);
-      4. when every candidate is full: the one whose newest victim is oldest (evicting
-         copies nobody used for longest), then fewer victims;
+      1. fits without eviction (evicting a warm copy makes someone else's next call a miss);
+      2. a zone that holds no copy of the model (copies spread across failure domains);
+      3. an instance with fewer than ``max_loads_in_progress`` loads running;
+      4. most free bytes (loads reserve space, so concurrent misses spread out instead of
+         piling onto one instance); when every candidate is full: the one whose newest
+         victim is oldest (evicting copies nobody used for longest), then fewer victims;
       5. lower request rate on the instance; 6. instance id (determinism).
 
     Returns :class:`NoFit` with the reason when no instance qualifies.
@@ -383,9 +383,10 @@ def choose_instance(
             continue
         saw_room = True
         key = (
+            space_key[0],  # evicting someone's warm copy costs more than a copy in the same zone
             inst.zone in zones_with_copy,
             inst.loads_in_progress >= config.max_loads_in_progress,
-            *space_key,
+            *space_key[1:],
             inst.request_rate,
             inst.id,
         )

@@ -180,12 +180,13 @@ def test_choice_always_fits_and_is_eligible(fleet: tuple[InstanceView, ...], m: 
     if result.evict:
         # Eviction only when no eligible instance had the room free.
         assert all(i.free_bytes < m.size_estimate_bytes for i in eligible)
-    # Zone spread: a zone without a copy is used whenever one qualifies.
+    # Zone spread: a zone without a copy is used whenever one qualifies at the same cost
+    # (fitting in free space beats spreading; spreading beats everything after that).
     copy_zones = {i.zone for i in fleet if m.id in i.copies and not i.shutting_down}
     if chosen.zone in copy_zones:
         fresh = [i for i in eligible if i.zone not in copy_zones]
         for i in fresh:
-            room = i.free_bytes + (evictable_bytes(i.copies) if allow else 0)
+            room = i.free_bytes + (evictable_bytes(i.copies) if allow and result.evict else 0)
             assert room < m.size_estimate_bytes
 
 

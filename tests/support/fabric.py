@@ -1,0 +1,158 @@
+"""A whole local fabric of real processes for end-to-end tests: one private etcd, runtime
+processes with their instance agents, controller processes serving the management API.
+
+Everything is started on free loopback ports in a work directory and stopped by
+`close()`; records are read straight from etcd with a synchronous client so tests can
+sample the fabric while they drive it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from mesh.keys import Keys
+from mesh.records import InstanceRecord, ModelRecord, RecordError, from_document
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+from tests.support.etcd_server import EtcdServer
+from tests.support.ports import free_port
+from tests.support.runtime_process import RuntimeProcess, start_runtime_process
+from tests.support.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ControllerProcess:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    channel: grpc.Channel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.mesh = mm_grpc.ModelMeshStub(self.channel)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise AssertionError(f"controller did not stop within {timeout}s:\n{self.log()[-3000:]}")
+        return self.process.returncode
+
+
+class Fabric:
+    """etcd + runtimes + controllers of one fabric name, all real processes."""
+
+    def __init__(self, workdir: Path, *, lease_ttl_s: int = 3, etcd: EtcdServer | None = None) -> None:
+        self.workdir = workdir
+        self.lease_ttl_s = lease_ttl_s
+        self.keys = Keys(fabric=f"e2e-{uuid.uuid4().hex[:8]}")
+        self.etcd = etcd or EtcdServer(name="fabric")
+        self._own_etcd = etcd is None
+        self.runtimes: dict[str, RuntimeProcess] = {}
+        self.controllers: list[ControllerProcess] = []
+
+    def start_etcd(self) -> None:
+        if self._own_etcd:
+            self.etcd.start()
+
+    @property
+    def fabric_flags(self) -> list[str]:
+        return ["--etcd", self.etcd.endpoint, "--fabric", self.keys.fabric, "--lease-ttl-s", str(self.lease_ttl_s)]
+
+    def add_runtime(self, instance_id: str, capacity: str = "64MiB", *extra: str) -> RuntimeProcess:
+        runtime = start_runtime_process(self.workdir / instance_id, *self.fabric_flags, "--instance-id", instance_id,
+                                        *extra, capacity=capacity)
+        self.runtimes[instance_id] = runtime
+        wait_until(lambda: self.instance(instance_id) is not None, 30, f"instance {instance_id} to register")
+        return runtime
+
+    def add_controller(self, *extra: str) -> ControllerProcess:
+        port = free_port()
+        log_path = self.workdir / f"controller-{port}.log"
+        command = [sys.executable, "-m", "mesh.cli", "controller", *self.fabric_flags, "--host", "127.0.0.1",
+                   "--port", str(port), "--metrics-port", "0", *extra]
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        controller = ControllerProcess(process, port, log_path)
+        self.controllers.append(controller)
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"controller exited with {process.returncode}:\n{controller.log()}")
+            try:
+                controller.mesh.getModelStatus(mm.GetStatusRequest(modelId="probe"), timeout=1)
+            except grpc.RpcError as error:
+                return error.code() != grpc.StatusCode.UNAVAILABLE
+            return True
+
+        wait_until(answers, 60, "the controller to answer the management API")
+        return controller
+
+    # -- reading etcd -----------------------------------------------------------------------
+    def _get_prefix(self, prefix: str) -> dict[str, dict]:
+        """Every record under `prefix`, read through etcd's JSON gateway (one consistent range read)."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        body = json.dumps({"key": _b64(prefix), "range_end": _b64(end)}).encode()
+        request = urllib.request.Request(f"{self.etcd.client_url}/v3/kv/range", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            reply = json.loads(response.read())
+        return {base64.b64decode(kv["key"]).decode()[len(prefix):]: json.loads(base64.b64decode(kv["value"]))
+                for kv in reply.get("kvs", [])}
+
+    def instances(self) -> dict[str, InstanceRecord]:
+        return {name: from_document(InstanceRecord, doc) for name, doc in self._get_prefix(self.keys.instances).items()}
+
+    def instance(self, instance_id: str) -> InstanceRecord | None:
+        return self.instances().get(instance_id)
+
+    def models(self) -> dict[str, ModelRecord]:
+        found = {}
+        for name, doc in self._get_prefix(self.keys.models).items():
+            try:
+                found[name] = from_document(ModelRecord, doc)
+            except RecordError:
+                continue
+        return found
+
+    def holders(self, model_id: str) -> list[str]:
+        return sorted(i for i, r in self.instances().items()
+                      if model_id in r.copies and not r.copies[model_id].loading)
+
+    def close(self) -> None:
+        for controller in self.controllers:
+            if controller.process.poll() is None:
+                controller.process.kill()
+                controller.process.wait(10)
+            controller.channel.close()
+        for runtime in self.runtimes.values():
+            if runtime.process.poll() is None:
+                runtime.process.kill()
+                runtime.process.wait(10)
+        if self._own_etcd:
+            self.etcd.close()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

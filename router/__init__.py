@@ -1,4 +1,15 @@
 """The front door: V2 gRPC (and REST) router and its routing table.
 
 May import: `protos` and `mesh`. Never imports `runtimes`: it neither loads nor runs models.
+
+Modules, by job:
+- `wire`: the model name (field 1) of a serialized request, read and replaced without decoding (pure);
+- `policy`: which loaded copy takes a call, `choose()` over in-flight counts (pure);
+- `errors`: what can go wrong, each with the gRPC code it stands for (pure);
+- `routing`: the machinery (`Router`): candidates from the watched `FabricView`, in-flight
+  counts, one channel per instance, the cache miss through a `Loader`, retries, deadlines;
+- `dataplane`: names (headers, vmodels) to model ids, then `Router.call` (transport-free);
+- `grpc_front`: `inference.GRPCInferenceService` as bytes in, bytes out;
+- `rest`, `rest_codec`: KServe V2 REST/JSON on aiohttp, onto the same data plane;
+- `metrics`, `settings`, `server`: Prometheus metrics, settings, the `meshserve router` process.
 """

@@ -1,0 +1,70 @@
+"""The router's one data-plane service: a name in, a forwarded call out (transport-free).
+
+Both fronts (`router.grpc_front` for V2 gRPC, `router.rest` for V2 REST) convert their
+request, call `DataPlane.forward`, and convert the reply or the `RouterError`.
+
+Naming (ModelMesh's rules): the `mm-vmodel-id` header names a vmodel (NOT_FOUND if it is
+not defined), `mm-model-id` a concrete model (not both); without either, the request's
+own model name (field 1), which may be a vmodel or a model. When the model the call goes
+to differs from the name in the request, the request is re-pointed at it
+(`router.wire.with_model_name`) and the instance gets `mm-model-id` as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mesh.fabric_view import FabricView
+from router.errors import InvalidRequest, ModelNotFound
+from router.routing import Reply, Router
+from router.wire import MalformedRequest, read_model_name, with_model_name
+
+__all__ = ["DataPlane", "MODEL_HEADER", "VMODEL_HEADER", "method_path"]
+
+MODEL_HEADER = "mm-model-id"
+VMODEL_HEADER = "mm-vmodel-id"
+SERVICE = "inference.GRPCInferenceService"
+
+
+def method_path(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+class DataPlane:
+    def __init__(self, router: Router, view: FabricView, default_deadline_s: float) -> None:
+        self.router = router
+        self.view = view
+        self.default_deadline_s = default_deadline_s
+
+    def target(self, name: str, model_header: str | None = None, vmodel_header: str | None = None) -> str:
+        """The concrete model id a call is for; InvalidRequest or ModelNotFound."""
+        if vmodel_header is not None:
+            if model_header is not None:
+                raise InvalidRequest(f"give either {MODEL_HEADER} or {VMODEL_HEADER}, not both")
+            vmodel = self.view.vmodel(vmodel_header)
+            if vmodel is None:
+                raise ModelNotFound(f"vmodel '{vmodel_header}' is not defined")
+            return vmodel.active_model_id
+        if model_header is not None:
+            if not model_header:
+                raise InvalidRequest(f"the {MODEL_HEADER} header is empty")
+            return model_header
+        if not name:
+            raise InvalidRequest(f"no model name in the request and no {MODEL_HEADER} or {VMODEL_HEADER} header")
+        return self.view.resolve(name)
+
+    async def forward(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
+                      timeout: float | None, model_header: str | None = None,
+                      vmodel_header: str | None = None) -> Reply:
+        """Forward a serialized request (`method`: full path) and return the instance's reply."""
+        try:
+            name = read_model_name(body)
+        except MalformedRequest as error:
+            raise InvalidRequest(f"malformed request: {error}") from None
+        model_id = self.target(name, model_header, vmodel_header)
+        if model_id != name:
+            body = with_model_name(body, model_id)
+        if model_header is not None or vmodel_header is not None:
+            metadata = (*(metadata or ()), (MODEL_HEADER, model_id))
+        return await self.router.call(method, body, model_id, metadata,
+                                      self.default_deadline_s if timeout is None else timeout)

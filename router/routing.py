@@ -1,0 +1,261 @@
+"""The routing machinery: one class that sends a call to a loaded copy of a model.
+
+`Router.call(method, body, model_id, metadata, timeout)` forwards the request bytes
+unchanged to one instance holding a loaded copy and returns the reply bytes. It owns:
+
+- the candidates: `view.loaded_on(model_id)`, read from the watched mirror (no etcd call);
+- the counters the policy reads (requests in flight from this router, last pick); the
+  choice itself is `policy.choose()` (`router.policy`), a pure function;
+- one grpc.aio channel per instance address, made on first use and closed once the
+  instance has left the view and nothing is in flight to it;
+- the miss: no candidate -> `loader.ensure_loaded(model_id, remaining deadline)`;
+- retries: an instance that answers UNAVAILABLE (unreachable, dying) or NOT_FOUND (its
+  copy is gone) is excluded for the rest of this call and marked suspect for
+  `suspect_s` (others try it last), and the call goes to another copy, or waits for
+  the fabric to change and loads again, at most `max_tries` forwards, within the deadline.
+
+Guarantees: every failure is a `router.errors.RouterError`; instance answers that are
+the model's business (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) come back as
+`UpstreamError` unchanged. No lock is held across an await; the hit path allocates the
+candidate list and the call, nothing per message. The caller must `await close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+import grpc
+
+from mesh.cache_miss import LoadingFailed, NoCapacity as LoaderNoCapacity
+from mesh.fabric_view import FabricView
+from mesh.registry import ModelNotRegistered
+from mesh.tasks import AsyncClosing, TaskSupervisor
+from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
+from router.policy import LeastInFlight, Policy, ReplicaLoad
+
+__all__ = ["Loader", "Observer", "Reply", "Router"]
+
+log = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+#: Instance answers that mean "not here, try another copy" rather than "your request is wrong".
+_RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE: "unavailable", grpc.StatusCode.NOT_FOUND: "not_found"}
+
+
+class Loader(Protocol):
+    """The placement layer's cache-miss entry point (`mesh.cache_miss.CacheMiss`)."""
+
+    async def ensure_loaded(self, model_id: str, timeout: float) -> list[str]:
+        """Ids of instances holding a loaded copy, loading one if there is none. Raises
+        ModelNotRegistered, LoadingFailed, NoCapacity, or TimeoutError."""
+        ...
+
+
+class Observer(Protocol):
+    """Hooks for metrics (`router.metrics.RouterMetrics`); each must be quick."""
+
+    def retried(self, reason: str) -> None: ...
+
+    def cache_miss(self, seconds: float) -> None: ...
+
+
+class Reply(NamedTuple):
+    body: bytes
+    initial_metadata: Metadata
+    trailing_metadata: Metadata
+
+
+class _Endpoint:
+    """One instance as this router talks to it."""
+
+    __slots__ = ("address", "channel", "calls")
+
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    def call(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        found = self.calls.get(method)
+        if found is None:
+            # No serializers: bytes go out and come back as they are.
+            found = self.calls[method] = self.channel.unary_unary(method)
+        return found
+
+
+class Router(AsyncClosing):
+    def __init__(self, view: FabricView, loader: Loader | None, *, policy: Policy | None = None,
+                 max_tries: int = 3, suspect_s: float = 2.0, max_message_bytes: int = 16 << 20,
+                 observer: Observer | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._view = view
+        self._loader = loader
+        self._policy = policy or LeastInFlight()
+        self.max_tries = max(1, max_tries)
+        self.suspect_s = suspect_s
+        self._observer = observer
+        self._clock = clock
+        self._options = [("grpc.max_receive_message_length", max_message_bytes),
+                         ("grpc.max_send_message_length", max_message_bytes),
+                         ("grpc.enable_retries", 0)]  # retries are ours: they know about copies
+        self._loads: dict[str, ReplicaLoad] = {}
+        self._endpoints: dict[str, _Endpoint] = {}  # instance id -> endpoint
+        self._channels: dict[str, grpc.aio.Channel] = {}  # address -> channel
+        self._suspects: dict[str, float] = {}  # instance id -> until (clock)
+        self._sequence = 0
+        self._tasks = TaskSupervisor("router")
+        self._unsubscribe = view.subscribe(self._prune)
+
+    # -- the call -------------------------------------------------------------------------
+    async def call(self, method: str, body: bytes, model_id: str, metadata: Metadata | None,
+                   timeout: float) -> Reply:
+        """Forward `body` to a copy of `model_id`; `method` is the full path
+        (`/inference.GRPCInferenceService/ModelInfer`); `timeout` in seconds."""
+        clock = self._clock
+        deadline = clock() + timeout
+        candidates = self._view.loaded_on(model_id)
+        excluded: set[str] | None = None
+        tries = 0
+        last_failure = ""
+        while True:
+            if excluded:
+                candidates = [c for c in candidates if c not in excluded]
+            if not candidates:
+                candidates = await self._miss(model_id, deadline, excluded, last_failure)
+                continue
+            instance_id = self._choose(candidates)
+            endpoint = self._endpoint(instance_id)
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"deadline exceeded routing a call for model '{model_id}'"
+                                       + (f" (last failure: {last_failure})" if last_failure else ""))
+            if endpoint is None:  # the instance left the view between the read and now
+                excluded = (excluded or set()) | {instance_id}
+                candidates = self._view.loaded_on(model_id)
+                continue
+            load = self._loads.get(instance_id)
+            if load is None:
+                load = self._loads[instance_id] = ReplicaLoad()
+            self._sequence += 1
+            load.last_pick = self._sequence
+            load.in_flight += 1
+            try:
+                call = endpoint.call(method)(body, metadata=metadata, timeout=remaining)
+                response = await call
+                return Reply(response, await call.initial_metadata() or (), await call.trailing_metadata() or ())
+            except grpc.aio.AioRpcError as error:
+                reason = _RETRY_ELSEWHERE.get(error.code())
+                if reason is None:
+                    raise UpstreamError(error.code().name, error.details() or "",
+                                        tuple(error.trailing_metadata() or ())) from None
+                last_failure = f"instance {instance_id} at {endpoint.address}: {error.code().name}: {error.details()}"
+            finally:
+                load.in_flight -= 1
+            tries += 1
+            self._suspects[instance_id] = clock() + self.suspect_s
+            excluded = (excluded or set()) | {instance_id}
+            if self._observer is not None:
+                self._observer.retried(reason)
+            log.info("model %s: %s; %s", model_id, last_failure,
+                     "retrying" if tries < self.max_tries else "giving up")
+            if tries >= self.max_tries:
+                raise Unavailable(f"model '{model_id}': no copy answered after {tries} tries; last: {last_failure}")
+            candidates = self._view.loaded_on(model_id)
+
+    def _choose(self, candidates: list[str]) -> str:
+        if self._suspects:
+            now = self._clock()
+            for instance_id, until in list(self._suspects.items()):
+                if until <= now:
+                    del self._suspects[instance_id]
+            healthy = [c for c in candidates if c not in self._suspects]
+            if healthy:  # all suspect: try them anyway rather than fail
+                candidates = healthy
+        return self._policy.choose(candidates, self._loads)
+
+    async def _miss(self, model_id: str, deadline: float, excluded: set[str] | None, last_failure: str) -> list[str]:
+        """Candidates once the loader says the model is loaded; raises RouterError."""
+        remaining = deadline - self._clock()
+        why = f" (last failure: {last_failure})" if last_failure else ""
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline exceeded before model '{model_id}' could be served{why}")
+        before = frozenset(self._view.loaded_on(model_id))
+        if self._loader is None:
+            if self._view.model(model_id) is None and not before:
+                raise ModelNotFound(f"model '{model_id}' is not registered")
+            holders: Sequence[str] = ()
+        else:
+            started = time.perf_counter()
+            try:
+                holders = await self._loader.ensure_loaded(model_id, remaining)
+            except ModelNotRegistered:
+                raise ModelNotFound(f"model '{model_id}' is not registered") from None
+            except TimeoutError:
+                raise DeadlineExceeded(f"model '{model_id}' was not loaded within the call's deadline "
+                                       f"({remaining:.3g}s){why}") from None
+            except LoadingFailed as error:
+                raise Unavailable(str(error)) from None
+            except LoaderNoCapacity as error:
+                raise NoCapacity(str(error) or f"no instance has room for model '{model_id}'") from None
+            finally:
+                if self._observer is not None:
+                    self._observer.cache_miss(time.perf_counter() - started)
+        usable = [h for h in holders if (not excluded or h not in excluded) and self._view.instance(h) is not None]
+        if usable:
+            return usable
+        # Every copy the fabric knows of failed this call (or is not in our view yet): wait
+        # for the fabric to change (the dead instance's record expiring, a copy appearing),
+        # woken by the watch, then look again; each round is bounded by the deadline.
+        remaining = deadline - self._clock()
+        try:
+            await self._view.wait_for(lambda: frozenset(self._view.loaded_on(model_id)) != before, max(remaining, 0))
+        except TimeoutError:
+            raise DeadlineExceeded(f"model '{model_id}': no usable copy within the call's deadline{why}") from None
+        return self._view.loaded_on(model_id)
+
+    # -- endpoints ----------------------------------------------------------------------------
+    def _endpoint(self, instance_id: str) -> _Endpoint | None:
+        endpoint = self._endpoints.get(instance_id)
+        if endpoint is not None:
+            return endpoint
+        record = self._view.instance(instance_id)
+        if record is None:
+            return None
+        channel = self._channels.get(record.address)
+        if channel is None:
+            channel = self._channels[record.address] = grpc.aio.insecure_channel(record.address, options=self._options)
+        endpoint = self._endpoints[instance_id] = _Endpoint(record.address, channel)
+        return endpoint
+
+    def _prune(self) -> None:
+        """After a view change: forget instances that left (or moved), close unused channels."""
+        for instance_id in [i for i in self._endpoints if self._is_gone(i)]:
+            load = self._loads.get(instance_id)
+            if load is None or load.in_flight == 0:
+                del self._endpoints[instance_id]
+                self._loads.pop(instance_id, None)
+                self._suspects.pop(instance_id, None)
+        used = {e.address for e in self._endpoints.values()}
+        for address in [a for a in self._channels if a not in used]:
+            channel = self._channels.pop(address)
+            if not self._tasks.closed:
+                self._tasks.spawn(channel.close(), name=f"close {address}")
+
+    def _is_gone(self, instance_id: str) -> bool:
+        record = self._view.instance(instance_id)
+        return record is None or record.address != self._endpoints[instance_id].address
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight from this router, per instance (for metrics)."""
+        return {i: load.in_flight for i, load in self._loads.items()}
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        await self._tasks.close()
+        channels, self._channels = self._channels, {}
+        self._endpoints.clear()
+        for channel in channels.values():
+            await channel.close()

@@ -1,0 +1,284 @@
+"""V2 gRPC through the router to real runtime processes, with tritonclient as the client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from prometheus_client import CollectorRegistry
+from tritonclient.utils import InferenceServerException
+
+from protos import grpc_service_pb2 as pb
+from tests.router.conftest import StubLoader
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+
+def _x(rows: int = 2) -> np.ndarray:
+    return np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+
+
+def _inputs(x: np.ndarray, module=grpcclient):
+    tensor = module.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def _infer_sync(address: str, model: str, x: np.ndarray, **kwargs):
+    with grpcclient.InferenceServerClient(address) as client:
+        return client.infer(model, _inputs(x), **kwargs)
+
+
+@pytest.fixture
+async def routed(fabric, runtimes, router_factory, model_store):
+    """Both runtimes published as holding `add`; a stub loader for misses onto runtime 0."""
+    await fabric.publish("i0", runtimes[0], ["add", "identity_bytes"])
+    await fabric.publish("i1", runtimes[1], ["add", "identity_bytes"])
+    loader = StubLoader(fabric, {"add": model_store["add"], "add10": model_store["add10"]}, runtimes[0], "i0",
+                        held=["add", "identity_bytes"])
+    registry = CollectorRegistry()
+    running = await router_factory(fabric.view, loader, registry=registry)
+    return running, loader, registry
+
+
+def _address(running) -> str:
+    return f"127.0.0.1:{running.port}"
+
+
+async def test_infer_sync_client(routed):
+    running, _, _ = routed
+    x = _x()
+    result = await asyncio.to_thread(_infer_sync, _address(running), "add", x)
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+    np.testing.assert_array_equal(result.as_numpy("z"), x * 2)
+
+
+async def test_infer_aio_client_concurrent(routed):
+    running, loader, _ = routed
+    async with aioclient.InferenceServerClient(_address(running)) as client:
+        xs = [_x(rows) for rows in range(1, 17)]
+        results = await asyncio.gather(*(client.infer("add", _inputs(x, aioclient)) for x in xs))
+    for x, result in zip(xs, results):
+        np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+    assert loader.calls == []  # all hits
+
+
+async def test_bytes_tensors_and_request_id_pass_through(routed):
+    running, _, _ = routed
+    data = np.array([[b"a", b"\xc3\xa9t\xc3\xa9", b""]], dtype=object)
+    tensor = aioclient.InferInput("IN", [1, 3], "BYTES")
+    tensor.set_data_from_numpy(data)
+    async with aioclient.InferenceServerClient(_address(running)) as client:
+        result = await client.infer("identity_bytes", [tensor], request_id="req-42")
+    assert result.get_response().id == "req-42"
+    assert result.as_numpy("OUT").tolist() == data.tolist()
+
+
+async def test_metadata_config_ready_and_server_calls(routed):
+    running, _, _ = routed
+    async with aioclient.InferenceServerClient(_address(running)) as client:
+        assert await client.is_server_live() and await client.is_server_ready()
+        server = await client.get_server_metadata()
+        assert server.name == "meshserve" and "model_configuration" in server.extensions
+        metadata = await client.get_model_metadata("add")
+        assert metadata.name == "add" and [i.name for i in metadata.inputs] == ["x"]
+        config = await client.get_model_config("add")
+        assert config.config.name == "add"
+        assert await client.is_model_ready("add")
+        stats = await client.get_inference_statistics("add")
+        assert stats.model_stats[0].name == "add"
+
+
+async def test_header_routing_names_the_model(routed):
+    """`mm-model-id` wins over the name in the message; the instance sees the real id."""
+    running, _, _ = routed
+    x = _x()
+    result = await asyncio.to_thread(_infer_sync, _address(running), "whatever-the-client-says", x,
+                                     headers={"mm-model-id": "add"})
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+    assert result.get_response().model_name == "add"
+
+
+async def test_vmodel_by_name_and_by_header(routed, fabric):
+    running, _, _ = routed
+    await fabric.set_vmodel("my-predictor", "add")
+    x = _x()
+    by_name = await asyncio.to_thread(_infer_sync, _address(running), "my-predictor", x)
+    np.testing.assert_array_equal(by_name.as_numpy("y"), x + 1)
+    by_header = await asyncio.to_thread(_infer_sync, _address(running), "", x, headers={"mm-vmodel-id": "my-predictor"})
+    np.testing.assert_array_equal(by_header.as_numpy("y"), x + 1)
+
+
+async def test_unknown_vmodel_header_is_not_found(routed):
+    running, _, _ = routed
+    with pytest.raises(InferenceServerException) as caught:
+        await asyncio.to_thread(_infer_sync, _address(running), "add", _x(), headers={"mm-vmodel-id": "nope"})
+    assert caught.value.status() == "StatusCode.NOT_FOUND" and "vmodel 'nope'" in caught.value.message()
+
+
+async def test_both_headers_are_invalid(routed):
+    running, _, _ = routed
+    with pytest.raises(InferenceServerException) as caught:
+        await asyncio.to_thread(_infer_sync, _address(running), "add", _x(),
+                                headers={"mm-vmodel-id": "a", "mm-model-id": "add"})
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+async def test_unknown_model_is_not_found_with_a_message(routed):
+    running, loader, _ = routed
+    with pytest.raises(InferenceServerException) as caught:
+        await asyncio.to_thread(_infer_sync, _address(running), "no-such-model", _x())
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    assert "no-such-model" in caught.value.message() and "not registered" in caught.value.message()
+    assert loader.calls == ["no-such-model"]
+
+
+async def test_model_errors_pass_through_unchanged(routed, runtimes):
+    """A wrong shape is the model's business: the runtime's status and message, verbatim."""
+    running, _, _ = routed
+    bad = np.ones((1, 3), dtype=np.float32)
+
+    def direct():
+        with pytest.raises(InferenceServerException) as caught:
+            _infer_sync(runtimes[0].address, "add", bad)
+        return caught.value
+
+    def routed_call():
+        with pytest.raises(InferenceServerException) as caught:
+            _infer_sync(_address(running), "add", bad)
+        return caught.value
+
+    expected, got = await asyncio.to_thread(direct), await asyncio.to_thread(routed_call)
+    assert expected.status() == "StatusCode.INVALID_ARGUMENT"
+    assert (got.status(), got.message()) == (expected.status(), expected.message())
+
+
+async def test_malformed_request_bytes(routed):
+    running, _, _ = routed
+    async with grpc.aio.insecure_channel(_address(running)) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\x0a\x7fshort", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request" in caught.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(pb.ModelInferRequest(id="no name").SerializeToString(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "no model name" in caught.value.details()
+
+
+class EchoInstance:
+    """A real gRPC server standing in for an instance: ModelInfer echoes the caller's
+    metadata back (as initial and trailing metadata) and the model name it was sent;
+    `x-fail-with: CODE` makes it fail with that status and a trailer."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, tuple]] = []
+        self.server = grpc.aio.server()
+
+        async def infer(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = tuple((k, v) for k, v in context.invocation_metadata() if k.startswith(("x-", "mm-")))
+            request = pb.ModelInferRequest.FromString(body)
+            self.seen.append((request.model_name, metadata))
+            fail = dict(metadata).get("x-fail-with")
+            if fail:
+                await context.abort(grpc.StatusCode[fail], f"echo says {fail}", (("x-why", "asked to"),))
+            await context.send_initial_metadata((("x-initial", "hello"),))
+            context.set_trailing_metadata(tuple((f"{k}-echo" if not k.endswith("-bin") else f"{k[:-4]}-echo-bin", v)
+                                                for k, v in metadata))
+            return pb.ModelInferResponse(model_name=request.model_name, id=request.id).SerializeToString()
+
+        handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+
+@pytest.fixture
+async def echo(fabric):
+    instance = EchoInstance()
+    await instance.server.start()
+    await fabric.publish("echo", type("Addr", (), {"address": f"127.0.0.1:{instance.port}"})(), ["echo-model"])
+    yield instance
+    await instance.server.stop(0)
+
+
+async def test_metadata_passes_both_ways(routed, echo):
+    running, _, _ = routed
+    async with grpc.aio.insecure_channel(_address(running)) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+            pb.ModelInferRequest(model_name="echo-model", id="r1").SerializeToString(),
+            metadata=(("x-trace-id", "abc"), ("x-blob-bin", b"\x00\x01")), timeout=5)
+        response = pb.ModelInferResponse.FromString(await call)
+        initial, trailing = dict(await call.initial_metadata()), dict(await call.trailing_metadata())
+    assert (response.model_name, response.id) == ("echo-model", "r1")
+    assert echo.seen == [("echo-model", (("x-trace-id", "abc"), ("x-blob-bin", b"\x00\x01")))]
+    assert initial["x-initial"] == "hello"
+    assert trailing["x-trace-id-echo"] == "abc" and trailing["x-blob-echo-bin"] == b"\x00\x01"
+
+
+async def test_header_routing_injects_the_model_id(routed, echo, fabric):
+    running, _, _ = routed
+    await fabric.set_vmodel("echo-alias", "echo-model")
+    async with grpc.aio.insecure_channel(_address(running)) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        await call(pb.ModelInferRequest(model_name="client-name").SerializeToString(),
+                   metadata=(("mm-vmodel-id", "echo-alias"),), timeout=5)
+        await call(pb.ModelInferRequest(model_name="echo-alias").SerializeToString(), timeout=5)
+    assert echo.seen == [("echo-model", (("mm-model-id", "echo-model"),)), ("echo-model", ())]
+
+
+async def test_model_error_trailers_pass_through(routed, echo):
+    running, _, _ = routed
+    async with grpc.aio.insecure_channel(_address(running)) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(pb.ModelInferRequest(model_name="echo-model").SerializeToString(),
+                       metadata=(("x-fail-with", "FAILED_PRECONDITION"),), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == "echo says FAILED_PRECONDITION"
+    assert dict(caught.value.trailing_metadata())["x-why"] == "asked to"
+
+
+async def test_not_found_from_the_only_copy_waits_for_the_fabric_until_the_deadline(fabric, echo, router_factory):
+    """NOT_FOUND from an instance means its copy is gone: never sent there again in this call; the error
+    naming the last failure: with no other copy it waits for the fabric to change, up to the deadline."""
+    running = await router_factory(fabric.view, None, default_deadline_s=1.0, max_tries=2)
+    async with grpc.aio.insecure_channel(_address(running)) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(pb.ModelInferRequest(model_name="echo-model").SerializeToString(),
+                       metadata=(("x-fail-with", "NOT_FOUND"),))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "echo-model" in caught.value.details() and "echo says NOT_FOUND" in caught.value.details()
+    assert len(echo.seen) == 1  # excluded for the rest of the call; waited for the fabric to change
+
+
+async def test_miss_loads_through_the_loader_then_routes(routed, fabric):
+    running, loader, registry = routed
+    x = _x()
+    assert fabric.view.loaded_on("add10") == []
+    result = await asyncio.to_thread(_infer_sync, _address(running), "add10", x)
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 10)
+    assert loader.calls == ["add10"]
+    assert fabric.view.loaded_on("add10") == ["i0"]
+    again = await asyncio.to_thread(_infer_sync, _address(running), "add10", x)
+    np.testing.assert_array_equal(again.as_numpy("y"), x + 10)
+    assert loader.calls == ["add10"]  # the second call was a hit
+    assert registry.get_sample_value("modelmesh_cache_miss_milliseconds_count") == 1
+
+
+async def test_metrics_count_calls(routed):
+    running, _, registry = routed
+    await asyncio.to_thread(_infer_sync, _address(running), "add", _x())
+    with pytest.raises(InferenceServerException):
+        await asyncio.to_thread(_infer_sync, _address(running), "no-such-model", _x())
+    assert registry.get_sample_value("meshserve_router_requests_total", {"method": "ModelInfer", "code": "OK"}) == 1
+    assert registry.get_sample_value("meshserve_router_requests_total",
+                                     {"method": "ModelInfer", "code": "NOT_FOUND"}) == 1
+    assert registry.get_sample_value("meshserve_router_request_seconds_count", {"method": "ModelInfer"}) == 2
+    assert registry.get_sample_value("meshserve_router_in_flight", {"instance": "i0"}) == 0

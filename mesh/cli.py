@@ -13,6 +13,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("mesh.instance", "serve many models in one process (V2 gRPC + model-runtime SPI); joins a fabric with --etcd"),
     "controller": ("mesh.controller_main", "management API (mmesh.ModelMesh) and leader-elected background work"),
     "router": ("router.server", "route V2 inference calls (gRPC 8033, REST 8008) to loaded model copies"),
+    "register": ("mesh.cli_models.register", "register a model (--type, --uri; --load-now to load it and wait)"),
+    "unregister": ("mesh.cli_models.unregister", "unregister a model (its copies are unloaded)"),
+    "list": ("mesh.cli_models.listing", "list the registered models, their states and copies"),
+    "status": ("mesh.cli_models.status", "a model's state, copies and where they are, last failure"),
+    "vmodel": ("mesh.cli_models.vmodel", "set, delete or show a vmodel (alias)"),
+    "infer": ("mesh.cli_models.infer", "run one V2 inference through the router and print the outputs"),
+    "top": ("mesh.cli_models.top", "live view of instances: memory, models, loads, rates, LRU age"),
 }
 
 

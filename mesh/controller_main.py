@@ -35,12 +35,14 @@ from mesh.etcd_errors import LeaseLost, StoreClosed, StoreError, StoreUnavailabl
 from mesh.etcd_session import LeaseSession
 from mesh.fabric_view import FabricView
 from mesh.keys import Keys
+from mesh.admin import MeshAdminServicer
 from mesh.management import ModelMeshServicer
 from mesh.registry import Registry
 from mesh.runtime_client import RuntimeClients
 from mesh.settings import FabricSettings, add_fabric_flags
 from mesh.tasks import TaskSupervisor, cancel_and_wait
 from mesh.vmodels import VModels
+from protos import mesh_admin_pb2_grpc as admin_grpc
 from protos import model_mesh_pb2_grpc as mm_grpc
 
 __all__ = ["ControllerSettings", "build_parser", "main", "serve", "settings_from_args"]
@@ -181,6 +183,7 @@ async def serve(settings: ControllerSettings, stop: asyncio.Event | None = None)
     replica = _Replica(settings)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     mm_grpc.add_ModelMeshServicer_to_server(replica.servicer, server)
+    admin_grpc.add_MeshAdminServicer_to_server(MeshAdminServicer(replica.view, loading_timeout_ms=settings.loading_timeout_ms), server)
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     except RuntimeError:

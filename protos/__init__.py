@@ -4,6 +4,8 @@
   extensions (package `inference`), wire-compatible with tritonclient.
 - `model_runtime.proto`: ModelMesh's model-runtime SPI (`mmesh.ModelRuntime`).
 - `model_mesh.proto`: ModelMesh's management API (`mmesh.ModelMesh`).
+- `mesh_admin.proto`: meshserve's admin API (`meshserve.admin.MeshAdmin`): model
+  listing and fabric capacity, which ModelMesh's API has no call for.
 
 Imports nothing from the other meshserve packages. Regenerate with
 `python -m protos.generate`; the generated modules are committed.

@@ -22,10 +22,16 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, start_http_server
 
+from mesh.admin import MeshAdminServicer
+from mesh.cache_miss import CacheMiss
 from mesh.etcd_client import EtcdClient
 from mesh.fabric_view import FabricView
 from mesh.keys import Keys
-from protos import model_mesh_pb2_grpc
+from mesh.management import ModelMeshServicer
+from mesh.registry import Registry
+from mesh.runtime_client import RuntimeClients
+from mesh.vmodels import VModels
+from protos import mesh_admin_pb2_grpc, model_mesh_pb2_grpc
 from router.dataplane import DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
@@ -97,6 +103,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=version(), observer=metrics),))
     if management is not None:
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(management, server)
+        mesh_admin_pb2_grpc.add_MeshAdminServicer_to_server(MeshAdminServicer(view), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         await router.close()
@@ -124,26 +131,15 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     return running
 
 
-def _management_servicer(client: EtcdClient, keys: Keys, view: FabricView, loader: Any, runtimes: Any,
-                         default_timeout_s: float) -> Any:
-    """The mmesh.ModelMesh servicer (`mesh.management`), served beside inference on the
-    router's port as ModelMesh does; None (logged) if this installation lacks it."""
-    try:
-        from mesh.management import ModelMeshServicer  # noqa: PLC0415 - optional, and heavy
-        from mesh.registry import Registry  # noqa: PLC0415
-        from mesh.vmodels import VModels  # noqa: PLC0415
-    except ImportError as error:
-        log.warning("no mmesh.ModelMesh API on the router: %s", error)
-        return None
+def _management_servicer(client: EtcdClient, keys: Keys, view: FabricView, loader: CacheMiss,
+                         runtimes: RuntimeClients, default_timeout_s: float) -> ModelMeshServicer:
+    """The mmesh.ModelMesh servicer, served beside inference on the router's port as ModelMesh does."""
     registry = Registry(client, keys)
     return ModelMeshServicer(registry, view, loader, VModels(client, keys, registry), runtimes,
                              default_timeout_s=default_timeout_s)
 
 
 async def serve(settings: RouterSettings, worker: int = 0) -> None:
-    from mesh.cache_miss import CacheMiss  # noqa: PLC0415 - the placement layer, only in a real process
-    from mesh.runtime_client import RuntimeClients  # noqa: PLC0415
-
     if not settings.etcd_endpoints:
         raise SystemExit("meshserve router: --etcd (or MESHSERVE_ETCD) is required")
     keys = Keys(fabric=settings.fabric, root=settings.etcd_root)

@@ -1,0 +1,194 @@
+"""What every fabric command shares: `--router`, the gRPC connection, and error reporting.
+
+`run_command(name, parser, action, argv)` parses the flags, opens a `Connection` to the
+router and calls `action(connection, args)`. Every failure a user can cause or meet ends
+as ONE line on stderr, `meshserve <name>: <what went wrong>`, and exit status 1:
+
+- `CliError` raised by a command (bad flag values, an unknown model, a failed load);
+- a gRPC error, explained by `describe_rpc_error` (unreachable router, NOT_FOUND, ...);
+- anything unexpected (a bug), named with its type; Ctrl-C exits 130 quietly.
+Usage errors are argparse's (status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+
+import grpc
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protos import grpc_service_pb2_grpc as pb_grpc
+from protos import mesh_admin_pb2_grpc as admin_grpc
+from protos import model_mesh_pb2_grpc as mm_grpc
+
+__all__ = ["CliError", "CliSettings", "Connection", "SUPPORTED_SCHEMES", "add_common_flags", "check_storage_uri",
+           "describe_rpc_error", "run_command"]
+
+DEFAULT_ROUTER = "127.0.0.1:8033"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+# The storage URI schemes the puller resolves (puller/spec.py; Azure Blob is an
+# https://<account>.blob.core.windows.net URL), checked here so a typo fails at once
+# instead of as a load failure on some instance.
+SUPPORTED_SCHEMES = ("s3", "http", "https", "pvc", "file")
+
+# gRPC core's words for "no connection could be made", as opposed to an UNAVAILABLE
+# answered by a server (e.g. the controller's "the fabric's etcd is unreachable").
+_CONNECT_FAILURE = re.compile(r"failed to connect|connection refused|dns resolution failed|name resolution|"
+                              r"connections to all backends failing|socket closed|connection reset|"
+                              r"no route to host|network is unreachable|unavailable addresses", re.IGNORECASE)
+
+
+class CliError(Exception):
+    """A failure to report as one line (the message) and exit status `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CliSettings(BaseSettings):
+    """How the commands reach the fabric (flags override MESHSERVE_* override these defaults)."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="ignore")
+
+    router: str = Field(DEFAULT_ROUTER, description="HOST:PORT of a router (or controller) serving "
+                        "mmesh.ModelMesh, meshserve.admin.MeshAdmin and V2 inference.")
+    cli_timeout_s: float = Field(30.0, description="Deadline of one call (seconds); loads wait up to this long.")
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, timeout_help: str = "deadline of a call in seconds "
+                     "(default 30, env MESHSERVE_CLI_TIMEOUT_S)") -> None:
+    parser.add_argument("--router", help=f"router address HOST:PORT (env MESHSERVE_ROUTER, default {DEFAULT_ROUTER})")
+    parser.add_argument("--timeout", type=float, dest="cli_timeout_s", metavar="SECONDS", help=timeout_help)
+
+
+def _settings(args: argparse.Namespace) -> CliSettings:
+    given = {k: getattr(args, k) for k in ("router", "cli_timeout_s") if getattr(args, k, None) is not None}
+    try:
+        settings = CliSettings(**given)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise CliError(f"bad setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    _check_address(settings.router)
+    if settings.cli_timeout_s <= 0:
+        raise CliError(f"--timeout must be positive, got {settings.cli_timeout_s}")
+    return settings
+
+
+def _check_address(address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--router must be HOST:PORT, got {address!r}")
+
+
+def check_storage_uri(uri: str, storage_key: str | None) -> str:
+    """`uri` stripped if the puller can resolve its form; CliError saying why not otherwise.
+
+    Accepted: a URI of a supported scheme, an absolute local path (on the instances), or a
+    relative path inside the storage-config entry named by `storage_key`.
+    """
+    uri = uri.strip()
+    if not uri:
+        raise CliError("--uri is empty")
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0].lower()
+        if scheme not in SUPPORTED_SCHEMES:
+            supported = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+            raise CliError(f"unsupported storage URI scheme '{scheme}://' in {uri!r}; use {supported} "
+                           "or an absolute path")
+        rest = uri.split("://", 1)[1]
+        if scheme != "file" and not rest.split("/", 1)[0]:
+            raise CliError(f"storage URI {uri!r} names no {'bucket' if scheme == 's3' else 'host'}")
+        return uri
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^0-9]", uri) and not uri.startswith("/"):
+        raise CliError(f"storage URI {uri!r} is malformed: a scheme needs '://' (e.g. s3://bucket/path)")
+    if not uri.startswith("/") and storage_key is None:
+        raise CliError(f"relative path {uri!r}: give an absolute path, a URI (s3://, https://, pvc://, file://), "
+                       "or --storage-key with the storage-config entry it is in")
+    return uri
+
+
+def describe_rpc_error(error: grpc.RpcError, address: str, method: str = "") -> str:
+    """One line that says what a failed call means for the user."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else str(error)) or ""
+    details = " ".join(details.split())  # one line, whatever the server sent
+    if code == grpc.StatusCode.UNAVAILABLE and _CONNECT_FAILURE.search(details):
+        return (f"cannot reach the router at {address} (is it running? set --router or MESHSERVE_ROUTER): "
+                f"{_short(details)}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and details.lower() in ("deadline exceeded", ""):
+        return f"no answer from {address} in time (raise --timeout, or check that the router is up)"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return (f"the server at {address} does not serve {method or 'this call'}: is --router a meshserve router "
+                "or controller?")
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS,
+                grpc.StatusCode.FAILED_PRECONDITION) and details:
+        return details
+    return f"{code.name.lower().replace('_', ' ')}: {details}" if details else code.name.lower().replace("_", " ")
+
+
+def _short(details: str) -> str:
+    # gRPC's connect failures repeat the address and errno details; the last clause is the useful one.
+    return details.rsplit(": ", 1)[-1] if len(details) > 120 else details
+
+
+class Connection:
+    """One channel to the router and the stubs of the services the commands use."""
+
+    def __init__(self, settings: CliSettings) -> None:
+        self.address = settings.router
+        self.timeout = settings.cli_timeout_s
+        self.channel = grpc.insecure_channel(self.address, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self.mesh = mm_grpc.ModelMeshStub(self.channel)
+        self.admin = admin_grpc.MeshAdminStub(self.channel)
+        self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def call(self, method: Callable, request, *, what: str, timeout: float | None = None):
+        """`method(request)` with the deadline; a gRPC failure becomes a CliError of one line."""
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise CliError(describe_rpc_error(error, self.address, what)) from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+Action = Callable[[Connection, argparse.Namespace], "int | None"]
+
+
+def run_command(name: str, parser: argparse.ArgumentParser, action: Action, argv: list[str] | None) -> int:
+    """Parse, connect, run `action`; every failure is one line on stderr and a non-zero status."""
+    args = parser.parse_args(argv)
+    connection = None
+    try:
+        connection = Connection(_settings(args))
+        return action(connection, args) or 0
+    except CliError as error:
+        _fail(name, str(error))
+        return error.code
+    except grpc.RpcError as error:  # a call made without Connection.call
+        _fail(name, describe_rpc_error(error, connection.address if connection else "?"))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `meshserve list | head`
+        return 0
+    except Exception as error:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        _fail(name, f"unexpected {type(error).__name__}: {error}")
+        return 1
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+def _fail(name: str, message: str) -> None:
+    print(f"meshserve {name}: {' '.join(message.split())}", file=sys.stderr)

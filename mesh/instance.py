@@ -24,6 +24,7 @@ from mesh.agent import InstanceAgent
 from mesh.etcd_client import EtcdClient
 from mesh.keys import Keys
 from mesh.settings import FabricSettings, add_fabric_flags
+from protos import meshserve_version
 from runtimes import server as runtime_server
 from runtimes.backends import BackendRegistry
 from runtimes.settings import RuntimeSettings
@@ -104,7 +105,7 @@ async def serve_instance(runtime: RuntimeSettings, fabric: FabricSettings, insta
         address=advertise_address(runtime.host, running.port, instance.advertise_address),
         zone=instance.zone,
         model_types=_model_types(runtime),
-        version=runtime_server.version(),
+        version=meshserve_version(),
         lease_ttl_s=fabric.lease_ttl_s,
         publish_min_interval_s=instance.publish_min_interval_s,
         publish_max_interval_s=instance.publish_max_interval_s,

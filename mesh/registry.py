@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from mesh.etcd_client import EtcdClient
 from mesh.keys import Keys
-from mesh.records import ModelRecord, RecordError, from_document, to_document
+from mesh.records import ModelRecord, Record, RecordError, from_document, to_document
 
 __all__ = ["ModelAlreadyRegistered", "ModelInUse", "ModelNotRegistered", "Registry", "RegistryConflict"]
 
@@ -32,6 +32,19 @@ class ModelInUse(ValueError):
 
 class RegistryConflict(RuntimeError):
     """A change lost MAX_CAS_ATTEMPTS races in a row; the caller may retry later."""
+
+
+async def read_records(client: EtcdClient, prefix: str, kind: type[Record]) -> list[Record]:
+    """Every valid record under `prefix` (one paged range read). Corrupt records are skipped,
+    not fatal: one bad document must not hide the rest."""
+    _, kvs = await client.get_prefix(prefix)
+    found = []
+    for kv in kvs:
+        try:
+            found.append(from_document(kind, kv.value, kv.key))
+        except (RecordError, ValueError):
+            continue
+    return found
 
 
 class Registry:
@@ -105,12 +118,4 @@ class Registry:
 
         Corrupt records are skipped, not fatal: one bad document must not hide the rest.
         """
-        _, kvs = await self._client.get_prefix(self._keys.models)
-        records = {}
-        for kv in kvs:
-            try:
-                record = from_document(ModelRecord, kv.value, kv.key)
-            except (RecordError, ValueError):
-                continue
-            records[record.model_id] = record
-        return records
+        return {r.model_id: r for r in await read_records(self._client, self._keys.models, ModelRecord)}

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from mesh.etcd_client import EtcdClient
 from mesh.keys import Keys
-from mesh.records import ModelRecord, RecordError, VModelRecord, from_document, to_document
-from mesh.registry import MAX_CAS_ATTEMPTS, ModelInUse, ModelNotRegistered, Registry, RegistryConflict
+from mesh.records import ModelRecord, VModelRecord, from_document, to_document
+from mesh.registry import MAX_CAS_ATTEMPTS, ModelInUse, ModelNotRegistered, Registry, RegistryConflict, read_records
 
 __all__ = ["PreconditionFailed", "VModelChange", "VModelNotFound", "VModels"]
 
@@ -77,15 +77,7 @@ class VModels:
 
     async def list(self) -> dict[str, VModelRecord]:
         """Every vmodel (a range read; corrupt records are skipped)."""
-        _, kvs = await self._client.get_prefix(self._keys.vmodels)
-        found = {}
-        for kv in kvs:
-            try:
-                record = from_document(VModelRecord, kv.value, kv.key)
-            except (RecordError, ValueError):
-                continue
-            found[record.vmodel_id] = record
-        return found
+        return {r.vmodel_id: r for r in await read_records(self._client, self._keys.vmodels, VModelRecord)}
 
     # -- set / delete ---------------------------------------------------------------------
     async def set(self, change: VModelChange) -> VModelRecord:

@@ -10,3 +10,14 @@
 Imports nothing from the other meshserve packages. Regenerate with
 `python -m protos.generate`; the generated modules are committed.
 """
+
+from importlib import metadata as _metadata
+
+
+def meshserve_version() -> str:
+    """The installed meshserve version, which every server reports (ServerMetadata,
+    runtimeStatus, instance records); protos is the one package all of them import."""
+    try:
+        return _metadata.version("meshserve")
+    except _metadata.PackageNotFoundError:
+        return "0.0.0+unknown"

@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import signal
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 import grpc
@@ -31,7 +30,7 @@ from mesh.management import ModelMeshServicer
 from mesh.registry import Registry
 from mesh.runtime_client import RuntimeClients
 from mesh.vmodels import VModels
-from protos import mesh_admin_pb2_grpc, model_mesh_pb2_grpc
+from protos import mesh_admin_pb2_grpc, meshserve_version, model_mesh_pb2_grpc
 from router.dataplane import DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
@@ -42,13 +41,6 @@ from router.settings import RouterSettings, add_router_flags
 __all__ = ["RunningRouter", "main", "start_router"]
 
 log = logging.getLogger(__name__)
-
-
-def version() -> str:
-    try:
-        return metadata.version("meshserve")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 def view_ready(view: FabricView) -> Any:
@@ -100,7 +92,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ])
-    server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=version(), observer=metrics),))
+    server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=meshserve_version(), observer=metrics),))
     if management is not None:
         model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(management, server)
         mesh_admin_pb2_grpc.add_MeshAdminServicer_to_server(MeshAdminServicer(view), server)
@@ -112,7 +104,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     running = RunningRouter(server, router, port, None, None)
     try:
         if settings.rest_port:
-            runner = web.AppRunner(make_app(dataplane, ready=ready, version=version(),
+            runner = web.AppRunner(make_app(dataplane, ready=ready, version=meshserve_version(),
                                             max_body_bytes=settings.max_message_bytes), access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.rest_port, reuse_port=reuse_port or None)

@@ -11,12 +11,11 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from importlib import metadata
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from protos import grpc_service_pb2_grpc, model_runtime_pb2_grpc
+from protos import grpc_service_pb2_grpc, meshserve_version, model_runtime_pb2_grpc
 from puller import Puller
 from runtimes.backends import BackendRegistry, Device
 from runtimes.dataplane import InferenceService
@@ -27,13 +26,6 @@ from runtimes.settings import RuntimeSettings
 from runtimes.sizes import container_memory_limit, format_size
 
 log = logging.getLogger(__name__)
-
-
-def version() -> str:
-    try:
-        return metadata.version("meshserve")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 def resolve_device(setting: str) -> Device:
@@ -118,9 +110,9 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     ]
     server = grpc.aio.server(options=options)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(InferenceService(manager, version()), manager, metrics, ready), server)
+        InferenceServicer(InferenceService(manager, meshserve_version()), manager, metrics, ready), server)
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(
-        ModelRuntimeServicer(manager, ready, version(), settings.model_loading_timeout_ms), server)
+        ModelRuntimeServicer(manager, ready, meshserve_version(), settings.model_loading_timeout_ms), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: the port is taken or the address is wrong")

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint-imports protos up bench clean
+.PHONY: setup test test-fast lint-imports protos up config-docs bench clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,9 +31,14 @@ lint-imports: setup
 protos: setup
 	$(PY) -m protos.generate
 
-## Start a local runtime on 8085 (grows into the whole fabric: see README).
+## Start a local fabric: etcd, a controller, two runtimes, the router (gRPC 8033, REST 8008)
+## and the example models; Ctrl-C stops it all. UP_FLAGS passes options, e.g. UP_FLAGS="--runtimes 3".
 up: setup
-	$(VENV)/bin/meshserve runtime --host 127.0.0.1 --port 8085 --metrics-port 2112 --capacity 1GiB --models-dir .work/models
+	$(VENV)/bin/meshserve up $(UP_FLAGS)
+
+## Regenerate docs/configuration.md from the settings classes (a test fails when it is stale).
+config-docs: setup
+	$(PY) docs/gen_configuration.py
 
 clean:
-	rm -rf $(VENV) .work .pytest_cache
+	rm -rf $(VENV) .work .meshserve .pytest_cache

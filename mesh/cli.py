@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("mesh.instance", "serve many models in one process (V2 gRPC + model-runtime SPI); joins a fabric with --etcd"),
     "controller": ("mesh.controller_main", "management API (mmesh.ModelMesh) and leader-elected background work"),
     "router": ("router.server", "route V2 inference calls (gRPC 8033, REST 8008) to loaded model copies"),
+    "up": ("mesh.up", "a whole local fabric (etcd, controller, runtimes, router, example models); Ctrl-C stops it"),
     "register": ("mesh.cli_models.register", "register a model (--type, --uri; --load-now to load it and wait)"),
     "unregister": ("mesh.cli_models.unregister", "unregister a model (its copies are unloaded)"),
     "list": ("mesh.cli_models.listing", "list the registered models, their states and copies"),

@@ -36,6 +36,7 @@ from mesh.placement import NoFit, PlacementConfig, choose_instance
 from mesh.records import CopyClaim, LoadFailure, ModelRecord, to_document
 from mesh.registry import ModelNotRegistered, Registry
 from mesh.runtime_client import RuntimeClients
+from mesh.tasks import AsyncClosing, TaskSupervisor
 
 __all__ = ["CacheMiss", "LoadingFailed", "MissConfig", "NoCapacity"]
 
@@ -74,7 +75,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class CacheMiss:
+class CacheMiss(AsyncClosing):
     """Loads models on demand; one per process, shared by every caller."""
 
     def __init__(self, client: EtcdClient, keys: Keys, view: FabricView, runtimes: RuntimeClients,
@@ -86,6 +87,12 @@ class CacheMiss:
         self._registry = Registry(client, keys)
         self.config = config
         self._clock = clock
+        self._tasks = TaskSupervisor("cache-miss")
+        self._loads: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+
+    async def close(self) -> None:
+        """Cancel loads still running (their instances finish or drop them on their own)."""
+        await self._tasks.close()
 
     # -- the protocol --------------------------------------------------------------------
     async def ensure_loaded(self, model_id: str, timeout: float) -> list[str]:
@@ -205,15 +212,27 @@ class CacheMiss:
         return result.won
 
     async def _load(self, record: ModelRecord, instance_id: str) -> str | None:
-        """Ask the instance to load; None on success, else the reason (recorded)."""
+        """Ask the instance to load; None on success, else the reason (recorded).
+
+        The load runs as an owned task, so a caller whose deadline passes stops waiting
+        but the load goes on and serves the next call (it is not torn down half way).
+        """
+        key = (record.model_id, instance_id)
+        task = self._loads.get(key)
+        if task is None:
+            task = self._tasks.spawn(self._load_now(record, instance_id), name=f"load {record.model_id} on {instance_id}")
+            self._loads[key] = task
+            task.add_done_callback(lambda _: self._loads.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load_now(self, record: ModelRecord, instance_id: str) -> str | None:
         instance = self._view.instance(instance_id)
         if instance is None:
             reason = "the instance left the fabric before the load began"
         else:
             started = time.perf_counter()
             try:
-                # No timeout of our own: the caller's deadline (asyncio.timeout) bounds it;
-                # grpc is told the loading timeout so an abandoned call ends at the instance too.
+                # Bounded by the loading timeout, not by any caller's deadline.
                 await self._runtimes.load(instance.address, record, self.config.loading_timeout_ms / 1000)
                 log.info("loaded %s on %s in %.3fs", record.model_id, instance_id, time.perf_counter() - started)
                 return None

@@ -220,6 +220,7 @@ async def serve(settings: ControllerSettings, stop: asyncio.Event | None = None)
         await tasks.close()  # resigns (Election.close) and revokes the lease
         await server.stop(5.0)
         await replica.servicer.close()
+        await replica.cache_miss.close()
         await replica.view.close()
         await replica.runtimes.close()
         await replica.client.close()

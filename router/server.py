@@ -144,7 +144,7 @@ async def serve(settings: RouterSettings, worker: int = 0) -> None:
     management = _management_servicer(client, keys, view, loader, runtimes, settings.default_deadline_s)
     running = await start_router(settings, view, loader, management=management, reuse_port=settings.workers > 1,
                                  metrics_port=settings.metrics_port + worker if settings.metrics_port else 0)
-    running._owned.extend(o for o in (client, view, runtimes, management) if o is not None)
+    running._owned.extend(o for o in (client, view, runtimes, loader, management) if o is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -57,6 +57,7 @@ class Caller:
         return self
 
     async def __aexit__(self, *exc):
+        await self.miss.close()
         await self.view.close()
         await self.runtimes.close()
         await self.client.close()

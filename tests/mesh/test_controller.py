@@ -92,6 +92,7 @@ async def _fabric(client: EtcdClient, keys: Keys, vmodels: VModels | None = None
         yield fabric
     finally:
         await controller.close()
+        await cache_miss.close()
         for inst in fabric.instances:
             await inst.close()
         await runtimes.close()

@@ -147,6 +147,7 @@ async def _api(client: EtcdClient, keys: Keys) -> AsyncIterator[Api]:
         await channel.close()
         await server.stop(None)
         await servicer.close()
+        await cache_miss.close()
         for inst in api.instances:
             await inst.close()
         await runtimes.close()

@@ -5,6 +5,7 @@ real `CacheMiss`. Skipped if the placement layer's modules are not there."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 import numpy as np
 import pytest
@@ -32,8 +33,8 @@ def joined_runtime(tmp_path_factory, etcd_server, keys):
 async def test_a_registered_model_loads_on_first_call(fabric, etcd, keys, joined_runtime, model_store, router_factory):
     await fabric.view.wait_for(lambda: fabric.view.instance("agent-0"), 30)
     await Registry(etcd, keys).register(ModelRecord("add-e2e", "onnx", str(model_store["add"])))
-    async with RuntimeClients() as runtimes:
-        loader = cache_miss.CacheMiss(etcd, keys, fabric.view, runtimes)
+    async with RuntimeClients() as runtimes, AsyncExitStack() as stack:
+        loader = await stack.enter_async_context(cache_miss.CacheMiss(etcd, keys, fabric.view, runtimes))
         running = await router_factory(fabric.view, loader)
         x = np.ones((1, 4), dtype=np.float32)
 

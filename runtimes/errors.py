@@ -31,6 +31,10 @@ class CapacityExhausted(RuntimeError_):
     """Loading would exceed the runtime's capacity; the caller must evict first."""
 
 
+class ModelTooLarge(RuntimeError_):
+    """The model needs more than this runtime's whole capacity: no eviction can help."""
+
+
 class Busy(RuntimeError_):
     """Too many requests are queued for one model; retry later."""
 

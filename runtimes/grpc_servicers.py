@@ -19,6 +19,7 @@ from runtimes.dataplane import InferenceService
 from runtimes.errors import (
     Busy,
     CapacityExhausted,
+    ModelTooLarge,
     InvalidInput,
     InvalidModel,
     LoadFailed,
@@ -36,6 +37,7 @@ STATUS_OF_ERROR: dict[type[RuntimeError_], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidModel: grpc.StatusCode.INVALID_ARGUMENT,
     CapacityExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ModelTooLarge: grpc.StatusCode.FAILED_PRECONDITION,
     Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
 }

@@ -40,6 +40,7 @@ from runtimes.backends import BackendRegistry, Device, LoadedModel
 from runtimes.errors import (
     Busy,
     CapacityExhausted,
+    ModelTooLarge,
     InvalidInput,
     LoadFailed,
     ModelNotFound,
@@ -220,6 +221,9 @@ class ModelManager:
             return entry.reserved_bytes
 
     def _reserve(self, model_id: str, size: int) -> None:
+        if size > self.capacity_bytes:
+            raise ModelTooLarge(f"cannot load '{model_id}': it needs {format_size(size)}, more than this runtime's "
+                                f"whole capacity of {format_size(self.capacity_bytes)}")
         free = self.capacity_bytes - self.used_bytes
         if size > free:
             raise CapacityExhausted(
@@ -255,7 +259,8 @@ class ModelManager:
         others = self.used_bytes - entry.reserved_bytes
         if others + measured > self.capacity_bytes:
             model.unload()
-            raise CapacityExhausted(
+            refusal = ModelTooLarge if measured > self.capacity_bytes else CapacityExhausted
+            raise refusal(
                 f"'{model_id}' measured {format_size(measured)} after loading (predicted "
                 f"{format_size(entry.reserved_bytes)}); it does not fit, so it was unloaded again"
             )

@@ -116,13 +116,20 @@ def test_capacity_is_refused_with_resource_exhausted(tmp_path, model_store):
     from tests.support import models
     from tests.support.runtime_process import start_runtime_process
 
+    half = [models.add_onnx(tmp_path / f"half{n}" / "model.onnx", weights=250_000) for n in range(2)]  # ~1 MB each
     big = models.add_onnx(tmp_path / "big" / "model.onnx", weights=600_000)  # ~2.4 MB on disk
     small_runtime = start_runtime_process(tmp_path / "rt", capacity="2MiB")
     try:
-        with pytest.raises(grpc.RpcError) as caught:
+        small_runtime.load("half0", half[0].parent, "onnx")
+        with pytest.raises(grpc.RpcError) as full:  # fits the runtime, not what is free now
+            small_runtime.load("half1", half[1].parent, "onnx")
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "'half1'" in full.value.details() and "free" in full.value.details()
+        with pytest.raises(grpc.RpcError) as never:  # bigger than the whole runtime: no eviction can help
             small_runtime.load("big", big.parent, "onnx")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "'big'" in caught.value.details() and "free" in caught.value.details()
+        assert never.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'big'" in never.value.details() and "whole capacity" in never.value.details()
+        small_runtime.unload("half0")
         assert small_runtime.load("add", model_store["add"], "onnx").sizeInBytes > 0
     finally:
         assert small_runtime.stop() == 0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from runtimes.backends import Backend, BackendRegistry, Device, LoadedModel, TensorSpec
-from runtimes.errors import Busy, CapacityExhausted, InvalidModel, ModelNotFound
+from runtimes.errors import Busy, CapacityExhausted, InvalidModel, ModelNotFound, ModelTooLarge
 from runtimes.model_manager import ManagerConfig, ModelManager
 
 
@@ -130,7 +130,7 @@ async def test_capacity_counts_loads_in_progress(manager, backend, tmp_path):
 
 async def test_measured_size_over_capacity_is_unloaded_and_refused(manager, backend, tmp_path):
     backend.measured["big"] = 150
-    with pytest.raises(CapacityExhausted, match="measured 150B"):
+    with pytest.raises(ModelTooLarge, match="measured 150B"):
         await manager.load("big", "onnx", str(_model_dir(tmp_path, "big", 10)))
     assert backend.models[0].unloaded
     assert manager.used_bytes == 0 and manager.loaded_models() == []

@@ -91,6 +91,17 @@ class _Candidate:
     loading: bool
 
 
+async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
+    """Until one of `events` is set, or `timeout` seconds (which the caller re-checks)."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED) if waiters \
+            else await asyncio.sleep(timeout)  # nothing busy: only a fresh copy's grace can end
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 class InstanceAgent(AsyncClosing):
     """Registers a runtime in the fabric, makes room for its loads and publishes what it holds.
 
@@ -99,7 +110,10 @@ class InstanceAgent(AsyncClosing):
       backoff (forever, until `close()`) while etcd is unreachable or the lease is lost.
       The runtime serves meanwhile; `registered` is set while a lease holds the record;
     - eviction never picks a copy with requests in flight or a load in progress, evicts
-      least recently used first and no more than needed (see `mesh.lru`);
+      least recently used first and no more than needed (see `mesh.lru`); a copy loaded
+      less than `fresh_copy_grace_s` ago that has not served yet is spared (the call that
+      asked for it is on its way); when nothing can go, a load waits up to `room_wait_s`
+      for a request to finish before the manager refuses it (RESOURCE_EXHAUSTED);
     - no lifecycle hook blocks or raises: model record writes are queued, applied in order
       by one writer task; `StoreUnavailable` is retried a few times, then the write is kept
       and replayed after the next successful registration; a model that is not registered
@@ -132,6 +146,8 @@ class InstanceAgent(AsyncClosing):
         register_backoff_s: tuple[float, float] = (0.2, 10.0),
         record_write_attempts: int = 3,
         flush_timeout_s: float = 5.0,
+        room_wait_s: float = 10.0,
+        fresh_copy_grace_s: float = 2.0,
     ) -> None:
         self.instance_id = instance_id
         self.address = address
@@ -151,6 +167,8 @@ class InstanceAgent(AsyncClosing):
         self._backoff_initial, self._backoff_max = register_backoff_s
         self._write_attempts = max(1, record_write_attempts)
         self._flush_timeout_s = flush_timeout_s
+        self._room_wait_s = room_wait_s
+        self._fresh_grace_ms = int(fresh_copy_grace_s * 1000)
         self.metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
         self.metrics = AgentMetrics(self.metrics_registry)
         self.metrics.capacity.set(manager.capacity_bytes)
@@ -387,39 +405,66 @@ class InstanceAgent(AsyncClosing):
     async def _make_room(self, model_id: str, predicted_bytes: int) -> None:
         """The manager's room maker: evict LRU idle copies so `predicted_bytes` fit.
 
-        Runs under the manager's room lock, right before it reserves the bytes. Never
-        raises (but cancellation): when nothing fits it evicts nothing and lets the
-        manager refuse the load with CapacityExhausted.
+        Runs under the manager's room lock, right before it reserves the bytes. When no
+        copy can go now (all busy, or fresh), waits for a request to finish or a fresh
+        copy's grace to end, up to `room_wait_s`. Never raises (but cancellation): if there
+        is still no room it evicts nothing and lets the manager refuse the load.
         """
         self._dirty.set()  # a copy is about to be added (loading)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._room_wait_s
         try:
-            manager = self._manager
-            needed = predicted_bytes - (manager.capacity_bytes - manager.used_bytes)
-            if needed <= 0:
-                return
-            entries = manager.entries()
-            candidates = {
-                m: _Candidate(e.reserved_bytes, e.last_used_ms, e.in_flight, e.state is not State.LOADED)
-                for m, e in entries.items()
-            }
-            victims = choose_victims(candidates, needed, protect=(model_id,))
-            if not victims:
-                log.info("no room for %s (%d bytes): %d bytes short and too few idle copies to evict",
-                         model_id, predicted_bytes, needed)
-                return
-            now_ms = _now_ms()
-            for victim in victims:
-                age_ms = max(0, now_ms - candidates[victim].last_used_ms)
-                self.metrics.evictions.inc()
-                self.metrics.age_at_eviction.observe(age_ms)
-                log.info("evicting %s (%d bytes, last used %.1fs ago) to load %s", victim,
-                         candidates[victim].size_bytes, age_ms / 1000, model_id)
-            # A request that started on a victim since we chose it is waited for by unload.
-            await asyncio.gather(*(manager.unload(v) for v in victims))
+            while True:
+                victims, wake = self._victims(model_id, predicted_bytes)
+                if victims is None:
+                    return  # fits already
+                if victims:
+                    await self._evict(model_id, victims)
+                    return
+                remaining = give_up_at - loop.time()
+                if remaining <= 0:
+                    log.info("no room for %s (%d bytes): every copy that could go is busy or fresh", model_id,
+                             predicted_bytes)
+                    return
+                await _first_of(wake, min(remaining, self._fresh_grace_ms / 1000))
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a failed eviction must not fail the load by itself
             log.exception("making room for %s failed", model_id)
+
+    def _victims(self, model_id: str, predicted_bytes: int) -> tuple[list[str] | None, list[asyncio.Event]]:
+        """(None if it fits, else the LRU victims, [] when none can go now; events that
+        signal a busy copy going idle)."""
+        manager = self._manager
+        needed = predicted_bytes - (manager.capacity_bytes - manager.used_bytes)
+        if needed <= 0 or predicted_bytes > manager.capacity_bytes:
+            return None, []  # fits, or never will (the manager refuses it: ModelTooLarge)
+        now_ms = _now_ms()
+        entries = manager.entries()
+        candidates = {
+            m: _Candidate(e.reserved_bytes, e.last_used_ms, e.in_flight, e.state is not State.LOADED)
+            for m, e in entries.items()
+        }
+        fresh = [m for m, e in entries.items() if e.state is State.LOADED and e.stats.inference_count == 0
+                 and e.stats.fail.count == 0 and now_ms - e.since_ms < self._fresh_grace_ms]
+        victims = choose_victims(candidates, needed, protect=(model_id, *fresh))
+        if victims:
+            return victims, []
+        return [], [e.idle for e in entries.values() if e.state is State.LOADED and e.in_flight > 0]
+
+    async def _evict(self, model_id: str, victims: list[str]) -> None:
+        now_ms = _now_ms()
+        entries = self._manager.entries()
+        for victim in victims:
+            entry = entries.get(victim)
+            last_used = entry.last_used_ms if entry is not None else now_ms
+            age_ms = max(0, now_ms - last_used)
+            self.metrics.evictions.inc()
+            self.metrics.age_at_eviction.observe(age_ms)
+            log.info("evicting %s (%d bytes, last used %.1fs ago) to load %s", victim,
+                     entry.reserved_bytes if entry is not None else 0, age_ms / 1000, model_id)
+        # A request that started on a victim since we chose it is waited for by unload.
+        await asyncio.gather(*(self._manager.unload(v) for v in victims))
 
     # -- lifecycle hooks (LifecycleObserver) -------------------------------------------------------
     def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None:

@@ -88,7 +88,7 @@ class CacheMiss(AsyncClosing):
         self.config = config
         self._clock = clock
         self._tasks = TaskSupervisor("cache-miss")
-        self._loads: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+        self._loads: dict[tuple[str, str], asyncio.Task[tuple[str, bool] | None]] = {}
 
     async def close(self) -> None:
         """Cancel loads still running (their instances finish or drop them on their own)."""
@@ -109,7 +109,8 @@ class CacheMiss(AsyncClosing):
 
     async def _ensure(self, model_id: str) -> list[str]:
         await self._view.wait_ready(None)
-        tried: dict[str, str] = {}
+        tried: dict[str, str] = {}  # instances whose load failed this call: the model's fault
+        refused: set[str] = set()  # full or unreachable just now: try others, then wait for room
         attempts = 0
         while True:
             record = self._view.model(model_id) or await self._catch_up(model_id)
@@ -127,19 +128,29 @@ class CacheMiss(AsyncClosing):
             if attempts >= self.config.max_load_attempts:
                 raise LoadingFailed(model_id, failures)
             choice = choose_instance(self._view.model_view(record), self._live_instance_views(),
-                                     self.config.placement, exclude=failures)
+                                     self.config.placement, exclude=failures.keys() | refused)
             if isinstance(choice, NoFit):
+                if refused or choice.for_room:
+                    # Every instance is busy or full just now: wait for one of them to change
+                    # (a request finishing, a copy going), bounded by the caller's deadline.
+                    await self._wait_for_instances(model_id)
+                    refused.clear()
+                    continue
                 if failures:
                     raise LoadingFailed(model_id, failures)
                 raise NoCapacity(f"cannot load '{model_id}': {choice.reason}")
             if not await self._claim(record, revision, choice.instance_id, now):
                 await self._view.wait_for(lambda: self._view.model_revision(model_id) != revision, None)
                 continue
-            attempts += 1
-            reason = await self._load(record, choice.instance_id)
-            if reason is None:
+            outcome = await self._load(record, choice.instance_id)
+            if outcome is None:
                 return await self._published(model_id, choice.instance_id)
-            tried[choice.instance_id] = reason
+            reason, blameless = outcome
+            if blameless:
+                refused.add(choice.instance_id)
+            else:
+                tried[choice.instance_id] = reason
+                attempts += 1
 
     async def add_copy(self, model_id: str, instance_id: str, timeout: float) -> bool:
         """Claim and load one more copy on `instance_id` (scale-up, re-homing).
@@ -153,9 +164,9 @@ class CacheMiss(AsyncClosing):
                 return False
             if not await self._claim(record, self._view.model_revision(model_id), instance_id, self._clock()):
                 return False
-            reason = await self._load(record, instance_id)
-            if reason is not None:
-                raise LoadingFailed(model_id, {instance_id: reason})
+            outcome = await self._load(record, instance_id)
+            if outcome is not None:
+                raise LoadingFailed(model_id, {instance_id: outcome[0]})
             return True
 
     def pending_claims(self, record: ModelRecord, now_ms: int) -> frozenset[str]:
@@ -211,8 +222,9 @@ class CacheMiss(AsyncClosing):
                                                         to_document(claimed), revision)
         return result.won
 
-    async def _load(self, record: ModelRecord, instance_id: str) -> str | None:
-        """Ask the instance to load; None on success, else the reason (recorded).
+    async def _load(self, record: ModelRecord, instance_id: str) -> tuple[str, bool] | None:
+        """Ask the instance to load; None on success, else why and whether it was not the
+        model's fault (full, unreachable: no failure record) or was (recorded).
 
         The load runs as an owned task, so a caller whose deadline passes stops waiting
         but the load goes on and serves the next call (it is not torn down half way).
@@ -225,7 +237,7 @@ class CacheMiss(AsyncClosing):
             task.add_done_callback(lambda _: self._loads.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _load_now(self, record: ModelRecord, instance_id: str) -> str | None:
+    async def _load_now(self, record: ModelRecord, instance_id: str) -> tuple[str, bool] | None:
         instance = self._view.instance(instance_id)
         if instance is None:
             reason = "the instance left the fabric before the load began"
@@ -243,10 +255,10 @@ class CacheMiss(AsyncClosing):
                     # record that would keep this model off the instance for minutes.
                     log.info("load of %s on %s refused: %s", record.model_id, instance_id, reason)
                     await self._release_claim(record.model_id, instance_id)
-                    return reason
+                    return reason, True
         log.warning("load of %s on %s failed: %s", record.model_id, instance_id, reason)
         await self.record_failure(record.model_id, instance_id, reason)
-        return reason
+        return reason, False
 
     async def _release_claim(self, model_id: str, instance_id: str) -> None:
         def change(record: ModelRecord) -> ModelRecord:
@@ -259,6 +271,12 @@ class CacheMiss(AsyncClosing):
             await self._registry.update(model_id, change)
         except ModelNotRegistered:
             pass
+
+    async def _wait_for_instances(self, model_id: str) -> None:
+        """Until any instance record changes or the model is loaded somewhere (watch-driven)."""
+        revision = self._view.instances.revision
+        await self._view.wait_for(lambda: self._view.instances.revision != revision or self._view.loaded_on(model_id),
+                                  None)
 
     async def _published(self, model_id: str, instance_id: str) -> list[str]:
         """After a successful load: the holders once the view shows the copy (briefly waited for)."""

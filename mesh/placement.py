@@ -235,9 +235,12 @@ class Choice:
 
 @dataclass(frozen=True)
 class NoFit:
-    """No instance can take the copy now; ``reason`` says why, for status and logs."""
+    """No instance can take the copy now; ``reason`` says why, for status and logs.
+    ``for_room``: instances of the right type exist but none has room now (a wait may
+    help); otherwise none can take the model at all."""
 
     reason: str
+    for_room: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,7 +401,7 @@ def choose_instance(
                      f" (and holds no copy of {model.id!r})")
     assert not saw_room
     how = "even after evicting idle copies" if allow_eviction else "in free space"
-    return NoFit(f"no instance has room for {model.id!r} ({size} bytes) {how}")
+    return NoFit(f"no instance has room for {model.id!r} ({size} bytes) {how}", for_room=True)
 
 
 # ---------------------------------------------------------------------------------------

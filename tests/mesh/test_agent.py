@@ -33,7 +33,7 @@ from mesh.registry import Registry
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
 from runtimes.backends import Backend, BackendRegistry, Device, LoadedModel, TensorSpec
-from runtimes.errors import InvalidModel
+from runtimes.errors import CapacityExhausted, InvalidModel
 from runtimes.model_manager import ManagerConfig, ModelManager
 from runtimes.server import RunningRuntime, start_runtime
 from runtimes.settings import RuntimeSettings
@@ -197,7 +197,10 @@ async def test_lru_eviction_takes_least_recently_used_and_never_exceeds_capacity
         manager = running.manager
 
         async def load(model_id: str) -> None:
+            # Loaded and then called, as a cache miss does: a copy that never served is
+            # spared for a grace period (the next test), which is not what this one checks.
             await manager.load(model_id, "onnx", str(onnx_models[model_id]))
+            await manager.run(model_id, X, [])
 
         for model_id in ("m0", "m1", "m2"):
             await load(model_id)
@@ -263,6 +266,26 @@ class GatedBackend(Backend):
         self.models[model_file.parent.name] = model
         return model
 
+
+
+async def test_a_fresh_copy_that_has_not_served_is_spared_and_a_load_waits_for_room(
+        etcd: EtcdClient, keys: Keys, tmp_path: Path, onnx_models: dict[str, Path]) -> None:
+    size = onnx_size(onnx_models["m0"])
+    for model_id in ("m0", "m1", "m2", "m3", "m4"):
+        await register(etcd, keys, model_id, onnx_models[model_id])
+    async with runtime_with_agent(etcd, keys, tmp_path, capacity=int(size * 3.5),
+                                  fresh_copy_grace_s=600, room_wait_s=0.2) as (running, _):
+        manager = running.manager
+        await manager.load("m0", "onnx", str(onnx_models["m0"]))
+        await manager.run("m0", X, [])  # m0 served: it may go
+        await manager.load("m1", "onnx", str(onnx_models["m1"]))  # m1, m2: loaded, never called
+        await manager.load("m2", "onnx", str(onnx_models["m2"]))
+        await manager.load("m3", "onnx", str(onnx_models["m3"]))
+        assert manager.loaded_models() == ["m1", "m2", "m3"], "the copy that served goes, not the fresh LRU one"
+        # Every copy is fresh now: the load waits for room (0.2 s here), then is refused.
+        with pytest.raises(CapacityExhausted):
+            await manager.load("m4", "onnx", str(onnx_models["m4"]))
+        assert manager.loaded_models() == ["m1", "m2", "m3"]
 
 @dataclass
 class Pulled:

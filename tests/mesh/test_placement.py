@@ -90,7 +90,7 @@ def test_evicts_when_full_and_prefers_oldest_lru() -> None:
     b = inst("b", copies={"q": CopyView(95, 100)})
     assert choose_instance(model(), [a, b]) == Choice("b", ("q",))
     assert choose_instance(model(), [a, b], allow_eviction=False) == NoFit(
-        "no instance has room for 'm' (10 bytes) in free space")
+        "no instance has room for 'm' (10 bytes) in free space", for_room=True)
 
 
 def test_free_space_beats_eviction() -> None:
@@ -363,7 +363,7 @@ def test_last_copy_rehome_may_evict_extra_copies_may_not() -> None:
     plan = plan_rehoming(Snapshot(now, full, {"m": model("m", 50, last=now)}), [dead, dead2])
     assert [r.choice for r in plan] == [Choice("a", ("idle",)),
                                         NoFit("no instance has room for 'm' (50 bytes)"
-                                              " in free space")]
+                                              " in free space", for_room=True)]
 
 
 def test_fleet_free_ignores_shutting_down() -> None:

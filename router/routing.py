@@ -117,14 +117,15 @@ class Router(AsyncClosing):
         clock = self._clock
         deadline = clock() + timeout
         candidates = self._view.loaded_on(model_id)
-        excluded: set[str] | None = None
-        tries = 0
+        excluded: set[str] | None = None  # unreachable instances: not again in this call
+        gone: dict[str, int] | None = None  # instance -> its record's publish time when the copy was found gone
+        tries = moves = 0
         last_failure = ""
         while True:
-            if excluded:
-                candidates = [c for c in candidates if c not in excluded]
+            if excluded or gone:
+                candidates = self._usable(candidates, excluded, gone)
             if not candidates:
-                candidates = await self._miss(model_id, deadline, excluded, last_failure)
+                candidates = await self._miss(model_id, deadline, excluded, gone, last_failure)
                 continue
             instance_id = self._choose(candidates)
             endpoint = self._endpoint(instance_id)
@@ -154,15 +155,25 @@ class Router(AsyncClosing):
                 last_failure = f"instance {instance_id} at {endpoint.address}: {error.code().name}: {error.details()}"
             finally:
                 load.in_flight -= 1
-            tries += 1
-            self._suspects[instance_id] = clock() + self.suspect_s
-            excluded = (excluded or set()) | {instance_id}
             if self._observer is not None:
                 self._observer.retried(reason)
-            log.info("model %s: %s; %s", model_id, last_failure,
-                     "retrying" if tries < self.max_tries else "giving up")
-            if tries >= self.max_tries:
-                raise Unavailable(f"model '{model_id}': no copy answered after {tries} tries; last: {last_failure}")
+            if reason == "not_found":
+                # The copy went (evicted, unloaded) but the instance is fine: skip it until it
+                # publishes again, then trust the view (it may hold a fresh copy by then).
+                # Bounded by the deadline, and loosely by count so a bug cannot spin.
+                moves += 1
+                record = self._view.instance(instance_id)
+                gone = {**(gone or {}), instance_id: record.published_ms if record is not None else 0}
+                if moves >= self.max_tries * 10:
+                    raise Unavailable(f"model '{model_id}': copies kept disappearing ({moves} tries); last: {last_failure}")
+            else:
+                tries += 1
+                self._suspects[instance_id] = clock() + self.suspect_s
+                excluded = (excluded or set()) | {instance_id}
+                log.info("model %s: %s; %s", model_id, last_failure,
+                         "retrying" if tries < self.max_tries else "giving up")
+                if tries >= self.max_tries:
+                    raise Unavailable(f"model '{model_id}': no copy answered after {tries} tries; last: {last_failure}")
             candidates = self._view.loaded_on(model_id)
 
     def _choose(self, candidates: list[str]) -> str:
@@ -176,7 +187,20 @@ class Router(AsyncClosing):
                 candidates = healthy
         return self._policy.choose(candidates, self._loads)
 
-    async def _miss(self, model_id: str, deadline: float, excluded: set[str] | None, last_failure: str) -> list[str]:
+    def _usable(self, candidates: list[str], excluded: set[str] | None, gone: dict[str, int] | None) -> list[str]:
+        usable = []
+        for candidate in candidates:
+            if excluded and candidate in excluded:
+                continue
+            if gone and candidate in gone:
+                record = self._view.instance(candidate)
+                if record is None or record.published_ms <= gone[candidate]:
+                    continue  # not republished since its copy was found gone
+            usable.append(candidate)
+        return usable
+
+    async def _miss(self, model_id: str, deadline: float, excluded: set[str] | None, gone: dict[str, int] | None,
+                    last_failure: str) -> list[str]:
         """Candidates once the loader says the model is loaded; raises RouterError."""
         remaining = deadline - self._clock()
         why = f" (last failure: {last_failure})" if last_failure else ""
@@ -203,7 +227,7 @@ class Router(AsyncClosing):
             finally:
                 if self._observer is not None:
                     self._observer.cache_miss(time.perf_counter() - started)
-        usable = [h for h in holders if (not excluded or h not in excluded) and self._view.instance(h) is not None]
+        usable = [h for h in self._usable(list(holders), excluded, gone) if self._view.instance(h) is not None]
         if usable:
             return usable
         # Every copy the fabric knows of failed this call (or is not in our view yet): wait
@@ -211,7 +235,8 @@ class Router(AsyncClosing):
         # woken by the watch, then look again; each round is bounded by the deadline.
         remaining = deadline - self._clock()
         try:
-            await self._view.wait_for(lambda: frozenset(self._view.loaded_on(model_id)) != before, max(remaining, 0))
+            await self._view.wait_for(lambda: self._usable(self._view.loaded_on(model_id), excluded, gone)
+                                      or frozenset(self._view.loaded_on(model_id)) != before, max(remaining, 0))
         except TimeoutError:
             raise DeadlineExceeded(f"model '{model_id}': no usable copy within the call's deadline{why}") from None
         return self._view.loaded_on(model_id)

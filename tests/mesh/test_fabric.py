@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import itertools
 import random
-import re
 import signal
 import threading
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -45,13 +43,6 @@ def infer(runtime, model_id: str) -> np.ndarray:
     tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
     reply = runtime.inference.ModelInfer(request, timeout=30)
     return np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)
-
-
-def loads_done(runtime) -> float:
-    """Successful loads so far, from the runtime's Prometheus metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
-    match = re.search(r'^modelmesh_loadmodel_total\{outcome="success"\} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def model_size(root: Path) -> int:
@@ -153,7 +144,7 @@ def test_skewed_traffic_never_exceeds_capacity_and_evicts_least_recently_used(fa
 def test_twenty_concurrent_ensure_loaded_from_two_controllers_load_once(fabric):
     store = fabric.workdir / "concurrent"
     register(fabric.controllers[0], "hot", model_dir(store, "hot"))
-    loads_before = sum(loads_done(r) for r in fabric.runtimes.values())
+    loads_before = fabric.loads_done()
     results: list[Status] = []
     errors: list[BaseException] = []
 
@@ -170,7 +161,7 @@ def test_twenty_concurrent_ensure_loaded_from_two_controllers_load_once(fabric):
         thread.join(60)
     assert not errors, errors[:3]
     assert all(r.status == Status.LOADED for r in results) and len(results) == 20
-    assert sum(loads_done(r) for r in fabric.runtimes.values()) - loads_before == 1
+    assert fabric.loads_done() - loads_before == 1
     assert len(fabric.holders("hot")) == 1
 
 

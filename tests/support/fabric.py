@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import grpc
 
 from mesh.keys import Keys
 from mesh.records import InstanceRecord, ModelRecord, RecordError, from_document
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support.etcd_server import EtcdServer
@@ -33,8 +36,17 @@ from tests.support.waiting import wait_until
 REPO = Path(__file__).resolve().parents[2]
 
 
+def loads_done(runtime: RuntimeProcess) -> float:
+    """Successful loads so far, from one runtime's Prometheus metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
+    match = re.search(r'^modelmesh_loadmodel_total\{outcome="success"\} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 @dataclass
 class ControllerProcess:
+    """A controller or router process: its gRPC port serves mmesh.ModelMesh (`.mesh`)."""
+
     process: subprocess.Popen
     port: int
     log_path: Path
@@ -71,6 +83,7 @@ class Fabric:
         self._own_etcd = etcd is None
         self.runtimes: dict[str, RuntimeProcess] = {}
         self.controllers: list[ControllerProcess] = []
+        self.routers: list[ControllerProcess] = []
 
     def start_etcd(self) -> None:
         if self._own_etcd:
@@ -110,6 +123,31 @@ class Fabric:
         wait_until(answers, 60, "the controller to answer the management API")
         return controller
 
+    def add_router(self, *extra: str) -> ControllerProcess:
+        """A `meshserve router` process (V2 gRPC + mmesh.ModelMesh on one port, no REST)."""
+        port = free_port()
+        log_path = self.workdir / f"router-{port}.log"
+        command = [sys.executable, "-m", "mesh.cli", "router", *self.fabric_flags, "--host", "127.0.0.1",
+                   "--port", str(port), "--rest-port", "0", "--metrics-port", "0", *extra]
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        router = ControllerProcess(process, port, log_path)
+        self.routers.append(router)
+        inference = pb_grpc.GRPCInferenceServiceStub(router.channel)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"router exited with {process.returncode}:\n{router.log()}")
+            return inference.ServerReady(pb.ServerReadyRequest(), timeout=1).ready
+
+        wait_until(ready, 60, "the router to answer ServerReady")
+        return router
+
+    def loads_done(self) -> float:
+        """Successful model loads so far, summed over the runtimes' Prometheus metrics."""
+        return sum(loads_done(runtime) for runtime in self.runtimes.values())
+
     # -- reading etcd -----------------------------------------------------------------------
     def _get_prefix(self, prefix: str) -> dict[str, dict]:
         """Every record under `prefix`, read through etcd's JSON gateway (one consistent range read)."""
@@ -141,7 +179,7 @@ class Fabric:
                       if model_id in r.copies and not r.copies[model_id].loading)
 
     def close(self) -> None:
-        for controller in self.controllers:
+        for controller in [*self.routers, *self.controllers]:
             if controller.process.poll() is None:
                 controller.process.kill()
                 controller.process.wait(10)

@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import sys
-import uuid
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server

@@ -22,7 +22,7 @@ from mesh.etcd_session import LeaseSession
 from mesh.fabric_view import FabricView
 from mesh.keys import Keys
 from mesh.management import ModelMeshServicer
-from mesh.records import CopyClaim, HeldCopy, InstanceRecord, ModelRecord, to_document
+from mesh.records import CopyClaim, HeldCopy, InstanceRecord, to_document
 from mesh.registry import ModelNotRegistered, Registry
 from mesh.runtime_client import RuntimeClients
 from mesh.vmodels import VModels

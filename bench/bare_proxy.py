@@ -1,0 +1,78 @@
+"""A bare grpc.aio unary proxy: the floor of what any Python grpc.aio hop costs.
+
+One grpc.aio server with one GenericRpcHandler that answers every method with a unary
+handler forwarding the request's bytes to one upstream address through
+`channel.unary_unary(method)` (no serializers: bytes in, bytes out) and returning the
+upstream's reply bytes. Nothing else: no metadata handling, no metrics, no routing, no
+error mapping (an upstream error surfaces as the handler's exception). Same server and
+channel options as the router (router/server.py, router/routing.py), so the difference to
+`meshserve router` is the router's own code.
+
+Used by bench/router_overhead.py, which starts it as its own process:
+
+    python bench/bare_proxy.py --port PORT --upstream HOST:PORT
+
+It prints READY once the port is bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import grpc
+
+MAX_MESSAGE_BYTES = 16 << 20  # the router's default max_message_bytes (router/settings.py)
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+]
+
+
+class Forward(grpc.GenericRpcHandler):
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            upstream = self._channel.unary_unary(method)
+
+            async def forward(body: bytes, context) -> bytes:
+                return await upstream(body)
+
+            handler = self._handlers[method] = grpc.unary_unary_rpc_method_handler(forward)
+        return handler
+
+
+async def serve(port: int, upstream: str) -> None:
+    channel = grpc.aio.insecure_channel(upstream, options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((Forward(channel),))
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise SystemExit(f"bare proxy: cannot listen on 127.0.0.1:{port}")
+    await server.start()
+    print("READY", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="host:port to forward every call to")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.upstream))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import re
 import subprocess
 import sys
 import urllib.request
@@ -109,6 +110,21 @@ def test_examples_are_registered_and_loaded(up):
     assert set(up.pids()) == {"etcd", "controller", "runtime-0", "runtime-1", "router"}
     text = up.text()
     assert f"127.0.0.1:{up.port}" in text and "/v2/models/iris/infer" in text and "meshserve infer iris" in text
+
+
+def test_list_and_status_show_the_examples(up):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mesh.cli", *args, "--router", f"127.0.0.1:{up.port}"],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    listing = cli("list")
+    assert listing.returncode == 0, listing.stderr
+    for name in EXAMPLES:
+        assert re.search(rf"^{re.escape(name)}\s.*LOADED", listing.stdout, re.MULTILINE), listing.stdout
+    status = cli("status", "iris")
+    assert status.returncode == 0 and "LOADED" in status.stdout and "runtime-" in status.stdout, status.stdout
+    unknown = cli("status", "no-such-model")
+    assert unknown.returncode != 0 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
 
 
 def _iris_reference(folder: Path, features: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ def model_size(root: Path) -> int:
 
 @pytest.fixture(scope="module")
 def fabric(tmp_path_factory):
-    """Three runtimes with room for ten models each, two controller replicas.
+    """Three runtimes with room for ten models each, three controller replicas.
 
     Rate-driven scaling is off here: the controller's scale-down of cold copies when the
     fleet is short of space would mix its choices with the instances' LRU evictions that
@@ -65,8 +65,8 @@ def fabric(tmp_path_factory):
         capacity = 10 * model_size(workdir) + 1024
         for n in range(3):
             fabric.add_runtime(f"rt{n}", str(capacity))
-        fabric.add_controller("--no-scaling")
-        fabric.add_controller("--no-scaling")
+        for _ in range(3):
+            fabric.add_controller("--no-scaling")
         yield fabric
     finally:
         fabric.close()
@@ -141,7 +141,7 @@ def test_skewed_traffic_never_exceeds_capacity_and_evicts_least_recently_used(fa
     assert not bad, bad[:5]
 
 
-def test_twenty_concurrent_ensure_loaded_from_two_controllers_load_once(fabric):
+def test_twenty_concurrent_ensure_loaded_from_three_processes_load_once(fabric):
     store = fabric.workdir / "concurrent"
     register(fabric.controllers[0], "hot", model_dir(store, "hot"))
     loads_before = fabric.loads_done()
@@ -150,7 +150,7 @@ def test_twenty_concurrent_ensure_loaded_from_two_controllers_load_once(fabric):
 
     def call(n: int) -> None:
         try:
-            results.append(ensure_loaded(fabric.controllers[n % 2], "hot"))
+            results.append(ensure_loaded(fabric.controllers[n % 3], "hot"))
         except BaseException as error:  # noqa: BLE001 - collected and asserted below
             errors.append(error)
 

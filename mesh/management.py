@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 import time
 import uuid
@@ -36,7 +35,7 @@ from mesh.cache_miss import CacheMiss, LoadingFailed, NoCapacity
 from mesh.etcd_errors import StoreClosed, StoreUnavailable
 from mesh.fabric_view import FabricView
 from mesh.model_status import DEFAULT_LOADING_TIMEOUT_MS, model_status, vmodel_status
-from mesh.records import ModelRecord
+from mesh.records import ModelRecord, parse_model_key
 from mesh.registry import ModelAlreadyRegistered, ModelInUse, ModelNotRegistered, Registry, RegistryConflict
 from mesh.runtime_client import RuntimeClients
 from mesh.tasks import AsyncClosing, TaskSupervisor
@@ -120,11 +119,9 @@ def _model_record(model_id: str, info: mm.ModelInfo, now_ms: int, last_used_ms: 
         raise InvalidRequest("modelInfo.path is required (where the model's files are)")
     if info.key:
         try:
-            parsed = json.loads(info.key)
-        except json.JSONDecodeError as error:
-            raise InvalidRequest(f"modelInfo.key must be a JSON object: {error.msg} at position {error.pos}") from None
-        if not isinstance(parsed, dict):
-            raise InvalidRequest("modelInfo.key must be a JSON object")
+            parse_model_key(info.key)
+        except ValueError as error:
+            raise InvalidRequest(f"modelInfo.key must be a JSON object: {error}") from None
     return ModelRecord(model_id, info.type, info.path, info.key, registered_ms=now_ms, last_used_ms=last_used_ms)
 
 

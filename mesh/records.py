@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from mesh.placement import CopyView, InstanceView, ModelView
 
 __all__ = ["CopyClaim", "HeldCopy", "InstanceRecord", "LoadFailure", "ModelRecord", "RecordError",
-           "VModelRecord", "decode", "encode", "from_document", "to_document"]
+           "VModelRecord", "decode", "encode", "from_document", "parse_model_key", "to_document"]
 
 FORMAT_VERSION = 1
 
@@ -122,6 +122,17 @@ class InstanceRecord:
         """Last-used time of the least recently used loaded copy (the instance's LRU age)."""
         times = [c.last_used_ms for c in self.copies.values() if not c.loading]
         return min(times) if times else None
+
+
+def parse_model_key(text: str) -> dict[str, Any]:
+    """A model key (ModelMesh's modelKey) as a dict; ValueError saying why if it is not a JSON object."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg} at position {error.pos}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("not a JSON object")
+    return parsed
 
 
 Record = TypeVar("Record", ModelRecord, VModelRecord, InstanceRecord)

@@ -12,6 +12,7 @@ import json
 
 from mesh.cli_models.common import CliError, Connection, add_common_flags, check_storage_uri, run_command
 from mesh.cli_models.render import model_status_text, state_name
+from mesh.records import parse_model_key
 from protos import model_mesh_pb2 as mm
 
 __all__ = ["build_parser", "main", "model_info"]
@@ -40,11 +41,9 @@ def model_info(args: argparse.Namespace) -> mm.ModelInfo:
     key: dict = {}
     if args.model_key:
         try:
-            key = json.loads(args.model_key)
-        except json.JSONDecodeError as error:
-            raise CliError(f"--model-key is not JSON: {error.msg} at position {error.pos}") from None
-        if not isinstance(key, dict):
-            raise CliError("--model-key must be a JSON object")
+            key = parse_model_key(args.model_key)
+        except ValueError as error:
+            raise CliError(f"--model-key must be a JSON object: {error}") from None
     if args.storage_key:
         key["storage_key"] = args.storage_key
     if not args.model_type.strip():

@@ -149,7 +149,7 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
 
     def _records(self) -> tuple[dict[str, ModelRecord], dict[str, InstanceRecord], dict[str, VModelRecord]]:
         view = self._view
-        if not all(m.ready.is_set() for m in (view.models, view.vmodels, view.instances)):
+        if not view.is_ready():
             raise StoreUnavailable("this server has not read the fabric from etcd yet")
         # No await between the reads: the three come from one state of the view.
         models = {m: r for m in view.model_ids() if (r := view.model(m)) is not None}

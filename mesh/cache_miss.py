@@ -128,7 +128,8 @@ class CacheMiss(AsyncClosing):
             if attempts >= self.config.max_load_attempts:
                 raise LoadingFailed(model_id, failures)
             choice = choose_instance(self._view.model_view(record), self._live_instance_views(),
-                                     self.config.placement, exclude=failures.keys() | refused)
+                                     self._view.placement(self.config.placement),
+                                     exclude=failures.keys() | refused)
             if isinstance(choice, NoFit):
                 if refused or choice.for_room:
                     # Every instance is busy or full just now: wait for one of them to change

@@ -179,8 +179,7 @@ class Controller(AsyncClosing):
             if skipped:  # right after a (re)connect: go as soon as the watches run again
                 try:
                     async with asyncio.timeout_at(deadline):
-                        for mirror in (self._view.models, self._view.vmodels, self._view.instances):
-                            await mirror.wait_for(lambda m: m.in_sync, None)
+                        await self._view.wait_in_sync(None)
                     continue
                 except TimeoutError:
                     continue
@@ -212,7 +211,7 @@ class Controller(AsyncClosing):
         now = self._clock()
         snapshot = self._view.snapshot(now)
         # Re-homing decisions come from the claims before hygiene removes them.
-        rehomes = plan_rehoming(snapshot, (), self.config.placement)
+        rehomes = plan_rehoming(snapshot, (), self._view.placement(self.config.placement))
         await self._step("hygiene", self._hygiene(now, report))
         await self._step("rehoming", self._rehome(rehomes, report))
         if self.config.scaling:
@@ -335,7 +334,7 @@ class Controller(AsyncClosing):
 
     # -- (a) scaling ----------------------------------------------------------------------------
     async def _scale(self, report: RoundReport) -> None:
-        plan = plan_scaling(self._view.snapshot(self._clock()), self.config.placement)
+        plan = plan_scaling(self._view.snapshot(self._clock()), self._view.placement(self.config.placement))
         for add in plan.adds:
             if report.adds_started >= self.config.max_adds_per_round:
                 break

@@ -1,10 +1,15 @@
-"""`FabricView`: typed, watched copies of a fabric's models, vmodels and instances.
+"""`FabricView`: typed, watched copies of a fabric's models, vmodels, instances and config.
 
 Every process that decides something about placement (instance agents, the controller,
 routers, the management API) reads the fabric through one of these: reads never touch
 etcd and never block; records are decoded once per change, and an index from model id to
 the instances holding it is kept up to date as instance records change, so "where is
 model X loaded" costs a dict lookup, not a scan.
+
+Dynamic config: `config/placement` holds overrides of `PlacementConfig` fields (JSON
+object, e.g. `{"scale_up_rate_per_copy": 600}`); `placement(defaults)` applies them, so
+the controller and cache misses pick a change up on their next decision, without a
+restart. An invalid document is logged and ignored (the defaults stay in force).
 
 A stored document that is not a valid record is logged and treated as absent (one bad
 record must not take a process down). Views lag etcd by the watch latency; decisions
@@ -16,17 +21,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import fields, replace
 from typing import TypeVar
 
 from mesh.etcd_client import EtcdClient
 from mesh.etcd_errors import StoreClosed
 from mesh.etcd_mirror import Change, Mirror
 from mesh.keys import Keys
-from mesh.placement import ModelView, Snapshot
+from mesh.placement import ModelView, PlacementConfig, Snapshot
 from mesh.records import HeldCopy, InstanceRecord, ModelRecord, RecordError, VModelRecord, from_document
 from mesh.tasks import AsyncClosing
 
-__all__ = ["FabricView"]
+__all__ = ["PLACEMENT_CONFIG", "FabricView", "placement_with"]
+
+#: Name under `config/` of the placement overrides.
+PLACEMENT_CONFIG = "placement"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,8 @@ class FabricView(AsyncClosing):
         self.models = Mirror(client, keys.models, name="models")
         self.vmodels = Mirror(client, keys.vmodels, name="vmodels")
         self.instances = Mirror(client, keys.instances, name="instances")
+        self.config = Mirror(client, keys.config, name="config")
+        self._placement: tuple[int, PlacementConfig, PlacementConfig] | None = None  # (revision, defaults, result)
         self._models: dict[str, tuple[ModelRecord, int]] = {}
         self._vmodels: dict[str, tuple[VModelRecord, int]] = {}
         self._instances: dict[str, InstanceRecord] = {}
@@ -56,12 +67,13 @@ class FabricView(AsyncClosing):
         self.models.subscribe(self._on_models)
         self.vmodels.subscribe(self._on_vmodels)
         self.instances.subscribe(self._on_instances)
-        for mirror in (self.models, self.vmodels, self.instances):
+        self._mirrors = (self.models, self.vmodels, self.instances, self.config)
+        for mirror in self._mirrors:
             mirror.subscribe(self._wake)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        for mirror in (self.models, self.vmodels, self.instances):
+        for mirror in self._mirrors:
             await mirror.start()
 
     async def __aenter__(self):
@@ -70,19 +82,30 @@ class FabricView(AsyncClosing):
 
     async def close(self) -> None:
         self._closed = True
-        for mirror in (self.models, self.vmodels, self.instances):
+        for mirror in self._mirrors:
             await mirror.close()
         self._wake(())
 
     async def wait_ready(self, timeout: float | None) -> None:
         """Wait for the first sync of all three mirrors; raises TimeoutError."""
         async with asyncio.timeout(timeout):
-            for mirror in (self.models, self.vmodels, self.instances):
+            for mirror in self._mirrors:
                 await mirror.ready.wait()
 
     @property
     def in_sync(self) -> bool:
-        return self.models.in_sync and self.vmodels.in_sync and self.instances.in_sync
+        """Every mirror is watching (False while one re-syncs after a break)."""
+        return all(mirror.in_sync for mirror in self._mirrors)
+
+    def is_ready(self) -> bool:
+        """Every mirror has read etcd at least once (stays true while etcd is away)."""
+        return all(mirror.ready.is_set() for mirror in self._mirrors)
+
+    async def wait_in_sync(self, timeout: float | None) -> None:
+        """Until every mirror is watching again; TimeoutError."""
+        async with asyncio.timeout(timeout):
+            for mirror in self._mirrors:
+                await mirror.wait_for(lambda m: m.in_sync, None)
 
     # -- reads --------------------------------------------------------------------------
     def model(self, model_id: str) -> ModelRecord | None:
@@ -147,6 +170,22 @@ class FabricView(AsyncClosing):
         return Snapshot(now_ms, tuple(r.to_view() for r in self._instances.values()),
                         {m: self.model_view(r) for m, (r, _) in self._models.items()})
 
+    def placement(self, defaults: PlacementConfig) -> PlacementConfig:
+        """`defaults` with the overrides stored at `config/placement` (decoded once per change)."""
+        entry = self.config.get(PLACEMENT_CONFIG)
+        revision = entry.mod_revision if entry is not None else 0
+        cached = self._placement
+        if cached is not None and cached[0] == revision and cached[1] is defaults:
+            return cached[2]
+        result = defaults
+        if entry is not None:
+            try:
+                result = placement_with(defaults, entry.value)
+            except ValueError as error:
+                log.warning("ignoring %s%s: %s", self.keys.config, PLACEMENT_CONFIG, error)
+        self._placement = (revision, defaults, result)
+        return result
+
     # -- waiting ------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener()` after every batch of changes (quick, non-blocking)."""
@@ -199,6 +238,24 @@ class FabricView(AsyncClosing):
             self._instances[change.name] = record
             for model_id, copy in record.copies.items():
                 self._holders.setdefault(model_id, {})[change.name] = copy
+
+
+def placement_with(defaults: PlacementConfig, overrides: object) -> PlacementConfig:
+    """`defaults` with `overrides` (a JSON object of PlacementConfig fields); ValueError
+    naming what is wrong (not an object, an unknown field, a bad value)."""
+    if not isinstance(overrides, dict):
+        raise ValueError("must be a JSON object of placement settings")
+    known = {f.name: f for f in fields(PlacementConfig)}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for name, value in overrides.items():
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) or (value is None and name == "max_copies_per_model")):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        return replace(defaults, **overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(str(error)) from None
 
 
 def _decode(kind, document, key: str):

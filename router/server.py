@@ -46,8 +46,7 @@ log = logging.getLogger(__name__)
 def view_ready(view: FabricView) -> Any:
     """True once the view has read the fabric at least once (it stays true while etcd is
     away: the router serves from its last table)."""
-    mirrors = (view.models, view.vmodels, view.instances)
-    return lambda: all(m.ready.is_set() for m in mirrors)
+    return view.is_ready
 
 
 @dataclass

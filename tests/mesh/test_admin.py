@@ -134,8 +134,7 @@ async def _serve(view: FabricView, client: EtcdClient, keys: Keys) -> AsyncItera
 @pytest.fixture
 async def served(etcd, keys) -> AsyncIterator[Served]:
     async with FabricView(etcd, keys) as view:
-        for mirror in (view.models, view.vmodels, view.instances):  # watching, not only read once
-            await mirror.wait_for(lambda m: m.in_sync, 10)
+        await view.wait_in_sync(10)  # watching, not only read once
         async for made in _serve(view, etcd, keys):
             yield made
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from mesh.cache_miss import CacheMiss, MissConfig
 from mesh.controller import Controller, ControllerConfig, ControllerMetrics
 from mesh.etcd_client import EtcdClient
-from mesh.fabric_view import FabricView
+from mesh.fabric_view import PLACEMENT_CONFIG, FabricView
 from mesh.keys import Keys
 from mesh.placement import PlacementConfig
 from mesh.records import CopyClaim, HeldCopy, LoadFailure, ModelRecord, VModelRecord, to_document
@@ -76,8 +76,7 @@ async def _fabric(client: EtcdClient, keys: Keys, vmodels: VModels | None = None
     view = FabricView(client, keys)
     await view.start()
     await view.wait_ready(10)
-    for mirror in (view.models, view.vmodels, view.instances):  # rounds are skipped until the watches run
-        await mirror.wait_for(lambda m: m.in_sync, 10)
+    await view.wait_in_sync(10)  # rounds are skipped until the watches run
     runtimes = RuntimeClients()
     registry = Registry(client, keys)
     vmodels = vmodels or VModels(client, keys, registry)
@@ -147,6 +146,21 @@ async def test_hot_model_gets_another_copy(fabric):
     assert sorted(fabric.view.loaded_on("m")) == ["i1", "i2"] and i2.loads == ["m"]
     assert fabric.metric("modelmesh_controller_copies_added_total") == 1
     assert fabric.metric("modelmesh_models_loaded_total") == 1
+
+
+async def test_a_stored_scale_up_threshold_applies_on_the_next_round(fabric):
+    i1, _, _ = [await fabric.instance(i) for i in ("i1", "i2", "i3")]
+    await fabric.model("m", last_used_ms=now_ms(), copies={"i1": CopyClaim("loaded", now_ms())})
+    i1.rates["m"] = 1_000.0  # requests/minute: under the default 2,000 per copy
+    await fabric.hold(i1, "m")
+    # 300 per copy: the model wants ceil(1000 / 300) = 4 copies, as many as 3 instances allow.
+    await fabric.client.put(fabric.keys.config_item(PLACEMENT_CONFIG), {"scale_up_rate_per_copy": 300})
+    await fabric.view.wait_for(lambda: fabric.view.placement(PlacementConfig()).scale_up_rate_per_copy == 300, 10)
+    # One piece of work per model at a time: a copy per round. Under the default threshold the
+    # model would stop at two (the second copy for regular use).
+    assert (await fabric.round()).adds_started == 1
+    assert (await fabric.round()).adds_started == 1
+    assert sorted(fabric.view.loaded_on("m")) == ["i1", "i2", "i3"]
 
 
 async def test_cold_copy_removed_when_space_is_short(fabric):

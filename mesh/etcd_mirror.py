@@ -40,7 +40,8 @@ class Change:
 
 
 #: A listener gets the changes of one batch (one watch event, or all differences found by
-#: a re-sync). It runs in the mirror's task: it must be quick and must not block; to do
+#: a re-sync); an empty batch says only `in_sync` changed (so views built on mirrors can
+#: wake their own waiters). It runs in the mirror's task: it must be quick and must not block; to do
 #: slow work, hand the change to a queue that another owned task consumes.
 Listener = Callable[[Sequence[Change]], None]
 
@@ -169,8 +170,6 @@ class Mirror(Mapping[str, Entry], AsyncClosing):
         # still false, wait on the new event, so no change can slip between check and wait.
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        if not changes:
-            return
         for listener in list(self._listeners):
             try:
                 listener(changes)

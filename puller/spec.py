@@ -53,6 +53,8 @@ _AZURE_CONTAINER = re.compile(r"^(\$root|[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]
 _CLAIM = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,251}[a-z0-9])?$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+#: The URI schemes `resolve` understands (Azure Blob is an https://<account>.blob.core.windows.net URL).
+URI_SCHEMES = ("s3", "http", "https", "pvc", "file")
 
 
 # --------------------------------------------------------------------------- locations
@@ -332,7 +334,7 @@ def _resolve_uri(uri: str, *, where: str, pvc_root: Path) -> Location:
         if parts.netloc not in ("", "localhost"):
             raise InvalidStorageUri(f"{where}: file URIs must be local (file:///path)")
         return LocalLocation(_local_path(unquote(parts.path), where=where))
-    raise InvalidStorageUri(f"{where}: unsupported scheme {scheme!r} (s3, http, https, pvc, file)")
+    raise InvalidStorageUri(f"{where}: unsupported scheme {scheme!r} ({', '.join(URI_SCHEMES)})")
 
 
 def _local_path(path: str, *, where: str) -> Path:

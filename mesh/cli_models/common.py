@@ -16,6 +16,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from pydantic import Field, ValidationError
@@ -24,6 +25,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import mesh_admin_pb2_grpc as admin_grpc
 from protos import model_mesh_pb2_grpc as mm_grpc
+from puller.errors import PullError
+from puller.spec import URI_SCHEMES, resolve
 
 __all__ = ["CliError", "CliSettings", "Connection", "SUPPORTED_SCHEMES", "add_common_flags", "check_storage_uri",
            "describe_rpc_error", "run_command"]
@@ -31,10 +34,9 @@ __all__ = ["CliError", "CliSettings", "Connection", "SUPPORTED_SCHEMES", "add_co
 DEFAULT_ROUTER = "127.0.0.1:8033"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
-# The storage URI schemes the puller resolves (puller/spec.py; Azure Blob is an
-# https://<account>.blob.core.windows.net URL), checked here so a typo fails at once
+# The storage URI schemes the puller resolves, checked here so a typo fails at once
 # instead of as a load failure on some instance.
-SUPPORTED_SCHEMES = ("s3", "http", "https", "pvc", "file")
+SUPPORTED_SCHEMES = URI_SCHEMES
 
 # gRPC core's words for "no connection could be made", as opposed to an UNAVAILABLE
 # answered by a server (e.g. the controller's "the fabric's etcd is unreachable").
@@ -104,6 +106,10 @@ def check_storage_uri(uri: str, storage_key: str | None) -> str:
         rest = uri.split("://", 1)[1]
         if scheme != "file" and not rest.split("/", 1)[0]:
             raise CliError(f"storage URI {uri!r} names no {'bucket' if scheme == 's3' else 'host'}")
+        try:  # the rest of the puller's own checks (bucket names, '..' segments, local file URIs)
+            resolve(uri, None, pvc_root=Path("/"), storage_types={})
+        except PullError as error:
+            raise CliError(f"storage URI {uri!r} is not usable: {error}") from None
         return uri
     if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^0-9]", uri) and not uri.startswith("/"):
         raise CliError(f"storage URI {uri!r} is malformed: a scheme needs '://' (e.g. s3://bucket/path)")

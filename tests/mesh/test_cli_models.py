@@ -30,7 +30,7 @@ from tests.support.waiting import wait_until
 
 @pytest.mark.parametrize("uri", ["s3://bucket/models/m", "https://host/m.onnx", "http://h:8080/m",
                                  "pvc://claim/m", "file:///models/m", "/models/m",
-                                 "https://acct.blob.core.windows.net/c/m"])
+                                 "https://acct.blob.core.windows.net/models/m"])
 def test_storage_uris_the_puller_resolves_are_accepted(uri):
     assert check_storage_uri(f" {uri} ", None) == uri
 

@@ -8,25 +8,19 @@ from the typed `contents` fields, whichever the server used.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from mesh.cli_models.common import CliError
+from runtimes.datatypes import V2_TO_NUMPY, decode_raw, encode_raw, v2_datatype_of
+from runtimes.errors import InvalidInput
 from protos import grpc_service_pb2 as pb
 
 __all__ = ["DATATYPES", "datatype_of", "decode_outputs", "encode_input", "read_input", "to_jsonable"]
 
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "BYTES": np.dtype(object),
-}
+DATATYPES: dict[str, np.dtype] = V2_TO_NUMPY  # the runtime's own table: one codec for server and client
 _TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                 "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
                 "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
@@ -34,12 +28,10 @@ _TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_c
 
 
 def datatype_of(array: np.ndarray) -> str:
-    if array.dtype == object or array.dtype.kind in ("U", "S"):
-        return "BYTES"
-    for name, dtype in DATATYPES.items():
-        if name != "BYTES" and dtype.newbyteorder("=") == array.dtype.newbyteorder("="):
-            return name
-    raise CliError(f"the input's numpy dtype {array.dtype} has no V2 datatype")
+    try:
+        return v2_datatype_of(array)
+    except InvalidInput:
+        raise CliError(f"the input's numpy dtype {array.dtype} has no V2 datatype") from None
 
 
 def read_input(value: str, datatype: str | None) -> np.ndarray:
@@ -96,30 +88,11 @@ def _convert(array: np.ndarray, datatype: str) -> np.ndarray:
         raise CliError(f"cannot convert --input to {datatype}: {error}") from None
 
 
-def _raw(array: np.ndarray, datatype: str) -> bytes:
-    if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
-    return np.ascontiguousarray(array.astype(DATATYPES[datatype], copy=False)).tobytes()
-
-
 def encode_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
     """Add `array` to `request` as input `name` (raw contents)."""
     datatype = datatype_of(array)
     request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-    request.raw_input_contents.append(_raw(array, datatype))
-
-
-def _decode_raw(datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
-    if datatype == "BYTES":
-        items, offset = [], 0
-        while offset + 4 <= len(raw):
-            (length,) = struct.unpack_from("<I", raw, offset)
-            items.append(raw[offset + 4: offset + 4 + length])
-            offset += 4 + length
-        array = np.empty(len(items), dtype=object)
-        array[:] = items
-        return array.reshape(shape)
-    return np.frombuffer(raw, dtype=DATATYPES[datatype]).reshape(shape)
+    request.raw_input_contents.append(encode_raw(array))
 
 
 def decode_outputs(response: pb.ModelInferResponse) -> dict[str, tuple[str, np.ndarray]]:
@@ -131,12 +104,12 @@ def decode_outputs(response: pb.ModelInferResponse) -> dict[str, tuple[str, np.n
             raise CliError(f"output '{tensor.name}' has an unknown datatype {datatype!r}")
         try:
             if index < len(response.raw_output_contents):
-                array = _decode_raw(datatype, shape, response.raw_output_contents[index])
+                array = decode_raw(tensor.name, datatype, shape, response.raw_output_contents[index])
             else:
                 values = list(getattr(tensor.contents, _TYPED_FIELD.get(datatype, "fp32_contents")))
                 array = (_from_json(values, "BYTES") if datatype == "BYTES"
                          else np.array(values, dtype=DATATYPES[datatype])).reshape(shape)
-        except ValueError as error:
+        except (ValueError, InvalidInput) as error:
             raise CliError(f"output '{tensor.name}' does not match its shape {shape}: {error}") from None
         outputs[tensor.name] = (datatype, array)
     return outputs

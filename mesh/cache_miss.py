@@ -187,13 +187,20 @@ class CacheMiss(AsyncClosing):
                 pending.add(instance_id)
         return frozenset(pending)
 
-    async def record_failure(self, model_id: str, instance_id: str, reason: str) -> None:
-        """Drop the instance's claim and record why its load failed (expires later)."""
+    async def _drop_claim(self, model_id: str, instance_id: str, failure_reason: str | None) -> None:
+        """Drop the instance's `loading` claim after a failed load, recording why when the
+        model was at fault (the failure expires later). A no-op when the claim is already
+        gone: the instance's agent, which saw the failure too, got there first."""
         now = self._clock()
-        failure = LoadFailure(reason, now, now + self.config.failure_expiry_ms)
 
         def change(record: ModelRecord) -> ModelRecord:
+            claim = record.copies.get(instance_id)
+            if claim is None or claim.state != "loading":
+                return record
             copies = {i: c for i, c in record.copies.items() if i != instance_id}
+            if failure_reason is None:
+                return replace(record, copies=copies)
+            failure = LoadFailure(failure_reason, now, now + self.config.failure_expiry_ms)
             return replace(record, copies=copies, failures={**record.failures, instance_id: failure})
 
         try:
@@ -240,38 +247,26 @@ class CacheMiss(AsyncClosing):
 
     async def _load_now(self, record: ModelRecord, instance_id: str) -> tuple[str, bool] | None:
         instance = self._view.instance(instance_id)
-        if instance is None:
-            reason = "the instance left the fabric before the load began"
-        else:
-            started = time.perf_counter()
-            try:
-                # Bounded by the loading timeout, not by any caller's deadline.
-                await self._runtimes.load(instance.address, record, self.config.loading_timeout_ms / 1000)
-                log.info("loaded %s on %s in %.3fs", record.model_id, instance_id, time.perf_counter() - started)
-                return None
-            except grpc.aio.AioRpcError as error:
-                reason = f"{error.code().name}: {error.details()}"
-                if error.code() in _NOT_THE_MODELS_FAULT:
-                    # The instance was full or unreachable: try another, but leave no failure
-                    # record that would keep this model off the instance for minutes.
-                    log.info("load of %s on %s refused: %s", record.model_id, instance_id, reason)
-                    await self._release_claim(record.model_id, instance_id)
-                    return reason, True
-        log.warning("load of %s on %s failed: %s", record.model_id, instance_id, reason)
-        await self.record_failure(record.model_id, instance_id, reason)
-        return reason, False
-
-    async def _release_claim(self, model_id: str, instance_id: str) -> None:
-        def change(record: ModelRecord) -> ModelRecord:
-            claim = record.copies.get(instance_id)
-            if claim is None or claim.state != "loading":
-                return record
-            return replace(record, copies={i: c for i, c in record.copies.items() if i != instance_id})
-
+        if instance is None:  # not the model's fault: try another instance
+            await self._drop_claim(record.model_id, instance_id, None)
+            return "the instance left the fabric before the load began", True
+        started = time.perf_counter()
         try:
-            await self._registry.update(model_id, change)
-        except ModelNotRegistered:
-            pass
+            # Bounded by the loading timeout, not by any caller's deadline.
+            await self._runtimes.load(instance.address, record, self.config.loading_timeout_ms / 1000)
+            log.info("loaded %s on %s in %.3fs", record.model_id, instance_id, time.perf_counter() - started)
+            return None
+        except grpc.aio.AioRpcError as error:
+            reason = f"{error.code().name}: {error.details()}"
+            if error.code() in _NOT_THE_MODELS_FAULT:
+                # The instance was full or unreachable: try another, but leave no failure
+                # record that would keep this model off the instance for minutes.
+                log.info("load of %s on %s refused: %s", record.model_id, instance_id, reason)
+                await self._drop_claim(record.model_id, instance_id, None)
+                return reason, True
+        log.warning("load of %s on %s failed: %s", record.model_id, instance_id, reason)
+        await self._drop_claim(record.model_id, instance_id, reason)
+        return reason, False
 
     async def _wait_for_instances(self, model_id: str) -> None:
         """Until any instance record changes or the model is loaded somewhere (watch-driven)."""

@@ -92,11 +92,14 @@ class _Candidate:
 
 
 async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
-    """Until one of `events` is set, or `timeout` seconds (which the caller re-checks)."""
+    """Until one of `events` is set, or `timeout` seconds pass (a fresh copy's grace ending,
+    or the room wait running out: the caller re-checks either way)."""
+    if not events:
+        await asyncio.sleep(timeout)  # a deadline of the policy, not a synchronization
+        return
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED) if waiters \
-            else await asyncio.sleep(timeout)  # nothing busy: only a fresh copy's grace can end
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -415,7 +418,7 @@ class InstanceAgent(AsyncClosing):
         give_up_at = loop.time() + self._room_wait_s
         try:
             while True:
-                victims, wake = self._victims(model_id, predicted_bytes)
+                victims, wake, grace_ends_s = self._victims(model_id, predicted_bytes)
                 if victims is None:
                     return  # fits already
                 if victims:
@@ -426,19 +429,19 @@ class InstanceAgent(AsyncClosing):
                     log.info("no room for %s (%d bytes): every copy that could go is busy or fresh", model_id,
                              predicted_bytes)
                     return
-                await _first_of(wake, min(remaining, self._fresh_grace_ms / 1000))
+                await _first_of(wake, min(remaining, grace_ends_s))
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a failed eviction must not fail the load by itself
             log.exception("making room for %s failed", model_id)
 
-    def _victims(self, model_id: str, predicted_bytes: int) -> tuple[list[str] | None, list[asyncio.Event]]:
+    def _victims(self, model_id: str, predicted_bytes: int) -> tuple[list[str] | None, list[asyncio.Event], float]:
         """(None if it fits, else the LRU victims, [] when none can go now; events that
-        signal a busy copy going idle)."""
+        signal a busy copy going idle; seconds until the first fresh copy's grace ends)."""
         manager = self._manager
         needed = predicted_bytes - (manager.capacity_bytes - manager.used_bytes)
         if needed <= 0 or predicted_bytes > manager.capacity_bytes:
-            return None, []  # fits, or never will (the manager refuses it: ModelTooLarge)
+            return None, [], 0.0  # fits, or never will (the manager refuses it: ModelTooLarge)
         now_ms = _now_ms()
         entries = manager.entries()
         candidates = {
@@ -449,8 +452,10 @@ class InstanceAgent(AsyncClosing):
                  and e.stats.fail.count == 0 and now_ms - e.since_ms < self._fresh_grace_ms]
         victims = choose_victims(candidates, needed, protect=(model_id, *fresh))
         if victims:
-            return victims, []
-        return [], [e.idle for e in entries.values() if e.state is State.LOADED and e.in_flight > 0]
+            return victims, [], 0.0
+        busy = [e.idle for e in entries.values() if e.state is State.LOADED and e.in_flight > 0]
+        grace_ends_ms = min((entries[m].since_ms + self._fresh_grace_ms - now_ms for m in fresh), default=None)
+        return [], busy, max(grace_ends_ms, 1) / 1000 if grace_ends_ms is not None else self._room_wait_s
 
     async def _evict(self, model_id: str, victims: list[str]) -> None:
         now_ms = _now_ms()

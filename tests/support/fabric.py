@@ -44,7 +44,7 @@ def loads_done(runtime: RuntimeProcess) -> float:
 
 
 @dataclass
-class ControllerProcess:
+class MeshProcess:
     """A controller or router process: its gRPC port serves mmesh.ModelMesh (`.mesh`)."""
 
     process: subprocess.Popen
@@ -82,8 +82,8 @@ class Fabric:
         self.etcd = etcd or EtcdServer(name="fabric")
         self._own_etcd = etcd is None
         self.runtimes: dict[str, RuntimeProcess] = {}
-        self.controllers: list[ControllerProcess] = []
-        self.routers: list[ControllerProcess] = []
+        self.controllers: list[MeshProcess] = []
+        self.routers: list[MeshProcess] = []
 
     def start_etcd(self) -> None:
         if self._own_etcd:
@@ -100,49 +100,46 @@ class Fabric:
         wait_until(lambda: self.instance(instance_id) is not None, 30, f"instance {instance_id} to register")
         return runtime
 
-    def add_controller(self, *extra: str) -> ControllerProcess:
+    def _spawn(self, command: str, *flags: str) -> MeshProcess:
+        """`meshserve <command>` of this fabric on a free loopback port, logging to the workdir."""
         port = free_port()
-        log_path = self.workdir / f"controller-{port}.log"
-        command = [sys.executable, "-m", "mesh.cli", "controller", *self.fabric_flags, "--host", "127.0.0.1",
-                   "--port", str(port), "--metrics-port", "0", *extra]
+        log_path = self.workdir / f"{command}-{port}.log"
+        argv = [sys.executable, "-m", "mesh.cli", command, *self.fabric_flags, "--host", "127.0.0.1",
+                "--port", str(port), "--metrics-port", "0", *flags]
         with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+            process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        controller = ControllerProcess(process, port, log_path)
+        return MeshProcess(process, port, log_path)
+
+    def _wait_ready(self, started: MeshProcess, ready, what: str) -> MeshProcess:
+        def check() -> bool:
+            if started.process.poll() is not None:
+                raise AssertionError(f"{what} exited with {started.process.returncode}:\n{started.log()}")
+            return ready()
+
+        wait_until(check, 60, f"the {what} to answer")
+        return started
+
+    def add_controller(self, *extra: str) -> MeshProcess:
+        controller = self._spawn("controller", *extra)
         self.controllers.append(controller)
 
         def answers() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"controller exited with {process.returncode}:\n{controller.log()}")
             try:
                 controller.mesh.getModelStatus(mm.GetStatusRequest(modelId="probe"), timeout=1)
             except grpc.RpcError as error:
                 return error.code() != grpc.StatusCode.UNAVAILABLE
             return True
 
-        wait_until(answers, 60, "the controller to answer the management API")
-        return controller
+        return self._wait_ready(controller, answers, "controller")
 
-    def add_router(self, *extra: str) -> ControllerProcess:
+    def add_router(self, *extra: str) -> MeshProcess:
         """A `meshserve router` process (V2 gRPC + mmesh.ModelMesh on one port, no REST)."""
-        port = free_port()
-        log_path = self.workdir / f"router-{port}.log"
-        command = [sys.executable, "-m", "mesh.cli", "router", *self.fabric_flags, "--host", "127.0.0.1",
-                   "--port", str(port), "--rest-port", "0", "--metrics-port", "0", *extra]
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        router = ControllerProcess(process, port, log_path)
+        router = self._spawn("router", "--rest-port", "0", *extra)
         self.routers.append(router)
         inference = pb_grpc.GRPCInferenceServiceStub(router.channel)
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"router exited with {process.returncode}:\n{router.log()}")
-            return inference.ServerReady(pb.ServerReadyRequest(), timeout=1).ready
-
-        wait_until(ready, 60, "the router to answer ServerReady")
-        return router
+        return self._wait_ready(router, lambda: inference.ServerReady(pb.ServerReadyRequest(), timeout=1).ready,
+                                "router")
 
     def loads_done(self) -> float:
         """Successful model loads so far, summed over the runtimes' Prometheus metrics."""

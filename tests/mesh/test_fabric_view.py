@@ -23,7 +23,9 @@ async def test_holders_index_follows_instance_records(etcd, keys):
         await etcd.put(keys.instance("bad"), {"instance_id": 5})  # malformed: left out, not fatal
         await etcd.delete(keys.instance("i1"))
         await view.wait_for(lambda: not view.all_instances(), 10)
-        assert view.model("m") is not None and view.model_revision("m") > 0
+        # The models mirror has its own watch: wait for it rather than assume it kept pace.
+        record = await view.wait_for(lambda: view.model("m"), 10)
+        assert record.model_type == "onnx" and view.model_revision("m") > 0
 
 
 async def test_waiters_wake_when_the_sync_state_changes(private_etcd, private_client, keys):

@@ -52,12 +52,13 @@ def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
         else:
             data = _decode_typed(tensor, shape)
         inputs.append(InferInput(tensor.name, tensor.datatype, shape, data))
+    # Empty repeated and map fields are common; skip building from them (it costs per request).
     return InferRequest(
         model_id=request.model_name,
         inputs=inputs,
-        output_names=[o.name for o in request.outputs],
+        output_names=[o.name for o in request.outputs] if request.outputs else [],
         request_id=request.id,
-        parameters={k: parameter_value(v) for k, v in request.parameters.items()},
+        parameters={k: parameter_value(v) for k, v in request.parameters.items()} if request.parameters else {},
     )
 
 

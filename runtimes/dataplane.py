@@ -9,11 +9,12 @@ INVALID_ARGUMENT messages.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtimes.backends import TensorSpec
+from runtimes.backends import LoadedModel, TensorSpec
 from runtimes.datatypes import v2_datatype_of
 from runtimes.errors import InvalidInput
 from runtimes.model_manager import ModelEntry, ModelManager, State
@@ -63,24 +64,40 @@ class ModelSignature:
     outputs: list[TensorSpec]
 
 
-def check_inputs(model_id: str, inputs: list[InferInput], specs: list[TensorSpec]) -> None:
-    """InvalidInput naming the input and what was expected, for the first mismatch."""
-    by_name = {spec.name: spec for spec in specs}
-    seen = set()
-    for tensor in inputs:
-        spec = by_name.get(tensor.name)
-        if spec is None:
-            raise InvalidInput(f"model '{model_id}' has no input '{tensor.name}'; its inputs are {sorted(by_name)}")
-        if tensor.name in seen:
-            raise InvalidInput(f"input '{tensor.name}' is given twice")
-        seen.add(tensor.name)
-        if spec.datatype and tensor.datatype != spec.datatype:
-            raise InvalidInput(f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}")
-        if spec.shape and not _shape_matches(tensor.shape, spec.shape):
-            raise InvalidInput(f"input '{tensor.name}': shape {list(tensor.shape)}, expected {list(spec.shape)} (-1: any size)")
-    missing = [name for name in by_name if name not in seen]
-    if missing:
-        raise InvalidInput(f"model '{model_id}' needs inputs {missing} that the request does not give")
+class SignatureIndex:
+    """A model's inputs by name and its output names, built once per loaded model.
+
+    Every request is checked against it; building the lookups per request cost
+    more than the checks themselves for small models.
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.inputs = {spec.name: spec for spec in model.inputs}
+        self.outputs = frozenset(spec.name for spec in model.outputs)
+
+    def check_inputs(self, model_id: str, inputs: list[InferInput]) -> None:
+        """InvalidInput naming the input and what was expected, for the first mismatch."""
+        by_name = self.inputs
+        seen = set()
+        for tensor in inputs:
+            spec = by_name.get(tensor.name)
+            if spec is None:
+                raise InvalidInput(f"model '{model_id}' has no input '{tensor.name}'; its inputs are {sorted(by_name)}")
+            if tensor.name in seen:
+                raise InvalidInput(f"input '{tensor.name}' is given twice")
+            seen.add(tensor.name)
+            if spec.datatype and tensor.datatype != spec.datatype:
+                raise InvalidInput(f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}")
+            if spec.shape and not _shape_matches(tensor.shape, spec.shape):
+                raise InvalidInput(f"input '{tensor.name}': shape {list(tensor.shape)}, expected {list(spec.shape)} (-1: any size)")
+        if len(seen) != len(by_name):
+            missing = [name for name in by_name if name not in seen]
+            raise InvalidInput(f"model '{model_id}' needs inputs {missing} that the request does not give")
+
+    def check_outputs(self, model_id: str, names: list[str]) -> None:
+        for name in names:
+            if self.outputs and name not in self.outputs:
+                raise InvalidInput(f"model '{model_id}' has no output '{name}'; its outputs are {sorted(self.outputs)}")
 
 
 def _shape_matches(shape: list[int], expected: tuple[int, ...]) -> bool:
@@ -93,6 +110,7 @@ class InferenceService:
     def __init__(self, manager: ModelManager, version: str) -> None:
         self._manager = manager
         self.version = version
+        self._indexes: weakref.WeakKeyDictionary[LoadedModel, SignatureIndex] = weakref.WeakKeyDictionary()
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return SERVER_NAME, self.version, EXTENSIONS
@@ -113,12 +131,9 @@ class InferenceService:
     async def infer(self, request: InferRequest) -> InferResponse:
         checked_at = time.perf_counter_ns()
         entry = self._manager.get(request.model_id)
-        model = entry.model
-        check_inputs(request.model_id, request.inputs, model.inputs)
-        known_outputs = {spec.name for spec in model.outputs}
-        for name in request.output_names:
-            if known_outputs and name not in known_outputs:
-                raise InvalidInput(f"model '{request.model_id}' has no output '{name}'; its outputs are {sorted(known_outputs)}")
+        index = self._index(entry.model)
+        index.check_inputs(request.model_id, request.inputs)
+        index.check_outputs(request.model_id, request.output_names)
         arrays = {tensor.name: tensor.data for tensor in request.inputs}
         input_ns = time.perf_counter_ns() - checked_at
         results = await self._manager.run(request.model_id, arrays, list(request.output_names))
@@ -127,7 +142,14 @@ class InferenceService:
         entry.stats.record_conversions(input_ns, time.perf_counter_ns() - output_started)
         return InferResponse(request.model_id, outputs, request.request_id)
 
+    def _index(self, model: LoadedModel) -> SignatureIndex:
+        index = self._indexes.get(model)
+        if index is None:
+            index = self._indexes[model] = SignatureIndex(model)
+        return index
+
 
 def _output(name: str, array: np.ndarray) -> InferOutput:
-    array = np.asarray(array)
+    if type(array) is not np.ndarray:  # backends may hand back scalars or lists
+        array = np.asarray(array)
     return InferOutput(name, v2_datatype_of(array), list(array.shape), array)

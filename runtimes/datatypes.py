@@ -39,6 +39,9 @@ _NUMPY_TO_V2 = {dtype.newbyteorder("="): name for name, dtype in V2_TO_NUMPY.ite
 
 def v2_datatype_of(array: np.ndarray) -> str:
     """The V2 datatype name for a numpy array (object and str arrays are BYTES)."""
+    known = _NUMPY_TO_V2.get(array.dtype)  # native byte order: the usual case, one lookup
+    if known is not None:
+        return known
     if array.dtype == object or array.dtype.kind in ("U", "S"):
         return "BYTES"
     try:

@@ -36,10 +36,13 @@ class OnnxModel(LoadedModel):
         self.outputs = [_spec(a) for a in session.get_outputs()]
         self._uses_bf16 = any(s.datatype == "BF16" for s in self.inputs + self.outputs)
         self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._output_names = [s.name for s in self.outputs]
+        # numpy arrays go to ORT as they are unless a string or bfloat16 tensor needs converting
+        self._feeds_as_given = not (self._uses_bf16 or self._string_inputs)
 
     def infer(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        names = output_names or [s.name for s in self.outputs]
-        feeds = {name: self._to_ort(name, array) for name, array in inputs.items()}
+        names = output_names or self._output_names
+        feeds = inputs if self._feeds_as_given else {name: self._to_ort(name, array) for name, array in inputs.items()}
         try:
             if self._uses_bf16:
                 return self._run_with_ort_values(feeds, names)

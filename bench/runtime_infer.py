@@ -9,12 +9,19 @@ ModelInferResponse of the runtime for that request, so request and response size
 The echo server does no protobuf work at all: it is the ceiling of Python grpc.aio on this
 machine, and the runtime/echo ratio is the share of that ceiling the runtime reaches.
 
+A third process, the floor, answers with the least any Python V2 runtime must do per call:
+decode the raw input with numpy, run the same ONNX file in ONNX Runtime on the event loop,
+build and serialize the reply; no checks, metrics, statistics, limits or error mapping.
+floor/echo is what decoding, ONNX Runtime and encoding cost by themselves on this machine;
+runtime/floor is the share of that the runtime's own code (validation, statistics,
+metrics, concurrency limits, error mapping) keeps.
+
 The load generator is one asyncio grpc.aio client process: one channel per target, N caller
 tasks, each awaiting a generic unary_unary call of a pre-serialized request (identity
 serializers), so client overhead is minimal and the same for both targets. Each measurement
 runs a warm-up, then a fixed window; requests that complete inside the window count, and their
 latencies give p50/p99. Server and client CPU time over the window (from /proc) are reported
-per request. Targets alternate (runtime, echo) for each caller count, `--repeats` times; the
+per request. Targets alternate (runtime, floor, echo) for each caller count, `--repeats` times; the
 table shows the median repeat by requests/s.
 
 Caveat: client and servers share the machine's cores (2 on the project's development
@@ -63,28 +70,64 @@ async def serve_echo(port: int, response_file: Path) -> None:
     async def model_infer(request: bytes, context) -> bytes:
         return response
 
+    await serve(port, grpc.unary_unary_rpc_method_handler(model_infer))
+
+
+# -- the floor server (run in its own process) -------------------------------------------
+async def serve_floor(port: int, model_file: Path) -> None:
+    """The least any Python V2 runtime does per call: decode the raw input, run ONNX Runtime
+    on the event loop, build and serialize the reply. No checks, metrics, statistics,
+    concurrency limits or error mapping; the request is assumed to be the benchmark's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # as the runtime's sessions
+    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+
+    async def model_infer(request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        tensor = request.inputs[0]
+        x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32).reshape(tuple(tensor.shape))
+        results = session.run(output_names, {tensor.name: x})
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+        for name, array in zip(output_names, results):
+            response.outputs.add(name=name, datatype="FP32", shape=array.shape)
+            response.raw_output_contents.append(array.tobytes())
+        return response
+
+    handler = grpc.unary_unary_rpc_method_handler(model_infer, request_deserializer=pb.ModelInferRequest.FromString,
+                                                  response_serializer=pb.ModelInferResponse.SerializeToString)
+    await serve(port, handler)
+
+
+async def serve(port: int, handler: grpc.RpcMethodHandler) -> None:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)}),))
+        "inference.GRPCInferenceService", {"ModelInfer": handler}),))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     if bound == 0:
-        raise SystemExit(f"echo server: cannot listen on 127.0.0.1:{port}")
+        raise SystemExit(f"benchmark server: cannot listen on 127.0.0.1:{port}")
     await server.start()
     print("READY", flush=True)
     await server.wait_for_termination()
 
 
-def start_echo_process(response_file: Path) -> tuple[subprocess.Popen, str]:
+def start_server_process(*flags: str) -> tuple[subprocess.Popen, str]:
+    """This script as a server process (echo or floor); returns it and its address once it listens."""
     from tests.support.ports import free_port
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port), "--response-file", str(response_file)],
+    process = subprocess.Popen([sys.executable, __file__, *flags[:1], str(port), *flags[1:]],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = process.stdout.readline()  # blocks until READY or the process dies
     if line.strip() != "READY":
         process.kill()
-        raise SystemExit(f"echo server did not start: {line}{process.stdout.read()}")
+        raise SystemExit(f"{flags[0]} server did not start: {line}{process.stdout.read()}")
     return process, f"127.0.0.1:{port}"
+
+
+def start_echo_process(response_file: Path) -> tuple[subprocess.Popen, str]:
+    return start_server_process("--serve-echo", "--response-file", str(response_file))
 
 
 # -- measurement -------------------------------------------------------------------------
@@ -172,7 +215,7 @@ def check_response(raw: bytes, x: np.ndarray) -> None:
 
 
 # -- report ------------------------------------------------------------------------------
-def table(results: list[Result], ratios: dict[int, tuple[float, float, float]]) -> str:
+def table(results: list[Result], ratios: dict[int, dict[str, float]]) -> str:
     lines = [
         "| target | callers | requests/s | p50 ms | p99 ms | server CPU µs/req | client CPU µs/req |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -180,9 +223,10 @@ def table(results: list[Result], ratios: dict[int, tuple[float, float, float]]) 
     for r in results:
         lines.append(f"| {r.target} | {r.callers} | {r.rps:,.0f} | {r.percentile_ms(50):.3f} | {r.percentile_ms(99):.3f} "
                      f"| {r.server_us_per_request():.0f} | {r.client_us_per_request():.0f} |")
-    lines += ["", "| callers | runtime/echo requests/s | runtime/echo p50 | runtime/echo p99 |", "|---:|---:|---:|---:|"]
-    for callers, (rps, p50, p99) in ratios.items():
-        lines.append(f"| {callers} | {rps:.2f} | {p50:.2f} | {p99:.2f} |")
+    names = list(next(iter(ratios.values())))
+    lines += ["", "| callers | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for callers, row in ratios.items():
+        lines.append(f"| {callers} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -191,12 +235,12 @@ def median_by_rps(results: list[Result]) -> Result:
     return ordered[(len(ordered) - 1) // 2]
 
 
-async def run_all(args, runtime_address: str, runtime_pid: int, echo_address: str, echo_pid: int,
-                  request: bytes) -> list[Result]:
+async def run_all(args, targets: list[tuple[str, str, int]], request: bytes) -> list[Result]:
+    """Every target once per repeat, alternating, so drift in the machine's load hits all alike."""
     results = []
     for callers in args.callers:
         for _ in range(args.repeats):
-            for target, address, pid in (("runtime", runtime_address, runtime_pid), ("echo", echo_address, echo_pid)):
+            for target, address, pid in targets:
                 result = await measure(target, address, pid, request, callers, args.warmup, args.seconds)
                 print(f"  {target:7s} callers={callers}: {result.rps:,.0f} req/s", file=sys.stderr, flush=True)
                 results.append(result)
@@ -212,9 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="windows per target and caller count; the median is shown")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--response-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--model-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo is not None:
         asyncio.run(serve_echo(args.serve_echo, args.response_file))
+        return 0
+    if args.serve_floor is not None:
+        asyncio.run(serve_floor(args.serve_floor, args.model_file))
         return 0
 
     from tests.support.models import add_onnx
@@ -224,45 +273,57 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-runtime-infer-") as tmp:
         work = Path(tmp)
-        model_dir = add_onnx(work / "store" / MODEL_ID / "1" / "model.onnx").parent.parent
+        model_file = add_onnx(work / "store" / MODEL_ID / "1" / "model.onnx")
         runtime = start_runtime_process(work / "runtime", capacity="1GiB")
-        echo = None
+        helpers: list[subprocess.Popen] = []
         try:
-            runtime.load(MODEL_ID, model_dir, "onnx")
-            channel = grpc.insecure_channel(runtime.address)
-            response = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)(request, timeout=10)
-            channel.close()
+            runtime.load(MODEL_ID, model_file.parent.parent, "onnx")
+            response = call_once(runtime.address, request)
             check_response(response, x)
             (work / "response.bin").write_bytes(response)
             echo, echo_address = start_echo_process(work / "response.bin")
+            helpers.append(echo)
+            floor, floor_address = start_server_process("--serve-floor", "--model-file", str(model_file))
+            helpers.append(floor)
+            check_response(call_once(floor_address, request), x)
             print(f"request {len(request)} B, response {len(response)} B; "
                   f"{args.warmup:g} s warm-up + {args.seconds:g} s window each", file=sys.stderr, flush=True)
-            results = asyncio.run(run_all(args, runtime.address, runtime.process.pid, echo_address, echo.pid, request))
+            targets = [("runtime", runtime.address, runtime.process.pid), ("floor", floor_address, floor.pid),
+                       ("echo", echo_address, echo.pid)]
+            results = asyncio.run(run_all(args, targets, request))
         finally:
-            if echo is not None:
-                echo.terminate()
-                echo.wait(10)
+            for helper in helpers:
+                helper.terminate()
+                helper.wait(10)
             runtime.stop()
 
     shown, ratios = [], {}
     for callers in args.callers:
-        pair = {t: median_by_rps([r for r in results if r.target == t and r.callers == callers]) for t in ("runtime", "echo")}
-        shown += [pair["runtime"], pair["echo"]]
-        rt, ec = pair["runtime"], pair["echo"]
-        ratios[callers] = (rt.rps / ec.rps, rt.percentile_ms(50) / ec.percentile_ms(50), rt.percentile_ms(99) / ec.percentile_ms(99))
+        best = {t: median_by_rps([r for r in results if r.target == t and r.callers == callers])
+                for t in ("runtime", "floor", "echo")}
+        shown += best.values()
+        rt, fl, ec = best["runtime"], best["floor"], best["echo"]
+        ratios[callers] = {
+            "runtime/echo requests/s": rt.rps / ec.rps, "floor/echo requests/s": fl.rps / ec.rps,
+            "runtime/floor requests/s": rt.rps / fl.rps,
+            "runtime/echo p50": rt.percentile_ms(50) / ec.percentile_ms(50),
+            "runtime/echo p99": rt.percentile_ms(99) / ec.percentile_ms(99),
+        }
 
     cores = len(os.sched_getaffinity(0))
-    print(f"## ModelInfer: meshserve runtime vs bare grpc.aio echo ({MODEL_ID}: x FP32 [1,4] -> y, z; "
-          f"request {len(request)} B, response {len(response)} B)\n")
-    print(f"{cores} CPU cores, shared by the client and both servers (loopback); {args.warmup:g} s warm-up, "
+    print(f"## ModelInfer: meshserve runtime vs a minimal ONNX handler (floor) vs bare grpc.aio echo ({MODEL_ID}: "
+          f"x FP32 [1,4] -> y, z; request {len(request)} B, response {len(response)} B)\n")
+    print(f"{cores} CPU cores, shared by the client and the servers (loopback); {args.warmup:g} s warm-up, "
           f"{args.seconds:g} s window, {args.repeats} repeat(s) (median shown). Python {sys.version.split()[0]}, "
           f"grpcio {grpc.__version__}. 1-min load average before the run: {load_before:.2f} (other work on the machine "
-          "skews both targets; compare ratios, not absolute figures).\n")
+          "skews every target; compare ratios, not absolute figures).\n")
     print(table(shown, ratios))
     top = max(args.callers)
-    verdict = "meets" if ratios[top][0] >= TARGET_RATIO else "misses"
-    print(f"\nAt {top} callers the runtime reaches {ratios[top][0]:.2f} of the echo ceiling: it {verdict} the "
-          f"{TARGET_RATIO} target.")
+    reached = ratios[top]["runtime/echo requests/s"]
+    verdict = "meets" if reached >= TARGET_RATIO else "misses"
+    print(f"\nAt {top} callers the runtime reaches {reached:.2f} of the echo ceiling: it {verdict} the "
+          f"{TARGET_RATIO} target. The floor (decode, ONNX Runtime, encode; nothing else) reaches "
+          f"{ratios[top]['floor/echo requests/s']:.2f}.")
     if load_before > 0.5:
         print(f"Warning: the machine was busy before the run (load {load_before:.2f}); a CPU-starved echo server "
               "makes the ratio look better than it is. Rerun on a quiet machine for a verdict.")
@@ -270,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Note: with {cores} cores the client competes with the server for CPU; the ratio is a lower bound on "
               "what the runtime reaches with the client on other cores.")
     return 0
+
+
+def call_once(address: str, request: bytes) -> bytes:
+    with grpc.insecure_channel(address) as channel:
+        return channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)(request, timeout=10)
 
 
 if __name__ == "__main__":

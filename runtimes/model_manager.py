@@ -302,16 +302,19 @@ class ModelManager:
         entry.idle.clear()
         queued_at = time.perf_counter_ns()
         try:
-            async with entry.slots:
-                inline = self._runs_inline(entry, inputs)
-                started = time.perf_counter_ns()
-                if inline:
-                    outputs, cpu_ns, wall_ns = _timed_infer(entry.model, inputs, output_names)
-                else:
-                    loop = asyncio.get_running_loop()
-                    outputs, cpu_ns, wall_ns = await loop.run_in_executor(
-                        self._infer_pool, _timed_infer, entry.model, inputs, output_names)
+            # An inline run holds the event loop from start to end, so it cannot add to the
+            # concurrency in flight: it needs no slot, only that none is queued before it.
+            inline = self._runs_inline(entry, inputs) and not entry.slots.locked()
+            if inline:
+                started = queued_at
+                outputs, cpu_ns, wall_ns = _timed_infer(entry.model, inputs, output_names)
                 finished = time.perf_counter_ns()
+            else:
+                async with entry.slots:
+                    started = time.perf_counter_ns()
+                    outputs, cpu_ns, wall_ns = await asyncio.get_running_loop().run_in_executor(
+                        self._infer_pool, _timed_infer, entry.model, inputs, output_names)
+                    finished = time.perf_counter_ns()
             self._note_duration(entry, cpu_ns, wall_ns, inline)
             entry.stats.record_success(queued_at, started, finished)
             return outputs

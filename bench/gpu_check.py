@@ -1,0 +1,234 @@
+"""GPU check of the runtime's backends: torch on CUDA, ONNX Runtime's CUDA provider, and the
+load time and measured size of a model of about 500 MB.
+
+It drives the backends (`runtimes.backends`) directly, the way the model manager does, so it
+needs only numpy, onnx, onnxruntime (onnxruntime-gpu for the CUDA provider), ml_dtypes and
+torch: no etcd, no gRPC server, nothing fetched. That lets it run on a bare GPU machine.
+
+Steps, each printed as a row of a markdown table:
+1. what is there: torch and its CUDA device, ONNX Runtime and its providers;
+2. small models on the device, each checked against the same model on the CPU: a
+   TorchScript Linear, a torch.export MLP, a TorchScript `x * 2` with FP16 and BF16 inputs,
+   and the tests' ONNX `add` model (which must run on the CUDA provider when it is there);
+3. a model of `--size-mb` (a chain of square Linear layers), as TorchScript and as ONNX:
+   load time, the size the backend measured, the file's size, device memory before and
+   after, one inference checked against the CPU, and that unloading gives the memory back.
+
+    python bench/gpu_check.py [--size-mb 500] [--device cuda|cpu] [--out FILE]
+
+`--device cpu` runs the same steps on the CPU, to try the script where there is no GPU.
+Exit status: 0 every check passed, 1 a check failed, 2 no CUDA device for `--device cuda`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from runtimes.backends import Device, LoadedModel  # noqa: E402
+from runtimes.backends.onnx_backend import OnnxBackend  # noqa: E402
+from runtimes.backends.torch_backend import TorchBackend  # noqa: E402
+from tests.support.models import add_onnx, exported_mlp, torchscript_linear  # noqa: E402
+
+MIB = 1 << 20
+
+
+class Report:
+    """Rows of one markdown table; remembers whether any check failed."""
+
+    def __init__(self) -> None:
+        self.lines = ["| step | result | detail |", "|---|---|---|"]
+        self.failed = False
+
+    def row(self, step: str, ok: bool | None, detail: str) -> None:
+        result = "n/a" if ok is None else "ok" if ok else "FAILED"
+        self.failed |= ok is False
+        self.lines.append(f"| {step} | {result} | {detail} |")
+        print(self.lines[-1], flush=True)
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes in use on the GPU by every allocator in this process (torch's and ONNX Runtime's):
+    the driver's total minus free. 0 on the CPU."""
+    if device.type != "cuda":
+        return 0
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def close(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], rtol: float = 1e-3, atol: float = 1e-4) -> bool:
+    return actual.keys() == expected.keys() and all(
+        np.allclose(np.asarray(actual[k], dtype=np.float32), np.asarray(expected[k], dtype=np.float32), rtol=rtol, atol=atol)
+        for k in expected)
+
+
+def providers_of(loaded: LoadedModel) -> list[str]:
+    """The execution providers ONNX Runtime really chose for a loaded ONNX model, best first."""
+    return loaded._session.get_providers()  # noqa: SLF001 - a check of the backend's own session
+
+
+# -- models --------------------------------------------------------------------------------
+class Double(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def linear_chain(width: int, layers: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*(torch.nn.Linear(width, width, bias=False) for _ in range(layers))).eval()
+
+
+def chain_as_onnx(module: torch.nn.Module, path: Path) -> Path:
+    """The same chain as an ONNX graph of MatMuls (weights transposed: Linear computes x @ W.T)."""
+    weights = [layer.weight.detach().numpy().T.copy() for layer in module]
+    width = weights[0].shape[0]
+    nodes, initializers, previous = [], [], "x"
+    for index, weight in enumerate(weights):
+        name, output = f"w{index}", ("y" if index == len(weights) - 1 else f"h{index}")
+        initializers.append(numpy_helper.from_array(weight, name))
+        nodes.append(helper.make_node("MatMul", [previous, name], [output]))
+        previous = output
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])], initializer=initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+# -- steps ---------------------------------------------------------------------------------
+def environment(report: Report, device: torch.device) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report.row("torch", True, f"{torch.__version__}, device {device} ({name})")
+    providers = ort.get_available_providers()
+    report.row("onnxruntime", True, f"{ort.__version__}, providers {', '.join(providers)}")
+
+
+def small_models(report: Report, work: Path, device: Device, target: torch.device) -> None:
+    torch_backend, onnx_backend = TorchBackend(), OnnxBackend()
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+
+    path, module = torchscript_linear(work / "linear" / "model.pt")
+    loaded = torch_backend.load(path, device)
+    expected = module(torch.from_numpy(x)).detach().numpy()
+    outputs = loaded.infer({"input": x}, [])
+    report.row("TorchScript Linear", close(outputs, {name: expected for name in outputs}) and len(outputs) == 1,
+               f"platform {loaded.platform}, outputs {list(outputs)}")
+    loaded.unload()
+
+    path, module = exported_mlp(work / "mlp" / "model.pt2")
+    loaded = torch_backend.load(path, device)
+    expected = module(torch.from_numpy(x)).detach().numpy()
+    outputs = loaded.infer({loaded.inputs[0].name: x}, [])
+    report.row("torch.export MLP", close(outputs, {name: expected for name in outputs}) and len(outputs) == 1,
+               f"platform {loaded.platform}, inputs {[s.name for s in loaded.inputs]}")
+    loaded.unload()
+
+    path = work / "double" / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.jit.script(Double()).save(str(path))
+    loaded = torch_backend.load(path, device)
+    for label, dtype in (("FP16", np.float16), ("BF16", ml_dtypes.bfloat16)):
+        half = x.astype(dtype)
+        outputs = loaded.infer({"x": half}, [])
+        (result,) = outputs.values()
+        same_type = np.asarray(result).dtype == np.dtype(dtype)
+        report.row(f"TorchScript x*2 {label}", same_type and close(outputs, {k: x * 2 for k in outputs}, rtol=1e-2, atol=1e-2),
+                   f"output dtype {np.asarray(result).dtype}")
+    loaded.unload()
+
+    path = add_onnx(work / "add" / "model.onnx")
+    loaded = onnx_backend.load(path, device)
+    providers = providers_of(loaded)
+    outputs = loaded.infer({"x": x}, [])
+    wanted = "CUDAExecutionProvider" if target.type == "cuda" else "CPUExecutionProvider"
+    on_wanted = providers[0] == wanted
+    if not on_wanted and wanted not in ort.get_available_providers():
+        on_wanted = None  # this onnxruntime build has no CUDA provider: not a failure of ours
+    report.row("ONNX add", close(outputs, {"y": x + 1, "z": x * 2}) and on_wanted is not False,
+               f"providers {providers}" + ("" if on_wanted is not None else " (no CUDA provider in this build: install onnxruntime-gpu)"))
+    loaded.unload()
+
+
+def large_model(report: Report, work: Path, device: Device, target: torch.device, size_mb: int) -> None:
+    width = 4096
+    layers = max(1, round(size_mb * MIB / (width * width * 4)))
+    module = linear_chain(width, layers)
+    x = np.random.default_rng(1).standard_normal((2, width)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    files = {"TorchScript": work / "large-pt" / "model.pt", "ONNX": work / "large-onnx" / "model.onnx"}
+    for path in files.values():
+        path.parent.mkdir(parents=True)
+    torch.jit.script(module).save(str(files["TorchScript"]))
+    chain_as_onnx(module, files["ONNX"])
+    del module
+
+    for label, backend in (("TorchScript", TorchBackend()), ("ONNX", OnnxBackend())):
+        path = files[label]
+        synchronize(target)
+        before = device_memory(target)
+        started = time.perf_counter()
+        loaded: LoadedModel = backend.load(path, device)
+        synchronize(target)
+        seconds = time.perf_counter() - started
+        held = device_memory(target) - before
+        measured = loaded.size_bytes()
+        where = providers_of(loaded)[0] if label == "ONNX" else str(target)
+        outputs = loaded.infer({loaded.inputs[0].name: x}, [])
+        right = close(outputs, {name: expected for name in outputs}, rtol=1e-2, atol=1e-3) and len(outputs) == 1
+        loaded.unload()
+        del loaded
+        synchronize(target)
+        kept = device_memory(target) - before
+        size = f"{measured / MIB:.0f} MiB" if measured else "not measured (the manager uses file size x size_factor)"
+        file_bytes = path.stat().st_size
+        detail = (f"{layers} x Linear({width}, {width}) on {where}; file {file_bytes / MIB:.0f} MiB; load {seconds:.2f} s; "
+                  f"size {size}; device memory used {held / MIB:.0f} MiB, after unload {kept / MIB:.0f} MiB")
+        # Unloading must give the weights back; libraries' handles and workspaces may stay.
+        report.row(f"{label} ~{size_mb} MB", right and kept < file_bytes // 10, detail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=500, help="size of the large model (default 500)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device visible to torch: run with --device cpu to try the steps on the CPU", file=sys.stderr)
+        return 2
+    device = Device(args.device, 0)
+    target = torch.device("cuda:0" if args.device == "cuda" else "cpu")
+    report = Report()
+    print("\n".join(report.lines), flush=True)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        work = Path(tmp)
+        environment(report, target)
+        small_models(report, work, device, target)
+        large_model(report, work, device, target, args.size_mb)
+    if args.out:
+        args.out.write_text("\n".join(report.lines) + "\n")
+    print("\nevery check passed" if not report.failed else "\nSOME CHECKS FAILED", flush=True)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

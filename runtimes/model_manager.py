@@ -18,7 +18,8 @@ loop. A model proven fast (its last `inline_after` runs each took under
 `inline_below_ns` of CPU and under `inline_max_wall_ns`) runs small requests (inputs up to `inline_max_bytes`) on the
 event loop itself: the hop to a worker thread and back costs ~30-100 us of CPU and a GIL hand-off, many
 times the compute of a tiny model. One slow inline run sends the model back to
-the pool for `inline_backoff` runs.
+the pool for `inline_backoff` runs. An inline run takes no concurrency slot: it
+holds the loop from start to end, so it cannot add to the requests in flight.
 """
 
 from __future__ import annotations

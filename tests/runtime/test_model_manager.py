@@ -223,3 +223,44 @@ async def test_fast_models_run_inline_and_slow_ones_go_back_to_the_pool(manager,
         await manager.run("a", x, [])
     assert all(t != loop_thread for t in model.threads[-manager.config.inline_after - 1:]), \
         "after a slow inline run the model stays on the pool"
+
+
+class GatedWhenLargeModel(ThreadRecordingModel):
+    """Large requests wait for `gate`; records the most requests it ever ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.running = self.most_running = 0
+
+    def infer(self, inputs, output_names):
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if inputs["x"].nbytes > 64:
+                assert self.gate.wait(10), "test gate never opened"
+            return super().infer(inputs, output_names)
+        finally:
+            self.running -= 1
+
+
+async def test_an_inline_run_waits_while_every_slot_is_taken(manager, backend, tmp_path):
+    # max_concurrency is 1: a proven-fast model's small request must not run beside a pool run.
+    await manager.load("a", "onnx", str(_model_dir(tmp_path, "a", 10)))
+    model = GatedWhenLargeModel()
+    manager.entries()["a"].model = model
+    loop_thread = threading.get_ident()
+    small = {"x": np.zeros(4, np.float32)}
+    for _ in range(manager.config.inline_after + 1):
+        await manager.run("a", small, [])
+    assert model.threads[-1] == loop_thread, "the model runs small requests inline by now"
+    large_input = {"x": np.zeros(manager.config.inline_max_bytes // 4 + 1, np.float32)}  # too large to run inline
+    large = asyncio.create_task(manager.run("a", large_input, []))
+    await _until(lambda: model.running == 1, "the large request to hold the only slot")
+    waiting = asyncio.create_task(manager.run("a", small, []))
+    await _until(lambda: manager.entries()["a"].in_flight == 2, "the small request to queue")
+    assert not waiting.done() and model.running == 1
+    model.gate.set()
+    await asyncio.gather(large, waiting)
+    assert model.most_running == 1
+    assert model.threads[-1] != loop_thread, "a request that queued for a slot runs on the pool"

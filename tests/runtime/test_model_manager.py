@@ -202,10 +202,15 @@ class ThreadRecordingModel(GatedModel):
         return {"y": inputs["x"]}
 
 
-async def test_fast_models_run_inline_and_slow_ones_go_back_to_the_pool(manager, backend, tmp_path):
+async def _loaded_as(manager, tmp_path, model: LoadedModel):
+    """Model "a" loaded, with `model` standing in for what the backend loaded."""
     await manager.load("a", "onnx", str(_model_dir(tmp_path, "a", 10)))
-    model = ThreadRecordingModel()
     manager.entries()["a"].model = model
+    return model
+
+
+async def test_fast_models_run_inline_and_slow_ones_go_back_to_the_pool(manager, backend, tmp_path):
+    model = await _loaded_as(manager, tmp_path, ThreadRecordingModel())
     loop_thread = threading.get_ident()
     x = {"x": np.zeros(4, np.float32)}
     for _ in range(manager.config.inline_after):
@@ -246,9 +251,7 @@ class GatedWhenLargeModel(ThreadRecordingModel):
 
 async def test_an_inline_run_waits_while_every_slot_is_taken(manager, backend, tmp_path):
     # max_concurrency is 1: a proven-fast model's small request must not run beside a pool run.
-    await manager.load("a", "onnx", str(_model_dir(tmp_path, "a", 10)))
-    model = GatedWhenLargeModel()
-    manager.entries()["a"].model = model
+    model = await _loaded_as(manager, tmp_path, GatedWhenLargeModel())
     loop_thread = threading.get_ident()
     small = {"x": np.zeros(4, np.float32)}
     for _ in range(manager.config.inline_after + 1):

@@ -22,7 +22,9 @@ serializers), so client overhead is minimal and the same for both targets. Each 
 runs a warm-up, then a fixed window; requests that complete inside the window count, and their
 latencies give p50/p99. Server and client CPU time over the window (from /proc) are reported
 per request. Targets alternate (runtime, floor, echo) for each caller count, `--repeats` times; the
-table shows the median repeat by requests/s.
+first table shows each target's median repeat by requests/s, and each ratio is the median over
+the repeats of the ratio within one repeat (windows measured back to back), so slow drift in
+the machine's load cancels out; with several repeats their range is printed too.
 
 Caveat: client and servers share the machine's cores (2 on the project's development
 machine), so the client's own CPU use caps both targets, and the ratio understates what the
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up before each window (seconds)")
     parser.add_argument("--callers", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8],
                         help="comma-separated concurrent caller counts (default 1,8)")
-    parser.add_argument("--repeats", type=int, default=1, help="windows per target and caller count; the median is shown")
+    parser.add_argument("--repeats", type=int, default=1, help="windows per target and caller count; medians are shown")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--response-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -297,18 +299,22 @@ def main(argv: list[str] | None = None) -> int:
                 helper.wait(10)
             runtime.stop()
 
-    shown, ratios = [], {}
+    shown, ratios, spreads = [], {}, {}
     for callers in args.callers:
-        best = {t: median_by_rps([r for r in results if r.target == t and r.callers == callers])
-                for t in ("runtime", "floor", "echo")}
-        shown += best.values()
-        rt, fl, ec = best["runtime"], best["floor"], best["echo"]
-        ratios[callers] = {
-            "runtime/echo requests/s": rt.rps / ec.rps, "floor/echo requests/s": fl.rps / ec.rps,
-            "runtime/floor requests/s": rt.rps / fl.rps,
-            "runtime/echo p50": rt.percentile_ms(50) / ec.percentile_ms(50),
-            "runtime/echo p99": rt.percentile_ms(99) / ec.percentile_ms(99),
-        }
+        runs = {t: [r for r in results if r.target == t and r.callers == callers] for t in ("runtime", "floor", "echo")}
+        shown += [median_by_rps(runs[t]) for t in runs]
+        # Ratios of the windows of one repeat (measured back to back), then their median: drift in
+        # the machine's load between repeats cancels out of each ratio.
+        per_repeat = [
+            {"runtime/echo requests/s": rt.rps / ec.rps, "floor/echo requests/s": fl.rps / ec.rps,
+             "runtime/floor requests/s": rt.rps / fl.rps,
+             "runtime/echo p50": rt.percentile_ms(50) / ec.percentile_ms(50),
+             "runtime/echo p99": rt.percentile_ms(99) / ec.percentile_ms(99)}
+            for rt, fl, ec in zip(runs["runtime"], runs["floor"], runs["echo"])
+        ]
+        ratios[callers] = {name: float(np.median([r[name] for r in per_repeat])) for name in per_repeat[0]}
+        spreads[callers] = {name: (min(r[name] for r in per_repeat), max(r[name] for r in per_repeat))
+                            for name in per_repeat[0]}
 
     cores = len(os.sched_getaffinity(0))
     print(f"## ModelInfer: meshserve runtime vs a minimal ONNX handler (floor) vs bare grpc.aio echo ({MODEL_ID}: "
@@ -318,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
           f"grpcio {grpc.__version__}. 1-min load average before the run: {load_before:.2f} (other work on the machine "
           "skews every target; compare ratios, not absolute figures).\n")
     print(table(shown, ratios))
+    if args.repeats > 1:
+        print("\nRatios are medians over the repeats of each repeat's own ratio; their range:")
+        for callers, spread in spreads.items():
+            print(f"- {callers} caller(s): " + "; ".join(f"{name} {low:.2f}-{high:.2f}"
+                                                      for name, (low, high) in spread.items() if "requests/s" in name))
     top = max(args.callers)
     reached = ratios[top]["runtime/echo requests/s"]
     verdict = "meets" if reached >= TARGET_RATIO else "misses"

@@ -12,7 +12,9 @@ Used by bench/router_overhead.py, which starts it as its own process:
 
     python bench/bare_proxy.py --port PORT --upstream HOST:PORT
 
-It prints READY once the port is bound.
+It prints READY once the port is bound. `--sync-threads N` forwards with gRPC's synchronous
+API instead (a server with an N-thread pool, a blocking channel call per request): the other
+Python transport a hop could use.
 """
 
 from __future__ import annotations
@@ -65,12 +67,50 @@ async def serve(port: int, upstream: str) -> None:
     await server.wait_for_termination()
 
 
+class BlockingForward(grpc.GenericRpcHandler):
+    """The same forwarding with gRPC's synchronous API: each call on a pool thread, a blocking upstream call."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            upstream = self._channel.unary_unary(method)
+
+            def forward(body: bytes, context) -> bytes:
+                return upstream(body, timeout=context.time_remaining())
+
+            handler = self._handlers[method] = grpc.unary_unary_rpc_method_handler(forward)
+        return handler
+
+
+def serve_blocking(port: int, upstream: str, threads: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    channel = grpc.insecure_channel(upstream, options=CHANNEL_OPTIONS)
+    server = grpc.server(ThreadPoolExecutor(threads), options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((BlockingForward(channel),))
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise SystemExit(f"bare proxy: cannot listen on 127.0.0.1:{port}")
+    server.start()
+    print("READY", flush=True)
+    server.wait_for_termination()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="host:port to forward every call to")
+    parser.add_argument("--sync-threads", type=int, metavar="N",
+                        help="use gRPC's synchronous server and channel, with N handler threads, instead of grpc.aio")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.upstream))
+    if args.sync_threads:
+        serve_blocking(args.port, args.upstream, args.sync_threads)
+    else:
+        asyncio.run(serve(args.port, args.upstream))
     return 0
 
 

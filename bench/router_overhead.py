@@ -19,6 +19,10 @@ processes are included). Targets (issue #5): router/direct >= 0.6 at 8 callers, 
 to grpc.aio itself (a server plus a client channel in one Python process), not to the
 router's code.
 
+With --bare-sync-threads N the bare proxy uses gRPC's synchronous API instead (a server with
+an N-thread pool, one blocking channel call per request), the other Python transport a hop
+could use.
+
 With --perf-analyzer PATH, also runs Triton's perf_analyzer (gRPC, concurrency 1 and 8)
 against the three targets and prints its infer/s and latencies.
 
@@ -27,7 +31,7 @@ with 2 cores a hop competes with the runtime and the client for CPU, so the rati
 callers understates what a router on its own cores reaches.
 
     python bench/router_overhead.py [--seconds 5] [--warmup 1] [--callers 1,8] [--workers 1]
-                                    [--perf-analyzer /tmp/pa-venv/bin/perf_analyzer]
+                                    [--bare-sync-threads 16] [--perf-analyzer /tmp/pa-venv/bin/perf_analyzer]
 """
 
 from __future__ import annotations
@@ -138,11 +142,12 @@ async def publish(etcd: EtcdServer, keys: Keys, address: str) -> None:
         await client.put(keys.instance("bench-0"), to_document(record))
 
 
-def start_bare_proxy(upstream: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_bare_proxy(upstream: str, log_path: Path, sync_threads: int = 0) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    flags = ["--sync-threads", str(sync_threads)] if sync_threads else []
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_proxy.py"), "--port", str(port),
-                                    "--upstream", upstream], stdout=log, stderr=subprocess.STDOUT)
+                                    "--upstream", upstream, *flags], stdout=log, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -196,6 +201,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--callers", default="1,8")
     parser.add_argument("--workers", type=int, default=1, help="router worker processes (the bare proxy has one)")
+    parser.add_argument("--bare-sync-threads", type=int, default=0, metavar="N",
+                        help="make the bare proxy gRPC's synchronous server with N threads (default: grpc.aio)")
     parser.add_argument("--perf-analyzer", type=Path, metavar="PATH",
                         help="also run this perf_analyzer binary against direct, bare proxy and router")
     args = parser.parse_args()
@@ -210,7 +217,7 @@ def main() -> int:
             runtime.load(MODEL_ID, model_dir, "onnx")
             keys = Keys(fabric="bench")
             asyncio.run(publish(etcd, keys, runtime.address))
-            bare, bare_address = start_bare_proxy(runtime.address, work / "bare.log")
+            bare, bare_address = start_bare_proxy(runtime.address, work / "bare.log", args.bare_sync_threads)
             port = free_port()
             log = open(work / "router.log", "wb")
             router = subprocess.Popen(
@@ -234,9 +241,10 @@ def main() -> int:
             targets = (("direct", runtime.address, []), ("bare", bare_address, [bare.pid]),
                        ("router", router_address, router_pids))
 
+            bare_kind = f"synchronous gRPC ({args.bare_sync_threads} threads)" if args.bare_sync_threads else "grpc.aio"
             print(f"router overhead: {os.cpu_count()} cores, model '{MODEL_ID}' (FP32 [1,4]), "
                   f"{args.seconds:g}s per point after {args.warmup:g}s warm-up, router workers {args.workers}, "
-                  f"bare grpc.aio proxy 1 process; load average {os.getloadavg()[0]:.2f} before")
+                  f"bare {bare_kind} proxy 1 process; load average {os.getloadavg()[0]:.2f} before")
             results: dict[int, dict[str, Point]] = {}
             for n in callers:
                 results[n] = {name: asyncio.run(drive(address, n, args.seconds, args.warmup, pids))

@@ -39,27 +39,41 @@ CHANNEL_OPTIONS = [
 
 
 class Forward(grpc.GenericRpcHandler):
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    """Answers every method by forwarding its bytes upstream; `make_forward(upstream)` gives the
+    handler function for one method's upstream callable (awaiting for grpc.aio, blocking for sync)."""
+
+    def __init__(self, channel, make_forward) -> None:
         self._channel = channel
+        self._make_forward = make_forward
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details):
         method = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
-            upstream = self._channel.unary_unary(method)
-
-            async def forward(body: bytes, context) -> bytes:
-                return await upstream(body)
-
+            forward = self._make_forward(self._channel.unary_unary(method))
             handler = self._handlers[method] = grpc.unary_unary_rpc_method_handler(forward)
         return handler
+
+
+def awaiting(upstream):
+    async def forward(body: bytes, context) -> bytes:
+        return await upstream(body)
+
+    return forward
+
+
+def blocking(upstream):
+    def forward(body: bytes, context) -> bytes:
+        return upstream(body, timeout=context.time_remaining())
+
+    return forward
 
 
 async def serve(port: int, upstream: str) -> None:
     channel = grpc.aio.insecure_channel(upstream, options=CHANNEL_OPTIONS)
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((Forward(channel),))
+    server.add_generic_rpc_handlers((Forward(channel, awaiting),))
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise SystemExit(f"bare proxy: cannot listen on 127.0.0.1:{port}")
     await server.start()
@@ -67,32 +81,12 @@ async def serve(port: int, upstream: str) -> None:
     await server.wait_for_termination()
 
 
-class BlockingForward(grpc.GenericRpcHandler):
-    """The same forwarding with gRPC's synchronous API: each call on a pool thread, a blocking upstream call."""
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        self._channel = channel
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def service(self, handler_call_details):
-        method = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            upstream = self._channel.unary_unary(method)
-
-            def forward(body: bytes, context) -> bytes:
-                return upstream(body, timeout=context.time_remaining())
-
-            handler = self._handlers[method] = grpc.unary_unary_rpc_method_handler(forward)
-        return handler
-
-
 def serve_blocking(port: int, upstream: str, threads: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     channel = grpc.insecure_channel(upstream, options=CHANNEL_OPTIONS)
     server = grpc.server(ThreadPoolExecutor(threads), options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((BlockingForward(channel),))
+    server.add_generic_rpc_handlers((Forward(channel, blocking),))
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise SystemExit(f"bare proxy: cannot listen on 127.0.0.1:{port}")
     server.start()

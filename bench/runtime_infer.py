@@ -114,17 +114,18 @@ async def serve(port: int, handler: grpc.RpcMethodHandler) -> None:
     await server.wait_for_termination()
 
 
-def start_server_process(*flags: str) -> tuple[subprocess.Popen, str]:
-    """This script as a server process (echo or floor); returns it and its address once it listens."""
+def start_server_process(serve_flag: str, *options: str) -> tuple[subprocess.Popen, str]:
+    """This script as a server process (`serve_flag` PORT: --serve-echo or --serve-floor, then its
+    options); returns it and its address once it listens."""
     from tests.support.ports import free_port
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, *flags[:1], str(port), *flags[1:]],
+    process = subprocess.Popen([sys.executable, __file__, serve_flag, str(port), *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = process.stdout.readline()  # blocks until READY or the process dies
     if line.strip() != "READY":
         process.kill()
-        raise SystemExit(f"{flags[0]} server did not start: {line}{process.stdout.read()}")
+        raise SystemExit(f"{serve_flag} server did not start: {line}{process.stdout.read()}")
     return process, f"127.0.0.1:{port}"
 
 

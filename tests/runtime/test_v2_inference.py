@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
 
 from protos import grpc_service_pb2 as pb
 from tests.support import models
@@ -163,8 +165,12 @@ async def test_aio_client(loaded):
 
 def test_metrics_count_inferences(client, loaded):
     client.infer("add", [_input("x", np.zeros((1, 4), np.float32), "FP32")])
+    with pytest.raises(InferenceServerException, match="shape"):
+        client.infer("add", [_input("x", np.zeros((1, 5), np.float32), "FP32")])
     text = urllib.request.urlopen(f"http://127.0.0.1:{loaded.metrics_port}/metrics", timeout=5).read().decode()
     assert 'meshserve_runtime_inference_requests_total{code="OK",model="add"}' in text
+    refused = re.search(r'meshserve_runtime_inference_requests_total\{code="INVALID_ARGUMENT",model="add"\} (\S+)', text)
+    assert refused and float(refused.group(1)) >= 1, "a refused request is counted under its status"
     assert "meshserve_runtime_capacity_bytes 5.36870912e+08" in text
     assert "modelmesh_loadmodel_milliseconds_count" in text
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mesh.etcd_client import EtcdClient  # noqa: E402
-from mesh.etcd_mirror import Mirror  # noqa: E402
-from mesh.keys import Keys  # noqa: E402
-from mesh.placement import choose_instance  # noqa: E402
-from mesh.records import HeldCopy, InstanceRecord, ModelRecord, from_document, to_document  # noqa: E402
+from mesh.etcd.client import EtcdClient  # noqa: E402
+from mesh.etcd.mirror import Mirror  # noqa: E402
+from mesh.etcd.keys import Keys  # noqa: E402
+from mesh.domain.placement import choose_instance  # noqa: E402
+from mesh.domain.records import HeldCopy, InstanceRecord, ModelRecord, from_document, to_document  # noqa: E402
 from tests.support.etcd_server import EtcdServer  # noqa: E402
 
 MIB = 1 << 20

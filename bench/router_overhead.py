@@ -54,9 +54,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mesh.etcd_client import EtcdClient  # noqa: E402
-from mesh.keys import Keys  # noqa: E402
-from mesh.records import HeldCopy, InstanceRecord, to_document  # noqa: E402
+from mesh.etcd.client import EtcdClient  # noqa: E402
+from mesh.etcd.keys import Keys  # noqa: E402
+from mesh.domain.records import HeldCopy, InstanceRecord, to_document  # noqa: E402
 from protos import grpc_service_pb2 as pb  # noqa: E402
 from tests.support import models  # noqa: E402
 from tests.support.etcd_server import EtcdServer  # noqa: E402

@@ -37,8 +37,10 @@ class Process:
 
 
 def _processes() -> list[Process]:
-    from mesh import controller_main, instance, up
-    from mesh.cli_models import common as cli_common
+    from mesh.cli import controller as controller_cli
+    from mesh.cli import runtime as runtime_cli
+    from mesh.cli import up
+    from mesh.cli import common as cli_common
     from mesh.settings import FabricSettings
     from router import server as router_server
     from router.settings import RouterSettings
@@ -52,9 +54,9 @@ def _processes() -> list[Process]:
     return [
         Process("meshserve runtime", "A runtime process; with `--etcd` it joins a fabric as an instance "
                 "(the fabric and instance settings apply only then).",
-                instance.build_parser, [RuntimeSettings, FabricSettings, instance.InstanceSettings]),
+                runtime_cli.build_parser, [RuntimeSettings, FabricSettings, runtime_cli.InstanceSettings]),
         Process("meshserve controller", "One controller replica: the management API, and the background work "
-                "while it is the leader.", controller_main.build_parser, [controller_main.ControllerSettings]),
+                "while it is the leader.", controller_cli.build_parser, [controller_cli.ControllerSettings]),
         Process("meshserve router", "The V2 gRPC/REST front door.", router_server.build_parser, [RouterSettings]),
         Process("meshserve up", "The local fabric (etcd, controller, runtimes, router, example models). Its "
                 "variables use the prefix `MESHSERVE_UP_` so that they cannot collide with the variables of "

@@ -10,7 +10,7 @@ import argparse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.keys import DEFAULT_FABRIC, DEFAULT_ROOT
+from mesh.etcd.keys import DEFAULT_FABRIC, DEFAULT_ROOT
 
 
 class FabricSettings(BaseSettings):

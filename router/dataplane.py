@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mesh.fabric_view import FabricView
+from mesh.state.fabric_view import FabricView
 from router.errors import InvalidRequest, ModelNotFound
 from router.routing import Reply, Router
 from router.wire import MalformedRequest, read_model_name, with_model_name

@@ -29,10 +29,10 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
-from mesh.cache_miss import LoadingFailed, NoCapacity as LoaderNoCapacity
-from mesh.fabric_view import FabricView
-from mesh.registry import ModelNotRegistered
-from mesh.tasks import AsyncClosing, TaskSupervisor
+from mesh.control.cache_miss import LoadingFailed, NoCapacity as LoaderNoCapacity
+from mesh.state.fabric_view import FabricView
+from mesh.state.registry import ModelNotRegistered
+from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
 from router.policy import LeastInFlight, Policy, ReplicaLoad
 
@@ -47,7 +47,7 @@ _RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE: "unavailable", grpc.StatusCode.
 
 
 class Loader(Protocol):
-    """The placement layer's cache-miss entry point (`mesh.cache_miss.CacheMiss`)."""
+    """The placement layer's cache-miss entry point (`mesh.control.cache_miss.CacheMiss`)."""
 
     async def ensure_loaded(self, model_id: str, timeout: float) -> list[str]:
         """Ids of instances holding a loaded copy, loading one if there is none. Raises

@@ -21,15 +21,15 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mesh.admin import MeshAdminServicer
-from mesh.cache_miss import CacheMiss
-from mesh.etcd_client import EtcdClient
-from mesh.fabric_view import FabricView
-from mesh.keys import Keys
-from mesh.management import ModelMeshServicer
-from mesh.registry import Registry
-from mesh.runtime_client import RuntimeClients
-from mesh.vmodels import VModels
+from mesh.api.mesh_admin import MeshAdminServicer
+from mesh.control.cache_miss import CacheMiss
+from mesh.etcd.client import EtcdClient
+from mesh.state.fabric_view import FabricView
+from mesh.etcd.keys import Keys
+from mesh.api.model_mesh import ModelMeshServicer
+from mesh.state.registry import Registry
+from mesh.control.runtime_client import RuntimeClients
+from mesh.state.vmodels import VModels
 from protos import mesh_admin_pb2_grpc, meshserve_version, model_mesh_pb2_grpc
 from router.dataplane import DataPlane
 from router.grpc_front import InferenceFront

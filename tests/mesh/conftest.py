@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from mesh.etcd_client import EtcdClient, RetryPolicy
-from mesh.keys import Keys
+from mesh.etcd.client import EtcdClient, RetryPolicy
+from mesh.etcd.keys import Keys
 from tests.support.etcd_server import EtcdServer
 
 # Short enough that "etcd unreachable" tests finish in a couple of seconds, long enough

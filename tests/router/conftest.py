@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mesh.etcd_client import EtcdClient
-from mesh.fabric_view import FabricView
-from mesh.keys import Keys
-from mesh.records import HeldCopy, InstanceRecord, VModelRecord, to_document
-from mesh.registry import ModelNotRegistered
+from mesh.etcd.client import EtcdClient
+from mesh.state.fabric_view import FabricView
+from mesh.etcd.keys import Keys
+from mesh.domain.records import HeldCopy, InstanceRecord, VModelRecord, to_document
+from mesh.state.registry import ModelNotRegistered
 from router.server import RunningRouter, start_router
 from router.settings import RouterSettings
 from tests.mesh.conftest import (  # noqa: F401 - fixtures, re-exported for this folder
@@ -101,7 +101,7 @@ async def fabric(etcd, keys) -> AsyncIterator[Fabric]:
 
 
 class StubLoader:
-    """A test double for `mesh.cache_miss.CacheMiss`: knows model paths, loads the model
+    """A test double for `mesh.control.cache_miss.CacheMiss`: knows model paths, loads the model
     onto one runtime through its SPI and publishes the copy, like an instance agent."""
 
     def __init__(self, fabric: Fabric, paths: dict[str, Path], runtime: RuntimeProcess, instance_id: str,

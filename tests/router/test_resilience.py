@@ -10,7 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from mesh.keys import Keys
+from mesh.etcd.keys import Keys
 from protos import grpc_service_pb2 as pb
 from tests.router.conftest import NeverLoads, _make_client, _start_pair, open_fabric
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-cache_miss = pytest.importorskip("mesh.cache_miss", reason="mesh.cache_miss (the cache-miss protocol) is not built yet")
-pytest.importorskip("mesh.agent", reason="mesh.agent (the instance agent) is not built yet")
+cache_miss = pytest.importorskip("mesh.control.cache_miss", reason="mesh.control.cache_miss (the cache-miss protocol) is not built yet")
+pytest.importorskip("mesh.instance.agent", reason="mesh.instance.agent (the instance agent) is not built yet")
 
-from mesh.records import ModelRecord  # noqa: E402
-from mesh.registry import Registry  # noqa: E402
-from mesh.runtime_client import RuntimeClients  # noqa: E402
+from mesh.domain.records import ModelRecord  # noqa: E402
+from mesh.state.registry import Registry  # noqa: E402
+from mesh.control.runtime_client import RuntimeClients  # noqa: E402
 from tests.support.runtime_process import start_runtime_process  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")

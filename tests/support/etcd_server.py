@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mesh import up
+from mesh.cli import up
 from tests.support.ports import free_port
 
 __all__ = ["EtcdServer", "EtcdServerError", "find_etcd_binary", "free_port"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import grpc
 
-from mesh.keys import Keys
-from mesh.records import InstanceRecord, ModelRecord, RecordError, from_document
+from mesh.etcd.keys import Keys
+from mesh.domain.records import InstanceRecord, ModelRecord, RecordError, from_document
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_mesh_pb2 as mm

@@ -13,11 +13,11 @@ import time
 
 import grpc
 
-from mesh.etcd_client import EtcdClient
-from mesh.etcd_session import LeaseSession
-from mesh.keys import Keys
-from mesh.records import CopyClaim, HeldCopy, InstanceRecord, to_document
-from mesh.registry import ModelNotRegistered, Registry
+from mesh.etcd.client import EtcdClient
+from mesh.etcd.session import LeaseSession
+from mesh.etcd.keys import Keys
+from mesh.domain.records import CopyClaim, HeldCopy, InstanceRecord, to_document
+from mesh.state.registry import ModelNotRegistered, Registry
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
 

@@ -1,0 +1,3 @@
+"""The Kubernetes operator (kopf): Predictor, InferenceService, ServingRuntime and
+ClusterServingRuntime resources into the fabric. Not built yet.
+"""

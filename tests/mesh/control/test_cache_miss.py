@@ -1,0 +1,177 @@
+"""The cache-miss protocol against a real etcd and real in-process runtimes with their agents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mesh.instance.agent import InstanceAgent
+from mesh.control.cache_miss import CacheMiss, LoadingFailed, MissConfig, NoCapacity
+from mesh.etcd.client import EtcdClient
+from mesh.state.fabric_view import FabricView
+from mesh.domain.records import CopyClaim, ModelRecord
+from mesh.state.registry import ModelNotRegistered, Registry
+from mesh.control.runtime_client import RuntimeClients
+from runtimes.server import start_runtime
+from runtimes.settings import RuntimeSettings
+from tests.mesh.conftest import TEST_CALL_TIMEOUT, TEST_RETRY
+from tests.support.models import add_onnx
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+
+class LoadCounter:
+    """Counts loads and load failures per model across runtimes (a LifecycleObserver)."""
+
+    def __init__(self) -> None:
+        self.loaded: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+    def model_loaded(self, model_id, seconds, size_bytes):
+        self.loaded[model_id] += 1
+
+    def model_load_failed(self, model_id, seconds, error):
+        self.failed[model_id] += 1
+
+    def model_unloaded(self, model_id, seconds):
+        pass
+
+
+class Caller:
+    """One process's worth of placement client: its own etcd client, view and CacheMiss."""
+
+    def __init__(self, endpoint: str, keys) -> None:
+        self.client = EtcdClient(endpoint, call_timeout=TEST_CALL_TIMEOUT, retry=TEST_RETRY)
+        self.view = FabricView(self.client, keys)
+        self.runtimes = RuntimeClients()
+        self.miss = CacheMiss(self.client, keys, self.view, self.runtimes, MissConfig(max_load_attempts=3))
+
+    async def __aenter__(self):
+        await self.view.start()
+        await self.view.wait_ready(10)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.miss.close()
+        await self.view.close()
+        await self.runtimes.close()
+        await self.client.close()
+
+
+@pytest.fixture
+async def fabric(etcd_server, etcd, keys, tmp_path):
+    """Three runtimes with agents (room for a few small models each), and a registry."""
+    counter = LoadCounter()
+    async with AsyncExitStack() as stack:
+        agents = {}
+        for n in range(3):
+            settings = RuntimeSettings(host="127.0.0.1", port=0, metrics_port=0, capacity="64KiB",
+                                       models_dir=tmp_path / f"cache-{n}", size_factor=1.0)
+            running = await start_runtime(settings)
+            stack.push_async_callback(running.stop)
+            running.manager.add_observer(counter)
+            agent = InstanceAgent(etcd, keys, running.manager, instance_id=f"i{n}",
+                                  address=f"127.0.0.1:{running.port}", lease_ttl_s=5)
+            await agent.start()
+            stack.push_async_callback(agent.close)
+            agents[f"i{n}"] = (agent, running)
+        caller = await stack.enter_async_context(Caller(etcd_server.endpoint, keys))
+        await caller.view.wait_for(lambda: len(caller.view.all_instances()) == 3, 10)
+        yield caller, Registry(etcd, keys), agents, counter
+
+
+def register(registry: Registry, tmp_path: Path, model_id: str) -> asyncio.Future:
+    # ~16 KiB of weights: an instance's 64 KiB holds three such models.
+    path = add_onnx(tmp_path / "store" / model_id / "model.onnx", offset=1.0, weights=4096)
+    return registry.register(ModelRecord(model_id, "onnx", str(path.parent)))
+
+
+async def test_loads_on_first_use_and_returns_the_holder(fabric, tmp_path):
+    caller, registry, agents, counter = fabric
+    await register(registry, tmp_path, "m1")
+    holders = await caller.miss.ensure_loaded("m1", timeout=30)
+    assert len(holders) == 1
+    _, running = agents[holders[0]]
+    assert running.manager.loaded_models() == ["m1"]
+    assert counter.loaded["m1"] == 1
+    # A second call finds it loaded without loading again.
+    assert await caller.miss.ensure_loaded("m1", timeout=30) == holders
+    assert counter.loaded["m1"] == 1
+
+
+async def test_concurrent_misses_from_three_processes_load_once(fabric, etcd_server, keys, tmp_path):
+    _, registry, agents, counter = fabric
+    await register(registry, tmp_path, "hot")
+    async with Caller(etcd_server.endpoint, keys) as b, Caller(etcd_server.endpoint, keys) as c:
+        callers = [fabric[0], b, c]
+        results = await asyncio.gather(*(callers[n % 3].miss.ensure_loaded("hot", timeout=30) for n in range(20)))
+    assert counter.loaded["hot"] == 1
+    holder = results[0][0]
+    assert all(r == [holder] for r in results)
+    assert sum("hot" in running.manager.loaded_models() for _, running in agents.values()) == 1
+
+
+async def test_unknown_model_is_not_registered(fabric):
+    caller, *_ = fabric
+    with pytest.raises(ModelNotRegistered):
+        await caller.miss.ensure_loaded("nope", timeout=10)
+
+
+async def test_unsupported_type_has_no_capacity(fabric, tmp_path):
+    caller, registry, *_ = fabric
+    await registry.register(ModelRecord("sk", "sklearn", str(tmp_path)))
+    with pytest.raises(NoCapacity, match="sklearn"):
+        await caller.miss.ensure_loaded("sk", timeout=10)
+
+
+async def test_corrupt_model_fails_everywhere_once_and_is_not_retried_in_a_loop(fabric, tmp_path):
+    caller, registry, agents, counter = fabric
+    broken = tmp_path / "store" / "broken" / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"this is not an onnx file")
+    await registry.register(ModelRecord("broken", "onnx", str(broken.parent)))
+    with pytest.raises(LoadingFailed) as raised:
+        await caller.miss.ensure_loaded("broken", timeout=30)
+    assert set(raised.value.reasons) == {"i0", "i1", "i2"}
+    assert all("INVALID_ARGUMENT" in reason for reason in raised.value.reasons.values())
+    assert counter.failed["broken"] == 3
+    record = await caller.view.wait_for(lambda: len((caller.view.model("broken") or ModelRecord("", "", "")).failures) == 3
+                                        and caller.view.model("broken"), 10)
+    assert not record.copies
+    # The failures are remembered: a second call fails at once without loading again.
+    with pytest.raises(LoadingFailed):
+        await caller.miss.ensure_loaded("broken", timeout=30)
+    assert counter.failed["broken"] == 3
+    # Other models are unaffected.
+    await register(registry, tmp_path, "fine")
+    assert await caller.miss.ensure_loaded("fine", timeout=30)
+
+
+async def test_a_claim_by_an_instance_that_left_does_not_block(fabric, etcd, keys, tmp_path):
+    caller, registry, agents, counter = fabric
+    await register(registry, tmp_path, "orphan")
+    await registry.update("orphan", lambda r: replace(r, copies={"ghost": CopyClaim("loading", r.registered_ms or 1)}))
+    holders = await caller.miss.ensure_loaded("orphan", timeout=30)
+    assert holders and holders[0] != "ghost"
+    assert counter.loaded["orphan"] == 1
+
+
+async def test_loads_evict_least_recently_used_when_instances_are_full(fabric, tmp_path):
+    caller, registry, agents, counter = fabric
+    # Three instances with room for three models each: twelve models need evictions.
+    ids = [f"m{n}" for n in range(12)]
+    for model_id in ids:
+        await register(registry, tmp_path, model_id)
+    for model_id in ids:
+        assert await caller.miss.ensure_loaded(model_id, timeout=30)
+        for _, running in agents.values():
+            assert running.manager.used_bytes <= running.manager.capacity_bytes
+    total_loaded = sum(len(running.manager.loaded_models()) for _, running in agents.values())
+    assert total_loaded < len(ids), "the models should not all fit: the test needs evictions"
+    # The most recent model of all is still loaded somewhere.
+    assert caller.view.loaded_on(ids[-1]) or await caller.view.wait_for(lambda: caller.view.loaded_on(ids[-1]), 10)

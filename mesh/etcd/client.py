@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Self, TypeVar
 
 import aetcd
 import aetcd.rtypes
 from aetcd import rpc
 
+from mesh.aio.backoff import Backoff
 from mesh.aio.tasks import AsyncClosing
 from mesh.etcd.errors import (
     TRANSLATABLE,
@@ -137,12 +137,16 @@ class RetryPolicy:
     initial_backoff: float = 0.05
     max_backoff: float = 1.0
     deadline: float = 5.0
+    _pacing: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_pacing", Backoff(self.initial_backoff, self.max_backoff))
 
     def backoff(self, attempt: int) -> float:
-        """Delay before try `attempt + 1`: exponential with jitter, so that many clients
-        losing etcd at once do not come back in lock step."""
-        base = min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
-        return base * random.uniform(0.5, 1.0)
+        """Delay before try `attempt + 1` (`attempt` failures so far): exponential with
+        jitter (`mesh.aio.Backoff`), so that many clients losing etcd at once do not come
+        back in lock step."""
+        return self._pacing.delay(attempt)
 
 
 # Reconnect quickly after an etcd restart (grpc's default backoff grows to 120 s), and

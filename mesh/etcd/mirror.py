@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Self, TypeVar
 
+from mesh.aio.backoff import Backoff
 from mesh.etcd.client import JSON, KV, EtcdClient, WatchEvent, decode_json
 from mesh.etcd.errors import CorruptRecord, StoreClosed, StoreError
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
@@ -82,8 +82,7 @@ class Mirror(Mapping[str, Entry], AsyncClosing):
         self.client = client
         self.prefix = prefix
         self.name = name or prefix
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
+        self._backoff = Backoff(initial_backoff, max_backoff)
         self._data: dict[str, Entry] = {}
         self._revision = 0
         self._listeners: list[Listener] = []
@@ -227,8 +226,7 @@ class Mirror(Mapping[str, Entry], AsyncClosing):
             self.breaks += 1
             self._notify(())
             failures += 1
-            delay = min(self._max_backoff, self._initial_backoff * 2 ** (failures - 1))
-            delay *= random.uniform(0.5, 1.0)
+            delay = self._backoff.delay(failures)
             log.warning("mirror %s: watch broken (%s); re-sync in %.2fs", self.name, reason, delay)
             await asyncio.sleep(delay)  # backoff before re-reading, not synchronisation
 

@@ -1,9 +1,11 @@
 """Replay model-request workloads through the placement engine and LRU in simulated time.
 
 What it measures: the hit ratio (share of requests that find a loaded copy) and the loads
-per 1,000 requests of the meshserve fabric -- the real ``mesh.domain.placement`` and ``mesh.domain.lru``
-code driving 4 simulated instances in 2 zones -- next to two single-cache references of
-the same total capacity, computed on the same request sequence in the same run:
+per 1,000 requests of the meshserve fabric -- the real ``mesh.domain.placement`` and
+``mesh.domain.lru`` code (the latter through ``bench/copy_lru.py``, a model of the
+runtime's memory accounting) driving 4 simulated instances in 2 zones -- next to two
+single-cache references of the same total capacity, computed on the same request sequence
+in the same run:
 
 * plain LRU (one cache, evict least recently used until the model fits), and
 * Belady's MIN rule (one cache, evict the model whose next request is farthest in the
@@ -76,7 +78,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from mesh.domain.lru import CopyLru  # noqa: E402
+from bench.copy_lru import CopyLru  # noqa: E402
 from mesh.domain.placement import (  # noqa: E402
     CopyView,
     InstanceView,

@@ -375,7 +375,7 @@ async def _claimed(client: EtcdClient, keys: Keys, model_id: str) -> ModelRecord
 
 async def test_unreachable_etcd_at_start_is_logged_and_the_runtime_serves(
         tmp_path: Path, onnx_models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="mesh.instance.agent")
+    caplog.set_level(logging.WARNING, logger="mesh.instance")
     async with EtcdClient(f"127.0.0.1:{free_port()}", call_timeout=TEST_CALL_TIMEOUT, retry=TEST_RETRY) as client:
         async with runtime_with_agent(client, Keys(fabric="nowhere"), tmp_path, capacity=64 << 20) as (running, agent):
             await until(lambda: "cannot register with etcd" in caplog.text, "the registration failure log line")

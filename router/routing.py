@@ -29,9 +29,8 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
-from mesh.control.cache_miss import LoadingFailed, NoCapacity as LoaderNoCapacity
+from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity
 from mesh.state.fabric_view import FabricView
-from mesh.state.registry import ModelNotRegistered
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
 from router.policy import LeastInFlight, Policy, ReplicaLoad

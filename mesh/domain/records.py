@@ -20,16 +20,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+from mesh.domain.errors import RecordError
 from mesh.domain.placement import CopyView, InstanceView, ModelView
 
 __all__ = ["CopyClaim", "HeldCopy", "InstanceRecord", "LoadFailure", "ModelRecord", "RecordError",
            "VModelRecord", "decode", "encode", "from_document", "parse_model_key", "to_document"]
 
 FORMAT_VERSION = 1
-
-
-class RecordError(ValueError):
-    """A stored document is not a valid record."""
 
 
 @dataclass(frozen=True)

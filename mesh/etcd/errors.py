@@ -11,6 +11,8 @@ import asyncio
 import aetcd.exceptions as aetcd_exc
 import grpc
 
+from mesh.domain.errors import MeshError
+
 __all__ = [
     "TRANSLATABLE",
     "StoreError",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(MeshError):
     """An etcd operation failed and retrying it as-is will not help (bad request,
     permission, corrupt data...). The caller must treat it as a bug or a configuration
     problem: report it, do not loop on it.

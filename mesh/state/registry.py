@@ -11,27 +11,12 @@ from collections.abc import Callable
 
 from mesh.etcd.client import EtcdClient
 from mesh.etcd.keys import Keys
-from mesh.domain.records import ModelRecord, Record, RecordError, from_document, to_document
+from mesh.domain.errors import ModelAlreadyRegistered, ModelInUse, ModelNotRegistered, RecordError, RegistryConflict
+from mesh.domain.records import ModelRecord, Record, from_document, to_document
 
 __all__ = ["ModelAlreadyRegistered", "ModelInUse", "ModelNotRegistered", "Registry", "RegistryConflict"]
 
 MAX_CAS_ATTEMPTS = 32  # lost races in a row before giving up: only under pathological contention
-
-
-class ModelNotRegistered(LookupError):
-    """No record for this model id."""
-
-
-class ModelAlreadyRegistered(ValueError):
-    """A different model (type, path or key) is registered under this id."""
-
-
-class ModelInUse(ValueError):
-    """The model is still the target or active model of a vmodel."""
-
-
-class RegistryConflict(RuntimeError):
-    """A change lost MAX_CAS_ATTEMPTS races in a row; the caller may retry later."""
 
 
 async def read_records(client: EtcdClient, prefix: str, kind: type[Record]) -> list[Record]:

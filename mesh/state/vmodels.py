@@ -29,20 +29,13 @@ from dataclasses import dataclass
 
 from mesh.etcd.client import EtcdClient
 from mesh.etcd.keys import Keys
+from mesh.domain.errors import PreconditionFailed, VModelNotFound
 from mesh.domain.records import ModelRecord, VModelRecord, from_document, to_document
 from mesh.state.registry import MAX_CAS_ATTEMPTS, ModelInUse, ModelNotRegistered, Registry, RegistryConflict, read_records
 
 __all__ = ["PreconditionFailed", "VModelChange", "VModelNotFound", "VModels"]
 
 log = logging.getLogger(__name__)
-
-
-class VModelNotFound(LookupError):
-    """No vmodel with this id (and the request may not create one)."""
-
-
-class PreconditionFailed(ValueError):
-    """The vmodel belongs to another owner, or its target is not the one the caller expected."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""What can go wrong in the placement layer, independent of any transport (pure).
+
+Every mesh error derives from `MeshError`; `mesh.api.status` maps each class to a gRPC
+status once, in one table, and the router maps the ones its request path can meet.
+`retryable` says whether trying the same thing again later may succeed. The etcd
+adapter's errors (`mesh.etcd.errors.StoreError` and kin) derive from `MeshError` too.
+
+The second bases (LookupError, ValueError, RuntimeError) are kept so that callers that
+caught the builtin kinds keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidRequest",
+    "LoadingFailed",
+    "MeshError",
+    "ModelAlreadyRegistered",
+    "ModelInUse",
+    "ModelNotRegistered",
+    "NoCapacity",
+    "PreconditionFailed",
+    "RecordError",
+    "RegistryConflict",
+    "VModelNotFound",
+]
+
+
+class MeshError(Exception):
+    """Base of the placement layer's errors. `str(error)` is the message a caller sees."""
+
+    retryable: bool = False
+
+
+class InvalidRequest(MeshError, ValueError):
+    """The request is malformed; the message says which field and why."""
+
+
+class RecordError(MeshError, ValueError):
+    """A stored document is not a valid record."""
+
+
+class ModelNotRegistered(MeshError, LookupError):
+    """No record for this model id."""
+
+
+class ModelAlreadyRegistered(MeshError, ValueError):
+    """A different model (type, path or key) is registered under this id."""
+
+
+class ModelInUse(MeshError, ValueError):
+    """The model is still the target or active model of a vmodel."""
+
+
+class RegistryConflict(MeshError, RuntimeError):
+    """A change lost too many compare-and-set races in a row; the caller may retry later."""
+
+    retryable = True
+
+
+class VModelNotFound(MeshError, LookupError):
+    """No vmodel with this id (and the request may not create one)."""
+
+
+class PreconditionFailed(MeshError, ValueError):
+    """The vmodel belongs to another owner, or its target is not the one the caller expected."""
+
+
+class LoadingFailed(MeshError):
+    """Every instance tried failed to load the model (or has a live failure record)."""
+
+    def __init__(self, model_id: str, reasons: dict[str, str]) -> None:
+        self.model_id = model_id
+        self.reasons = dict(reasons)
+        detail = "; ".join(f"on {instance}: {reason}" for instance, reason in sorted(reasons.items()))
+        super().__init__(f"model '{model_id}' failed to load ({detail or 'no reason recorded'})")
+
+
+class NoCapacity(MeshError):
+    """No live instance can take the model (type not supported, or no room even after eviction)."""
+
+    retryable = True

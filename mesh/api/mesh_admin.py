@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from mesh.api.status import mapped_errors
+from mesh.domain.model_status import model_status
+from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.etcd.errors import StoreUnavailable
 from mesh.state.fabric_view import FabricView
-from mesh.api.model_mesh import mapped_errors
-from mesh.domain.model_status import DEFAULT_LOADING_TIMEOUT_MS, model_status
 from mesh.domain.records import HeldCopy, InstanceRecord, ModelRecord, VModelRecord
 from protos import mesh_admin_pb2 as admin
 from protos import mesh_admin_pb2_grpc as admin_grpc
@@ -68,7 +69,7 @@ def _summary(record: ModelRecord, copies: Mapping[str, HeldCopy], vmodels: list[
 
 def summarize_models(models: Mapping[str, ModelRecord], instances: Mapping[str, InstanceRecord],
                      vmodels: Mapping[str, VModelRecord], now_ms: int,
-                     loading_timeout_ms: int = DEFAULT_LOADING_TIMEOUT_MS) -> list[admin.ModelSummary]:
+                     loading_timeout_ms: int = DEFAULT_TIMINGS.loading_timeout_ms) -> list[admin.ModelSummary]:
     """One `ModelSummary` per registered model, sorted by id.
 
     `instances` are the live instance records (their copies say where models are); a
@@ -96,7 +97,7 @@ def _instance(record: InstanceRecord, now_ms: int) -> admin.InstanceStatus:
 
 def summarize_fabric(models: Mapping[str, ModelRecord], instances: Mapping[str, InstanceRecord],
                      vmodels: Mapping[str, VModelRecord], now_ms: int,
-                     loading_timeout_ms: int = DEFAULT_LOADING_TIMEOUT_MS, *, in_sync: bool = True) -> admin.FabricStatus:
+                     loading_timeout_ms: int = DEFAULT_TIMINGS.loading_timeout_ms, *, in_sync: bool = True) -> admin.FabricStatus:
     """The fabric's `FabricStatus`: each instance (sorted by id) and the fabric-wide figures.
 
     The global LRU age is the age of the least recently used loaded copy on any instance
@@ -129,10 +130,10 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
     servicer never closes it). `clock` gives milliseconds since the epoch."""
 
     def __init__(self, view: FabricView, clock: Callable[[], int] = _now_ms, *,
-                 loading_timeout_ms: int = DEFAULT_LOADING_TIMEOUT_MS) -> None:
+                 timings: FabricTimings = DEFAULT_TIMINGS) -> None:
         self._view = view
         self._clock = clock
-        self._loading_timeout_ms = loading_timeout_ms
+        self._loading_timeout_ms = timings.loading_timeout_ms
 
     @mapped_errors
     async def listModels(self, request: admin.ListModelsRequest, context) -> admin.ListModelsResponse:

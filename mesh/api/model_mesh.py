@@ -3,17 +3,7 @@
 Every replica of the controller serves it (any replica answers; writes are
 compare-and-set in etcd, so replicas never need to agree among themselves). Handlers
 validate and convert at this edge, call the domain objects, and convert back; errors are
-mapped to status codes once, by `mapped_errors`:
-
-  ModelNotRegistered, VModelNotFound          NOT_FOUND
-  InvalidRequest                              INVALID_ARGUMENT
-  PreconditionFailed, ModelInUse              FAILED_PRECONDITION
-  ModelAlreadyRegistered                      ALREADY_EXISTS
-  RegistryConflict                            ABORTED
-  NoCapacity                                  RESOURCE_EXHAUSTED
-  StoreUnavailable, StoreClosed               UNAVAILABLE (etcd unreachable; the message says so)
-  TimeoutError                                DEADLINE_EXCEEDED
-  anything else                               INTERNAL, with an id that is in the log
+mapped to status codes once, by `mesh.api.status` (`mapped_errors`).
 
 A load that fails is not an error of the call: registerModel/ensureLoaded answer with
 the model's status (LOADING_FAILED and its reasons), as ModelMesh does.
@@ -23,80 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 import grpc
 
-from mesh.control.cache_miss import CacheMiss, LoadingFailed, NoCapacity
-from mesh.etcd.errors import StoreClosed, StoreUnavailable
-from mesh.state.fabric_view import FabricView
-from mesh.domain.model_status import DEFAULT_LOADING_TIMEOUT_MS, model_status, vmodel_status
-from mesh.domain.records import ModelRecord, parse_model_key
-from mesh.state.registry import ModelAlreadyRegistered, ModelInUse, ModelNotRegistered, Registry, RegistryConflict
-from mesh.control.runtime_client import RuntimeClients
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
-from mesh.state.vmodels import PreconditionFailed, VModelChange, VModelNotFound, VModels
+from mesh.api.status import mapped_errors
+from mesh.control.cache_miss import CacheMiss
+from mesh.control.runtime_client import RuntimeClients
+from mesh.domain.errors import InvalidRequest, LoadingFailed, ModelNotRegistered, NoCapacity, PreconditionFailed
+from mesh.domain.model_status import model_status, vmodel_status
+from mesh.domain.records import ModelRecord, parse_model_key
+from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
+from mesh.etcd.errors import StoreUnavailable
+from mesh.state.fabric_view import FabricView
+from mesh.state.registry import Registry
+from mesh.state.vmodels import VModelChange, VModels
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 
-__all__ = ["InvalidRequest", "ModelMeshServicer", "STATUS_OF_ERROR", "check_id", "mapped_errors"]
+__all__ = ["ModelMeshServicer", "check_id"]
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 512  # etcd keys may be longer, but an id this long is a mistake, not a name
-
-
-class InvalidRequest(ValueError):
-    """The request is malformed; the message says which field and why."""
-
-
-STATUS_OF_ERROR: dict[type[BaseException], grpc.StatusCode] = {
-    ModelNotRegistered: grpc.StatusCode.NOT_FOUND,
-    VModelNotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    ModelInUse: grpc.StatusCode.FAILED_PRECONDITION,
-    ModelAlreadyRegistered: grpc.StatusCode.ALREADY_EXISTS,
-    RegistryConflict: grpc.StatusCode.ABORTED,
-    NoCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
-    StoreClosed: grpc.StatusCode.UNAVAILABLE,
-    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-def _message(error: BaseException) -> str:
-    if isinstance(error, (StoreUnavailable, StoreClosed)):
-        return f"the fabric's etcd is unreachable, try again later: {error}"
-    if isinstance(error, TimeoutError):
-        return f"deadline exceeded: {error}" if str(error) else "deadline exceeded"
-    if isinstance(error, LookupError) and error.args:
-        return str(error.args[0])
-    return str(error)
-
-
-def mapped_errors(handler):
-    """Turn our errors into their status codes, and anything else into INTERNAL with an id in the log."""
-
-    @functools.wraps(handler)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await handler(self, request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except tuple(STATUS_OF_ERROR) as error:
-            code = next(STATUS_OF_ERROR[k] for k in type(error).__mro__ if k in STATUS_OF_ERROR)
-            await context.abort(code, _message(error))
-        except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            log.exception("internal error %s in %s", error_id, handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); see the controller's log")
-
-    return wrapper
 
 
 def check_id(what: str, value: str) -> str:
@@ -131,18 +73,19 @@ def _now_ms() -> int:
 
 class ModelMeshServicer(mm_grpc.ModelMeshServicer, AsyncClosing):
     """`mmesh.ModelMesh`. Owns the background loads it starts (`loadNow` without `sync`);
-    `close()` cancels them. `default_timeout_s` bounds a `sync` wait when the call has no deadline."""
+    `close()` cancels them. A `sync` wait of a call without a deadline is bounded by the
+    fabric's loading timeout (a load that takes longer no longer counts as loading)."""
 
     def __init__(self, registry: Registry, view: FabricView, cache_miss: CacheMiss, vmodels: VModels,
-                 runtimes: RuntimeClients, *, default_timeout_s: float = 120.0,
-                 loading_timeout_ms: int = DEFAULT_LOADING_TIMEOUT_MS, clock: Callable[[], int] = _now_ms) -> None:
+                 runtimes: RuntimeClients, *, timings: FabricTimings = DEFAULT_TIMINGS,
+                 clock: Callable[[], int] = _now_ms) -> None:
         self._registry = registry
         self._view = view
         self._miss = cache_miss
         self._vmodels = vmodels
         self._runtimes = runtimes
-        self._default_timeout = default_timeout_s
-        self._loading_timeout_ms = loading_timeout_ms
+        self._default_timeout = timings.loading_timeout_ms / 1000
+        self._loading_timeout_ms = timings.loading_timeout_ms
         self._clock = clock
         self._tasks = TaskSupervisor("management")
         self._loading: dict[str, asyncio.Task] = {}

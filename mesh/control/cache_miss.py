@@ -32,9 +32,11 @@ import grpc
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.etcd.keys import Keys
+from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity
 from mesh.domain.placement import NoFit, PlacementConfig, choose_instance
+from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.domain.records import CopyClaim, LoadFailure, ModelRecord, to_document
-from mesh.state.registry import ModelNotRegistered, Registry
+from mesh.state.registry import Registry
 from mesh.control.runtime_client import RuntimeClients
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 
@@ -49,25 +51,10 @@ _NOT_THE_MODELS_FAULT = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.Stat
 _PUBLISH_WAIT_S = 2.0
 
 
-class LoadingFailed(Exception):
-    """Every instance tried failed to load the model (or has a live failure record)."""
-
-    def __init__(self, model_id: str, reasons: dict[str, str]) -> None:
-        self.model_id = model_id
-        self.reasons = dict(reasons)
-        detail = "; ".join(f"on {instance}: {reason}" for instance, reason in sorted(reasons.items()))
-        super().__init__(f"model '{model_id}' failed to load ({detail or 'no reason recorded'})")
-
-
-class NoCapacity(Exception):
-    """No live instance can take the model (type not supported, or no room even after eviction)."""
-
-
 @dataclass(frozen=True)
 class MissConfig:
     max_load_attempts: int = 3
-    failure_expiry_ms: int = 10 * 60_000
-    loading_timeout_ms: int = 90_000
+    timings: FabricTimings = DEFAULT_TIMINGS
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
@@ -179,7 +166,7 @@ class CacheMiss(AsyncClosing):
             instance = self._view.instance(instance_id)
             if instance is None or instance.shutting_down:
                 continue
-            if claim.state == "loading" and now_ms - claim.since_ms < self.config.loading_timeout_ms:
+            if claim.state == "loading" and now_ms - claim.since_ms < self.config.timings.loading_timeout_ms:
                 pending.add(instance_id)
             elif claim.state == "loaded" and instance.published_ms <= claim.since_ms:
                 # Loaded, but the instance has not published since (both times are its own
@@ -200,7 +187,7 @@ class CacheMiss(AsyncClosing):
             copies = {i: c for i, c in record.copies.items() if i != instance_id}
             if failure_reason is None:
                 return replace(record, copies=copies)
-            failure = LoadFailure(failure_reason, now, now + self.config.failure_expiry_ms)
+            failure = LoadFailure(failure_reason, now, now + self.config.timings.failure_expiry_ms)
             return replace(record, copies=copies, failures={**record.failures, instance_id: failure})
 
         try:
@@ -253,7 +240,7 @@ class CacheMiss(AsyncClosing):
         started = time.perf_counter()
         try:
             # Bounded by the loading timeout, not by any caller's deadline.
-            await self._runtimes.load(instance.address, record, self.config.loading_timeout_ms / 1000)
+            await self._runtimes.load(instance.address, record, self.config.timings.loading_timeout_ms / 1000)
             log.info("loaded %s on %s in %.3fs", record.model_id, instance_id, time.perf_counter() - started)
             return None
         except grpc.aio.AioRpcError as error:
@@ -291,7 +278,7 @@ class CacheMiss(AsyncClosing):
         # A claim older than the loading timeout stops counting even if nothing changes.
         record = self._view.model(model_id)
         oldest = min((c.since_ms for i, c in record.copies.items() if i in pending), default=self._clock())
-        expires_in = max(0.0, (oldest + self.config.loading_timeout_ms - self._clock()) / 1000) + 0.01
+        expires_in = max(0.0, (oldest + self.config.timings.loading_timeout_ms - self._clock()) / 1000) + 0.01
         try:
             await self._view.wait_for(changed, expires_in)
         except TimeoutError:

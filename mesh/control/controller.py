@@ -42,14 +42,16 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mesh.control.cache_miss import CacheMiss, LoadingFailed, NoCapacity
+from mesh.control.cache_miss import CacheMiss
+from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity
+from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.etcd.keys import Keys
 from mesh.domain.model_status import model_status
 from mesh.domain.placement import Choice, PlacementConfig, plan_rehoming, plan_scaling
 from mesh.domain.records import ModelRecord
-from mesh.state.registry import ModelNotRegistered, Registry
+from mesh.state.registry import Registry
 from mesh.control.runtime_client import RuntimeClients
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from mesh.state.vmodels import VModels
@@ -77,8 +79,8 @@ class ControllerConfig:
     """How long one background load may take before the controller gives up waiting for it."""
     unload_timeout_s: float = 30.0
     """Deadline of one unloadModel call."""
-    loading_timeout_ms: int = 90_000
-    """A `loading` claim older than this no longer counts and is removed (ModelMesh's loading timeout)."""
+    timings: FabricTimings = DEFAULT_TIMINGS
+    """The fabric's timings: a `loading` claim older than the loading timeout no longer counts and is removed."""
     scaling: bool = True
     """Add copies of hot models and trim cold ones (step a). Off: copies come only from cache
     misses and re-homing, and only the instances' LRU evicts."""
@@ -299,7 +301,7 @@ class Controller(AsyncClosing):
             # Gone (lease expired), unless it is a fresh claim on an instance our view may not show yet.
             return claim.state != "loading" or now - claim.since_ms > self.config.claim_grace_ms
         if claim.state == "loading" and model_id not in instance.copies:
-            return now - claim.since_ms > self.config.loading_timeout_ms
+            return now - claim.since_ms > self.config.timings.loading_timeout_ms
         return False
 
     # -- (b) re-homing --------------------------------------------------------------------------
@@ -429,7 +431,7 @@ class Controller(AsyncClosing):
             if failed:
                 report.transitions_failed += 1
             return failed
-        status = model_status(record, self._view.copies_of(target), now, self.config.loading_timeout_ms)
+        status = model_status(record, self._view.copies_of(target), now, self.config.timings.loading_timeout_ms)
         if status.status == mm.ModelStatusInfo.LOADING_FAILED:
             reason = f"target model '{target}' failed to load: " + "; ".join(status.errors)
             failed = await self._vmodels.fail_transition(vm.vmodel_id, target, reason)

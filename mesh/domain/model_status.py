@@ -18,18 +18,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mesh.domain.records import HeldCopy, ModelRecord, VModelRecord
+from mesh.domain.timings import DEFAULT_TIMINGS
 from protos import model_mesh_pb2 as mm
 
-__all__ = ["DEFAULT_LOADING_TIMEOUT_MS", "model_status", "vmodel_status"]
-
-DEFAULT_LOADING_TIMEOUT_MS = 90_000
+__all__ = ["model_status", "vmodel_status"]
 
 _S = mm.ModelStatusInfo
 _V = mm.VModelStatusInfo
 
 
 def model_status(record: ModelRecord | None, copies: Mapping[str, HeldCopy], now_ms: int,
-                 loading_timeout_ms: int = DEFAULT_LOADING_TIMEOUT_MS) -> mm.ModelStatusInfo:
+                 loading_timeout_ms: int = DEFAULT_TIMINGS.loading_timeout_ms) -> mm.ModelStatusInfo:
     """The model's ModelStatusInfo; `copies` is `FabricView.copies_of(model_id)` (live instances)."""
     if record is None:
         return _S(status=_S.NOT_FOUND)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from mesh.control.cache_miss import CacheMiss, MissConfig
+from mesh.domain.timings import FabricTimings
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.etcd.keys import Keys
@@ -30,6 +31,9 @@ pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
 S = mm.ModelStatusInfo
 V = mm.VModelStatusInfo
+# A sync wait without a deadline is bounded by the loading timeout: 20 s keeps a hung test short.
+TIMINGS = FabricTimings(loading_timeout_ms=20_000, failure_expiry_ms=60_000)
+
 @dataclass
 class Api:
     stub: mm_grpc.ModelMeshStub
@@ -53,9 +57,9 @@ async def _api(client: EtcdClient, keys: Keys) -> AsyncIterator[Api]:
     await view.wait_ready(10)
     runtimes = RuntimeClients()
     registry = Registry(client, keys)
-    cache_miss = CacheMiss(client, keys, view, runtimes, MissConfig(failure_expiry_ms=60_000))
+    cache_miss = CacheMiss(client, keys, view, runtimes, MissConfig(timings=TIMINGS))
     servicer = ModelMeshServicer(registry, view, cache_miss, VModels(client, keys, registry), runtimes,
-                                 default_timeout_s=20)
+                                 timings=TIMINGS)
     server = grpc.aio.server()
     mm_grpc.add_ModelMeshServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

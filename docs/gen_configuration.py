@@ -44,7 +44,6 @@ def _processes() -> list[Process]:
     from mesh.settings import FabricSettings
     from router import server as router_server
     from router.settings import RouterSettings
-    from runtimes.settings import RuntimeSettings
 
     def cli_parser() -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog="meshserve <command>")
@@ -54,10 +53,10 @@ def _processes() -> list[Process]:
     return [
         Process("meshserve runtime", "A runtime process; with `--etcd` it joins a fabric as an instance "
                 "(the fabric and instance settings apply only then).",
-                runtime_cli.build_parser, [RuntimeSettings, FabricSettings, runtime_cli.InstanceSettings]),
+                runtime_cli.build_parser, [runtime_cli.ProcessRuntimeSettings, FabricSettings, runtime_cli.InstanceSettings]),
         Process("meshserve controller", "One controller replica: the management API, and the background work "
-                "while it is the leader.", controller_cli.build_parser, [controller_cli.ControllerSettings]),
-        Process("meshserve router", "The V2 gRPC/REST front door.", router_server.build_parser, [RouterSettings]),
+                "while it is the leader.", controller_cli.build_parser, [controller_cli.ControllerSettings, FabricSettings]),
+        Process("meshserve router", "The V2 gRPC/REST front door.", router_server.build_parser, [RouterSettings, FabricSettings]),
         Process("meshserve up", "The local fabric (etcd, controller, runtimes, router, example models). Its "
                 "variables use the prefix `MESHSERVE_UP_` so that they cannot collide with the variables of "
                 "the processes it starts.", up.build_parser, [up.UpSettings]),
@@ -140,10 +139,13 @@ def render() -> str:
         "# Configuration",
         "",
         "Every process takes its settings from, in this order of precedence: command-line flags,",
-        "environment variables (`MESHSERVE_*`; `MESHSERVE_UP_*` for `meshserve up`), and the defaults",
-        "below, each written once in a pydantic settings class. Settings marked *(variable only)* have",
-        "no flag. Sizes accept `2GiB`, `512MiB`, `1.5G` or a number of bytes; durations are in the unit",
-        "their name ends with (`_s` seconds, `_ms` milliseconds).",
+        "environment variables, and the defaults below, each written once in a pydantic settings class",
+        "(the flags are built from the same fields, by `mesh.cli.process`). Each process kind has its own",
+        "variable prefix (`MESHSERVE_RUNTIME_`, `MESHSERVE_CONTROLLER_`, `MESHSERVE_ROUTER_`,",
+        "`MESHSERVE_UP_`); what every fabric process shares (`FabricSettings`) is `MESHSERVE_*`. The old",
+        "unprefixed names (`MESHSERVE_PORT`, ...) still work for one release, with a warning. Settings",
+        "marked *(variable only)* have no flag. Sizes accept `2GiB`, `512MiB`, `1.5G` or a number of",
+        "bytes; durations are in the unit their name ends with (`_s` seconds, `_ms` milliseconds).",
         "",
         "See also [architecture.md](architecture.md) for what each process does and",
         "[benchmarks.md](benchmarks.md) for the figures.",

@@ -11,32 +11,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mesh.api.mesh_admin import MeshAdminServicer
-from mesh.control.cache_miss import CacheMiss
-from mesh.etcd.client import EtcdClient
-from mesh.state.fabric_view import FabricView
-from mesh.etcd.keys import Keys
-from mesh.api.model_mesh import ModelMeshServicer
-from mesh.state.registry import Registry
+from mesh.api.stack import ManagementStack, build_management
+from mesh.cli.process import (
+    StartupError,
+    add_settings_flags,
+    bind_grpc,
+    configure_logging,
+    read_settings,
+    run_server,
+)
 from mesh.control.runtime_client import RuntimeClients
-from mesh.state.vmodels import VModels
-from protos import mesh_admin_pb2_grpc, meshserve_version, model_mesh_pb2_grpc
+from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
+from mesh.state.fabric_view import FabricView
+from protos import meshserve_version
 from router.dataplane import DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
 from router.rest import make_app
 from router.routing import Loader, Router
-from router.settings import RouterSettings, add_router_flags
+from router.settings import RouterSettings
 
 __all__ = ["RunningRouter", "main", "start_router"]
 
@@ -60,7 +64,6 @@ class RunningRouter:
     metrics_port: int | None
     _rest: web.AppRunner | None = None
     _metrics_http: Any = None
-    _owned: list[Any] = field(default_factory=list)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.server.stop(grace)
@@ -69,16 +72,15 @@ class RunningRouter:
         await self.router.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
-        for owned in reversed(self._owned):
-            await owned.close()
 
 
 async def start_router(settings: RouterSettings, view: FabricView, loader: Loader | None, *,
-                       registry: CollectorRegistry | None = None, management: Any = None,
+                       registry: CollectorRegistry | None = None, management: ManagementStack | None = None,
                        reuse_port: bool = False, metrics_port: int | None = None) -> RunningRouter:
     """Start serving on `settings.host`/`port`/`rest_port` (0: any free port) with the given
-    view and loader; returns once the ports are bound. `management` is an
-    `mmesh.ModelMesh` servicer to serve on the same port, if any."""
+    view and loader; returns once the ports are bound. `management` (`mesh.api.stack`) is
+    served on the same port, as ModelMesh serves its management API beside inference.
+    StartupError (nothing left running) when a port cannot be bound."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry)
     router = Router(view, loader, max_tries=settings.max_tries, suspect_s=settings.suspect_s,
@@ -93,13 +95,12 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     ])
     server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=meshserve_version(), observer=metrics),))
     if management is not None:
-        model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(management, server)
-        mesh_admin_pb2_grpc.add_MeshAdminServicer_to_server(MeshAdminServicer(view), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
+        management.add_to_server(server)
+    try:
+        port = bind_grpc(server, settings.host, settings.port)
+    except StartupError:
         await router.close()
-        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: the port is taken or the address is wrong")
-    await server.start()
+        raise
     running = RunningRouter(server, router, port, None, None)
     try:
         if settings.rest_port:
@@ -112,8 +113,13 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
             running.rest_port = runner.addresses[0][1]
         wanted_metrics = settings.metrics_port if metrics_port is None else metrics_port
         if wanted_metrics:
-            running._metrics_http, _ = start_http_server(wanted_metrics, addr=settings.host, registry=registry)
+            try:
+                running._metrics_http, _ = start_http_server(wanted_metrics, addr=settings.host, registry=registry)
+            except OSError as error:
+                raise StartupError(f"cannot serve metrics on {settings.host}:{wanted_metrics}: "
+                                   f"{error.strerror or error}") from None
             running.metrics_port = running._metrics_http.server_port
+        await server.start()  # last: nothing is served unless every port is bound
     except BaseException:
         await running.stop(0)
         raise
@@ -122,55 +128,44 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     return running
 
 
-def _management_servicer(client: EtcdClient, keys: Keys, view: FabricView, loader: CacheMiss,
-                         runtimes: RuntimeClients, default_timeout_s: float) -> ModelMeshServicer:
-    """The mmesh.ModelMesh servicer, served beside inference on the router's port as ModelMesh does."""
-    registry = Registry(client, keys)
-    return ModelMeshServicer(registry, view, loader, VModels(client, keys, registry), runtimes,
-                             default_timeout_s=default_timeout_s)
-
-
-async def serve(settings: RouterSettings, worker: int = 0) -> None:
-    if not settings.etcd_endpoints:
-        raise SystemExit("meshserve router: --etcd (or MESHSERVE_ETCD) is required")
-    keys = Keys(fabric=settings.fabric, root=settings.etcd_root)
-    client = EtcdClient(settings.etcd_endpoints, call_timeout=settings.etcd_call_timeout_s,
-                        username=settings.etcd_username, password=settings.etcd_password)
+async def start_fabric_router(stack: contextlib.AsyncExitStack, settings: RouterSettings, fabric: FabricSettings,
+                              worker: int = 0) -> RunningRouter:
+    """A router of the fabric: its watched view, cache miss and management stack, every part
+    entered on `stack` so that its exit closes them in reverse order."""
+    if not fabric.etcd_endpoints:
+        raise StartupError("--etcd (or MESHSERVE_ETCD) is required")
+    keys = fabric.keys()
+    client = await stack.enter_async_context(fabric.etcd_client())
     view = FabricView(client, keys)
-    runtimes = RuntimeClients(max_message_bytes=settings.max_message_bytes)
+    stack.push_async_callback(view.close)
+    runtimes = await stack.enter_async_context(RuntimeClients(max_message_bytes=settings.max_message_bytes))
     await view.start()
-    loader = CacheMiss(client, keys, view, runtimes)
-    management = _management_servicer(client, keys, view, loader, runtimes, settings.default_deadline_s)
-    running = await start_router(settings, view, loader, management=management, reuse_port=settings.workers > 1,
+    management = await stack.enter_async_context(build_management(client, keys, view, runtimes, fabric.timings))
+    running = await start_router(settings, view, management.cache_miss, management=management,
+                                 reuse_port=settings.workers > 1,
                                  metrics_port=settings.metrics_port + worker if settings.metrics_port else 0)
-    running._owned.extend(o for o in (client, view, runtimes, loader, management) if o is not None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: draining calls in flight")
-    await running.stop()
+    stack.push_async_callback(running.stop)
+    return running
 
 
-def _worker(settings_values: dict[str, Any], worker: int) -> None:
-    settings = RouterSettings(**settings_values)
-    _configure_logging(settings, worker)
-    asyncio.run(serve(settings, worker))
+def _worker(router_values: dict[str, Any], fabric_values: dict[str, Any], worker: int) -> None:
+    settings, fabric = RouterSettings(**router_values), FabricSettings(**fabric_values)
+    configure_logging(settings.log_level, _log_prefix(settings, worker))
+    status = run_server("router", lambda stack: start_fabric_router(stack, settings, fabric, worker))
+    raise SystemExit(status)
 
 
-def _configure_logging(settings: RouterSettings, worker: int) -> None:
-    prefix = f"[router {worker}] " if settings.workers > 1 else ""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+def _log_prefix(settings: RouterSettings, worker: int) -> str:
+    return f"[router {worker}] " if settings.workers > 1 else ""
 
 
-def run_workers(settings: RouterSettings) -> int:
+def run_workers(settings: RouterSettings, fabric: FabricSettings) -> int:
     """Start `settings.workers` router processes (spawned, not forked: grpc does not
     survive a fork) and wait; SIGTERM/SIGINT are passed on. Returns the worst exit code."""
     context = multiprocessing.get_context("spawn")
-    values = settings.model_dump()
-    processes = [context.Process(target=_worker, args=(values, i), name=f"router-{i}") for i in range(settings.workers)]
+    values = (settings.model_dump(), fabric.model_dump())
+    processes = [context.Process(target=_worker, args=(*values, i), name=f"router-{i}")
+                 for i in range(settings.workers)]
     for process in processes:
         process.start()
 
@@ -191,20 +186,20 @@ def run_workers(settings: RouterSettings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshserve router",
                                      description="Route V2 inference calls to loaded model copies.")
-    add_router_flags(parser)
+    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
+    add_settings_flags(parser, RouterSettings)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        settings = RouterSettings(**given)
-    except ValueError as error:
+        settings = read_settings(RouterSettings, args, kind="router")
+        fabric = read_settings(FabricSettings, args, kind="router")
+    except StartupError as error:
         raise SystemExit(f"meshserve router: {error}") from None
     if settings.workers > 1:
-        _configure_logging(settings, -1)
-        return run_workers(settings)
-    _configure_logging(settings, 0)
-    asyncio.run(serve(settings))
-    return 0
+        configure_logging(settings.log_level, _log_prefix(settings, -1))
+        return run_workers(settings, fabric)
+    configure_logging(settings.log_level)
+    return run_server("router", lambda stack: start_fabric_router(stack, settings, fabric))

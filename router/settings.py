@@ -1,18 +1,18 @@
-"""Settings of one router process: CLI flags override MESHSERVE_* variables override defaults."""
+"""Settings of one router process: CLI flags override `MESHSERVE_ROUTER_*` variables override
+defaults. How to reach the fabric is `mesh.settings.FabricSettings` (`MESHSERVE_*`)."""
 
 from __future__ import annotations
 
-import argparse
-
 from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.settings import FabricSettings, add_fabric_flags
-
-__all__ = ["RouterSettings", "add_router_flags"]
+__all__ = ["RouterSettings"]
 
 
-class RouterSettings(FabricSettings):
+class RouterSettings(BaseSettings):
     """Every default of `meshserve router` is written here once."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_", extra="forbid")
 
     host: str = Field("0.0.0.0", description="Address the gRPC and REST servers bind.")
     port: int = Field(8033, description="gRPC port: V2 inference and the mmesh.ModelMesh management API (ModelMesh's 8033).")
@@ -31,16 +31,3 @@ class RouterSettings(FabricSettings):
         if not value:
             raise ValueError("host must not be empty")
         return value
-
-
-def add_router_flags(parser: argparse.ArgumentParser) -> None:
-    add_fabric_flags(parser)
-    parser.add_argument("--host", help="address to bind (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, help="gRPC port (default 8033)")
-    parser.add_argument("--rest-port", type=int, help="REST V2 port, 0 for none (default 8008)")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus port, 0 for none (default 2112)")
-    parser.add_argument("--default-deadline-s", type=float, help="deadline of calls without one (default 60)")
-    parser.add_argument("--max-tries", type=int, help="instances tried per call at most (default 3)")
-    parser.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 16 MiB)")
-    parser.add_argument("--workers", type=int, help="router processes sharing the ports (default 1)")
-    parser.add_argument("--log-level", help="logging level (default INFO)")

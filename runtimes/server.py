@@ -1,15 +1,12 @@
-"""The runtime process: `meshserve runtime`.
-
-Serves inference.GRPCInferenceService and mmesh.ModelRuntime on one gRPC port,
-and Prometheus metrics on another.
+"""The runtime server: inference.GRPCInferenceService and mmesh.ModelRuntime on one gRPC
+port, Prometheus metrics on another. `start_runtime` starts one; the `meshserve runtime`
+process around it (flags, signals, joining a fabric) is `mesh.cli.runtime`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
@@ -113,58 +110,32 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         InferenceServicer(InferenceService(manager, meshserve_version()), manager, metrics, ready), server)
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(
         ModelRuntimeServicer(manager, ready, meshserve_version(), settings.model_loading_timeout_ms), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: the port is taken or the address is wrong")
-    await server.start()
+    # Bind every port before serving anything: a taken port fails the start, not a runtime
+    # that is already answering on one port and then dies.
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError:  # newer grpc raises where older ones returned 0
+        port = 0
     metrics_http, metrics_port = None, None
-    if settings.metrics_port:
-        metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-        metrics_port = metrics_http.server_port
+    try:
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}: the port is taken or the address is wrong")
+        if settings.metrics_port:
+            try:
+                metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+            except OSError as error:
+                raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: "
+                              f"{error.strerror or error}") from None
+            metrics_port = metrics_http.server_port
+        await server.start()
+    except BaseException:
+        if metrics_http is not None:
+            metrics_http.shutdown()
+        await manager.close()
+        await puller.aclose()
+        raise
     # A fresh process holds nothing, so it is READY at once (ModelMesh: purge before READY).
     ready.set()
     log.info("runtime listening on %s:%d, capacity %s on %s, metrics on %s",
              settings.host, port, format_size(capacity), device.kind, metrics_port or "off")
     return RunningRuntime(server, manager, puller, port, metrics_port, ready, metrics_http)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshserve runtime", description="Serve many models in one process.")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--metrics-port", type=int)
-    parser.add_argument("--capacity", help="bytes of models to hold, e.g. 2GiB (default: memory limit minus buffer)")
-    parser.add_argument("--models-dir", help="local model cache folder")
-    parser.add_argument("--storage-config-dir", help="folder of storage credential JSON files")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--max-concurrency", type=int)
-    parser.add_argument("--log-level")
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> RuntimeSettings:
-    """Flags given on the command line override MESHSERVE_* variables and defaults."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    return RuntimeSettings(**given)
-
-
-async def serve(settings: RuntimeSettings) -> None:
-    running = await start_runtime(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: draining requests in flight")
-    await running.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ValueError as error:
-        raise SystemExit(f"meshserve runtime: {error}") from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
-    return 0

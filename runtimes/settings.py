@@ -33,7 +33,9 @@ class RuntimeSettings(BaseSettings):
     max_concurrency: int = Field(8, description="Requests one model runs at once; more wait in its queue.")
     max_queue: int = Field(256, description="Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.")
     max_loading_concurrency: int = Field(2, description="Loads that run at once.")
-    model_loading_timeout_ms: int = Field(90_000, description="Time the placement layer allows a load (reported in runtimeStatus).")
+    model_loading_timeout_ms: int = Field(
+        0, ge=0, description="Longest a load may take, reported in runtimeStatus (ModelMesh's modelLoadingTimeoutMs); "
+        "0 leaves it to the placement layer. In a fabric the fabric's loading timeout is reported.")
     infer_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), description="Worker threads running inference.")
     threads_per_model: int = Field(1, description="Intra-op threads of each model (ONNX Runtime session, torch).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run: auto picks cuda when a GPU is visible.")

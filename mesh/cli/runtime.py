@@ -1,43 +1,49 @@
 """`meshserve runtime`: the runtime process, joined to a fabric when etcd is given.
 
-Without `--etcd` (or `MESHSERVE_ETCD`) it is exactly the plain runtime of
-`runtimes.server`. With it, the runtime starts first (it serves whatever happens to
-etcd), then an `InstanceAgent` registers it, makes room for its loads and publishes what
-it holds. SIGTERM/SIGINT drain in order: publish `shutting_down`, stop the runtime
-(requests in flight finish, models unload and their records are updated), revoke the
-lease so the instance record goes at once.
+Without `--etcd` (or `MESHSERVE_ETCD`) it is the plain runtime of `runtimes.server`. With
+it, the runtime starts first (it serves whatever happens to etcd), then an `InstanceAgent`
+registers it, makes room for its loads and publishes what it holds. SIGTERM/SIGINT drain
+in order: publish `shutting_down`, stop the runtime (requests in flight finish, models
+unload and their records are updated), revoke the lease so the instance record goes at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
-import signal
 import socket
 
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.cli.process import StartupError, add_settings_flags, configure_logging, read_settings, run_server
 from mesh.instance.agent import InstanceAgent
-from mesh.etcd.client import EtcdClient
-from mesh.etcd.keys import Keys
-from mesh.settings import FabricSettings, add_fabric_flags
+from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
 from protos import meshserve_version
 from runtimes import server as runtime_server
 from runtimes.backends import BackendRegistry
 from runtimes.settings import RuntimeSettings
 
-__all__ = ["InstanceSettings", "build_parser", "main", "serve_instance"]
+__all__ = ["InstanceSettings", "build_parser", "main", "start_instance", "start_plain_runtime"]
 
 log = logging.getLogger(__name__)
 
+#: The runtime's own settings take this prefix too (they are one process).
+RUNTIME_ENV_PREFIX = "MESHSERVE_RUNTIME_"
+
+
+class ProcessRuntimeSettings(RuntimeSettings):
+    """`RuntimeSettings` read from `MESHSERVE_RUNTIME_*` (runtimes knows no process prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix=RUNTIME_ENV_PREFIX, extra="forbid")
+
 
 class InstanceSettings(BaseSettings):
-    """How this runtime presents itself in the fabric (flags override `MESHSERVE_*` override these)."""
+    """How this runtime presents itself in the fabric (flags override `MESHSERVE_RUNTIME_*` override these)."""
 
-    model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=RUNTIME_ENV_PREFIX, extra="forbid")
 
     instance_id: str = Field("", description="Name of this instance in the fabric; empty: <hostname>-<port>.")
     zone: str = Field("", description="Failure zone, so the placement engine can spread a model's copies.")
@@ -48,27 +54,16 @@ class InstanceSettings(BaseSettings):
         0.1, description="Least time between two publishes of the instance record (seconds): bursts of changes share one write.")
     publish_max_interval_s: float = Field(
         5.0, description="Most time between two publishes when nothing significant changes (seconds): last-use times and rates.")
-    failure_expiry_ms: int = Field(
-        600_000, description="How long a load failure keeps a model away from this instance (milliseconds).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The plain runtime's flags, the fabric flags and this instance's own."""
-    parser = runtime_server.build_parser()
-    add_fabric_flags(parser)
-    parser.add_argument("--instance-id", help="instance name in the fabric (default <hostname>-<port>)")
-    parser.add_argument("--zone", help="failure zone of this instance")
-    parser.add_argument("--advertise-address", help="host:port routers reach this runtime at (default the bind address)")
+    """The runtime's flags, the fabric flags and this instance's own, all from their settings."""
+    parser = argparse.ArgumentParser(prog="meshserve runtime", description="Serve many models in one process; "
+                                     "with --etcd, as an instance of a fabric.")
+    add_settings_flags(parser, ProcessRuntimeSettings)
+    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
+    add_settings_flags(parser, InstanceSettings)
     return parser
-
-
-def _split(args: argparse.Namespace) -> tuple[RuntimeSettings, FabricSettings, InstanceSettings]:
-    given = {k: v for k, v in vars(args).items() if v is not None}
-
-    def part(kind: type[BaseSettings]):
-        return kind(**{k: v for k, v in given.items() if k in kind.model_fields})
-
-    return part(RuntimeSettings), part(FabricSettings), part(InstanceSettings)
 
 
 def advertise_address(host: str, port: int, configured: str = "") -> str:
@@ -84,20 +79,23 @@ def _model_types(runtime: RuntimeSettings) -> tuple[str, ...]:
     return tuple(BackendRegistry.default(runtime.threads_per_model).model_types)
 
 
-async def serve_instance(runtime: RuntimeSettings, fabric: FabricSettings, instance: InstanceSettings) -> None:
-    """Serve the runtime and keep it registered in the fabric until SIGTERM/SIGINT."""
-    keys = Keys(fabric.fabric, fabric.etcd_root)
-    try:
-        client = EtcdClient(fabric.etcd_endpoints, call_timeout=fabric.etcd_call_timeout_s,
-                            username=fabric.etcd_username, password=fabric.etcd_password)
-    except ValueError as error:  # a malformed endpoint: refuse before serving anything
-        raise SystemExit(f"meshserve runtime: {error}") from None
+async def start_plain_runtime(stack: contextlib.AsyncExitStack, runtime: RuntimeSettings) -> None:
+    running = await runtime_server.start_runtime(runtime)
+    stack.push_async_callback(running.stop)
+
+
+async def start_instance(stack: contextlib.AsyncExitStack, runtime: RuntimeSettings, fabric: FabricSettings,
+                         instance: InstanceSettings) -> InstanceAgent:
+    """Serve the runtime and register it in the fabric; on the stack's exit: drain, stop the
+    runtime, close the agent (revoking its lease), close the client."""
+    keys = fabric.keys()
+    if instance.instance_id:
+        keys.instance(instance.instance_id)  # refuse a bad name before anything starts
+    client = await stack.enter_async_context(fabric.etcd_client())
+    # The runtime reports the fabric's loading timeout, so SPI clients see the one in force.
+    runtime = runtime.model_copy(update={"model_loading_timeout_ms": fabric.loading_timeout_ms})
     registry = CollectorRegistry()
-    try:
-        running = await runtime_server.start_runtime(runtime, registry)
-    except BaseException:
-        await client.close()
-        raise
+    running = await runtime_server.start_runtime(runtime, registry)
     instance_id = instance.instance_id or f"{socket.gethostname()}-{running.port}"
     agent = InstanceAgent(
         client, keys, running.manager,
@@ -109,42 +107,31 @@ async def serve_instance(runtime: RuntimeSettings, fabric: FabricSettings, insta
         lease_ttl_s=fabric.lease_ttl_s,
         publish_min_interval_s=instance.publish_min_interval_s,
         publish_max_interval_s=instance.publish_max_interval_s,
-        failure_expiry_ms=instance.failure_expiry_ms,
+        failure_expiry_ms=fabric.failure_expiry_ms,
         metrics_registry=registry,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await agent.start()
-        log.info("instance %s joining fabric '%s' through etcd at %s", instance_id, fabric.fabric, fabric.etcd)
-        await stop.wait()
-        log.info("stopping: publishing shutting_down, then draining requests in flight")
-        await agent.drain()
-    finally:
-        try:
-            await running.stop()
-        finally:
-            await agent.close()
-            await client.close()
+    stack.push_async_callback(agent.close)
+    stack.push_async_callback(running.stop)
+    await agent.start()
+    stack.push_async_callback(_drain, agent)
+    log.info("instance %s joining fabric '%s' through etcd at %s", instance_id, fabric.fabric, fabric.etcd)
+    return agent
+
+
+async def _drain(agent: InstanceAgent) -> None:
+    log.info("stopping: publishing shutting_down, then draining requests in flight")
+    await agent.drain()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        runtime, fabric, instance = _split(args)
-    except ValueError as error:
+        runtime = read_settings(ProcessRuntimeSettings, args, kind="runtime")
+        fabric = read_settings(FabricSettings, args, kind="runtime")
+        instance = read_settings(InstanceSettings, args, kind="runtime")
+    except StartupError as error:
         raise SystemExit(f"meshserve runtime: {error}") from None
-    logging.basicConfig(level=runtime.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(runtime.log_level)
     if not fabric.etcd_endpoints:
-        asyncio.run(runtime_server.serve(runtime))
-        return 0
-    try:  # refuse bad names before anything starts
-        keys = Keys(fabric.fabric, fabric.etcd_root)
-        if instance.instance_id:
-            keys.instance(instance.instance_id)
-    except ValueError as error:
-        raise SystemExit(f"meshserve runtime: {error}") from None
-    asyncio.run(serve_instance(runtime, fabric, instance))
-    return 0
+        return run_server("runtime", lambda stack: start_plain_runtime(stack, runtime))
+    return run_server("runtime", lambda stack: start_instance(stack, runtime, fabric, instance))

@@ -63,6 +63,7 @@ from typing import Callable
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.cli.process import StartupError, add_settings_flags, read_settings
 from mesh.etcd.keys import Keys
 from runtimes.sizes import parse_size
 
@@ -126,20 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshserve up",
         description="Start a local fabric: etcd, a controller, runtimes, the router and example models. "
                     "Ctrl-C stops it all.")
-    parser.add_argument("--host", help="address the router binds (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="router gRPC port (default 8033)")
-    parser.add_argument("--rest-port", type=int, help="router REST port, 0 for none (default 8008)")
-    parser.add_argument("--metrics-port", type=int, help="router Prometheus port, 0 for none (default 2112)")
-    parser.add_argument("--workdir", type=Path, help="folder for data, logs and models (default ./.meshserve)")
-    parser.add_argument("--runtimes", type=int, help="runtime instances (default 2)")
-    parser.add_argument("--capacity", help="model memory per runtime (default 512MiB)")
-    parser.add_argument("--examples", action=argparse.BooleanOptionalAction, default=None,
-                        help="build and register the example models (default on)")
-    parser.add_argument("--storage-config-dir", type=Path, help="storage credentials folder for the runtimes")
-    parser.add_argument("--etcd-port", type=int, help="etcd client port (default: a free one)")
-    parser.add_argument("--fabric", help="fabric name (default local)")
-    parser.add_argument("--start-timeout-s", type=float, help="longest wait for readiness (default 120)")
-    parser.add_argument("--stop-timeout-s", type=float, help="SIGTERM grace per process group (default 15)")
+    add_settings_flags(parser, UpSettings)
     return parser
 
 
@@ -661,13 +649,10 @@ class Up:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
     try:
-        settings = UpSettings(**given)
-    except ValueError as error:
-        first = error.errors()[0] if hasattr(error, "errors") else None
-        message = f"{first['loc'][0]}: {first['msg']}" if first and first.get("loc") else str(error)
-        print(f"meshserve up: bad setting {message}", file=sys.stderr)
+        settings = read_settings(UpSettings, args, kind="up", legacy=False)
+    except StartupError as error:
+        print(f"meshserve up: {error}", file=sys.stderr)
         return 2
     try:
         return Up(settings).run()

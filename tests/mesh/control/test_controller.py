@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mesh.control.cache_miss import CacheMiss, MissConfig
+from mesh.domain.timings import FabricTimings
 from mesh.control.controller import Controller, ControllerConfig, ControllerMetrics
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import PLACEMENT_CONFIG, FabricView
@@ -24,6 +25,7 @@ from mesh.domain.records import CopyClaim, HeldCopy, LoadFailure, ModelRecord, V
 from mesh.state.registry import Registry
 from mesh.control.runtime_client import RuntimeClients
 from mesh.state.vmodels import VModelChange, VModels
+from tests.support.fabric import REPO
 from tests.support.fake_instance import MODEL_SIZE, FakeInstance, now_ms
 from tests.support.ports import free_port
 from tests.support.waiting import async_wait_until, wait_until
@@ -80,7 +82,7 @@ async def _fabric(client: EtcdClient, keys: Keys, vmodels: VModels | None = None
     runtimes = RuntimeClients()
     registry = Registry(client, keys)
     vmodels = vmodels or VModels(client, keys, registry)
-    cache_miss = CacheMiss(client, keys, view, runtimes, MissConfig(failure_expiry_ms=60_000))
+    cache_miss = CacheMiss(client, keys, view, runtimes, MissConfig(timings=FabricTimings(failure_expiry_ms=60_000)))
     metrics = CollectorRegistry()
     controller = Controller(client, keys, view, cache_miss, runtimes, registry, vmodels,
                             ControllerConfig(load_timeout_s=10, placement=PlacementConfig()),
@@ -267,7 +269,7 @@ def _start_controller(etcd_endpoint: str, keys: Keys, log_dir: Path, name: str, 
                "--lease-ttl-s", "2", "--replica-id", name, *extra]
     with open(log_path, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parents[2])
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO)
     return process, log_path
 
 
@@ -318,10 +320,10 @@ def test_port_taken_exits_non_zero_with_a_message(etcd_server, keys, tmp_path):
         taken.listen()
         process, log_path = _start_controller(etcd_server.endpoint, keys, tmp_path, "p", taken.getsockname()[1])
         try:
-            assert process.wait(30) != 0
+            assert process.wait(30) == 1
         finally:
             _stop(process)
-    assert "cannot listen on 127.0.0.1" in log_path.read_text()
+    assert "meshserve controller: cannot start: cannot listen on 127.0.0.1" in log_path.read_text()
 
 
 def test_unreachable_etcd_is_reported_and_retried(keys, tmp_path):

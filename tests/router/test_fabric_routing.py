@@ -2,7 +2,7 @@
 agents, a controller and a router process; tritonclient is the client.
 
 `MESHSERVE_TEST_TRAFFIC_S` sets how long the random-traffic test runs (default 60 s, the
-issue's minute).
+issue's minute); it is marked `slow`, so `make test-fast` (`-m "not slow"`) leaves it out.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def client(fabric):
         yield client
 
 
+@pytest.mark.slow  # TRAFFIC_S of traffic (60 s by default)
 def test_random_traffic_from_eight_callers_is_answered_correctly(fabric):
     address = f"127.0.0.1:{fabric.routers[0].port}"
     loads_before = fabric.loads_done()

@@ -1,4 +1,7 @@
-"""A real runtime process with real ONNX and PyTorch models, shared by a test module."""
+"""A real runtime process with real ONNX and PyTorch models, shared by a test module.
+
+The PyTorch models come from their own fixture (`torch_model_store`), so without torch
+installed only the tests that use them skip; the ONNX ones still run."""
 
 from __future__ import annotations
 
@@ -13,24 +16,34 @@ from tests.support.runtime_process import start_runtime_process
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> dict[str, Path]:
-    """Model folders on disk, built once: name -> path."""
+    """ONNX model folders on disk (and a corrupt one), built once: name -> path. Needs no torch."""
     root = tmp_path_factory.mktemp("model-store")
     store = {"add": models.add_onnx(root / "add" / "1" / "model.onnx").parent.parent}
     for datatype in models.ONNX_TYPES:
         store[f"identity_{datatype.lower()}"] = models.identity_onnx(root / f"identity_{datatype.lower()}" / "model.onnx", datatype)
-    ts_path, _ = models.torchscript_linear(root / "linear_ts" / "model.pt")
-    (ts_path.parent / "schema.json").write_text(json.dumps({
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
-    }))
-    store["linear_ts"] = ts_path.parent
-    store["linear_ts_noschema"] = models.torchscript_linear(root / "linear_ts_noschema" / "model.pt")[0]
-    store["mlp_pt2"] = models.exported_mlp(root / "mlp_pt2" / "model.pt2")[0]
     corrupt = root / "corrupt" / "model.onnx"
     corrupt.parent.mkdir(parents=True)
     corrupt.write_bytes(b"this is not an onnx protobuf \x00\x01\x02" * 10)
     store["corrupt"] = corrupt.parent
     return store
+
+
+@pytest.fixture(scope="session")
+def torch_model_store(tmp_path_factory) -> dict[str, Path]:
+    """PyTorch model folders (TorchScript with and without schema.json, a torch.export
+    program), built once: name -> path. Skips the tests that use it when torch is missing."""
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("torch-model-store")
+    ts_path, _ = models.torchscript_linear(root / "linear_ts" / "model.pt")
+    (ts_path.parent / "schema.json").write_text(json.dumps({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+    }))
+    return {
+        "linear_ts": ts_path.parent,
+        "linear_ts_noschema": models.torchscript_linear(root / "linear_ts_noschema" / "model.pt")[0],
+        "mlp_pt2": models.exported_mlp(root / "mlp_pt2" / "model.pt2")[0],
+    }
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,20 @@ ALL_TYPES = list(models.ONNX_TYPES)
 
 @pytest.fixture(scope="module")
 def loaded(runtime, model_store):
-    for name in ("add", "linear_ts", "linear_ts_noschema", "mlp_pt2", *(f"identity_{t.lower()}" for t in ALL_TYPES)):
-        model_type = "pytorch" if name.startswith(("linear", "mlp")) else "onnx"
-        response = runtime.load(name, model_store[name], model_type)
+    """The runtime with the ONNX models loaded (no torch needed)."""
+    for name in ("add", *(f"identity_{t.lower()}" for t in ALL_TYPES)):
+        response = runtime.load(name, model_store[name], "onnx")
         assert response.sizeInBytes > 0
     return runtime
+
+
+@pytest.fixture(scope="module")
+def torch_loaded(loaded, torch_model_store):
+    """The runtime with the PyTorch models loaded too (skips without torch)."""
+    for name, path in torch_model_store.items():
+        response = loaded.load(name, path, "pytorch")
+        assert response.sizeInBytes > 0
+    return loaded
 
 
 @pytest.fixture
@@ -91,20 +100,20 @@ def test_every_datatype_round_trips(client, datatype):
         np.testing.assert_array_equal(out, array)
 
 
-def test_torchscript_matches_the_module(client, model_store):
+def test_torchscript_matches_the_module(client, torch_loaded, torch_model_store):
     import torch
 
-    _, module = models.torchscript_linear(model_store["linear_ts"].parent / "check.pt")
+    _, module = models.torchscript_linear(torch_model_store["linear_ts"].parent / "check.pt")
     x = np.random.default_rng(3).random((3, 4), dtype=np.float32)
     result = client.infer("linear_ts", [_input("x", x, "FP32")])
     expected = module(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(result.as_numpy("y"), expected, rtol=1e-6)
 
 
-def test_exported_program_matches_the_module(client, model_store):
+def test_exported_program_matches_the_module(client, torch_loaded, torch_model_store):
     import torch
 
-    _, module = models.exported_mlp(model_store["mlp_pt2"].parent / "check.pt2")
+    _, module = models.exported_mlp(torch_model_store["mlp_pt2"].parent / "check.pt2")
     x = np.random.default_rng(4).random((2, 4), dtype=np.float32)
     result = client.infer("mlp_pt2", [_input(client.get_model_metadata("mlp_pt2").inputs[0].name, x, "FP32")])
     np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), module(torch.from_numpy(x)).detach().numpy(), rtol=1e-5)
@@ -115,6 +124,9 @@ def test_metadata_from_real_signatures(client):
     assert onnx_meta.platform == "onnxruntime_onnx"
     assert [(t.name, t.datatype, list(t.shape)) for t in onnx_meta.inputs] == [("x", "FP32", [-1, 4])]
     assert [t.name for t in onnx_meta.outputs] == ["y", "z"]
+
+
+def test_pytorch_metadata_from_real_signatures(client, torch_loaded):
     pt2_meta = client.get_model_metadata("mlp_pt2")
     assert [(t.datatype, list(t.shape)) for t in pt2_meta.inputs] == [("FP32", [2, 4])]
     assert [(t.name, t.datatype, list(t.shape)) for t in pt2_meta.outputs] == [("OUTPUT__0", "FP32", [2, 3])]
@@ -122,7 +134,7 @@ def test_metadata_from_real_signatures(client):
     assert [(t.name, t.datatype) for t in ts_meta.inputs] == [("x", "FP32")]
 
 
-def test_torchscript_without_schema_names_outputs_by_position(client):
+def test_torchscript_without_schema_names_outputs_by_position(client, torch_loaded):
     meta = client.get_model_metadata("linear_ts_noschema")
     name = meta.inputs[0].name
     result = client.infer("linear_ts_noschema", [_input(name, np.ones((1, 4), np.float32), "FP32")])

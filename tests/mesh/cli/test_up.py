@@ -26,7 +26,8 @@ from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
-EXAMPLES = ("iris", "mnist-mlp", "add")
+ONNX_EXAMPLES = ("iris", "add")
+TORCH_EXAMPLE = "mnist-mlp"  # built only where torch is installed (mesh.cli.examples)
 
 
 @dataclass
@@ -101,30 +102,47 @@ def up(tmp_path_factory):
         stop(running, signal.SIGKILL)
 
 
-def test_examples_are_registered_and_loaded(up):
+def _status(up: UpProcess, name: str) -> mm.ModelStatusInfo:
     with grpc.insecure_channel(f"127.0.0.1:{up.port}") as channel:
-        mesh = mm_grpc.ModelMeshStub(channel)
-        for name in EXAMPLES:
-            status = mesh.getModelStatus(mm.GetStatusRequest(modelId=name), timeout=10)
-            assert status.status == mm.ModelStatusInfo.LOADED, (name, status)
+        return mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId=name), timeout=10)
+
+
+def _cli(up: UpProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mesh.cli", *args, "--router", f"127.0.0.1:{up.port}"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def _listed_loaded(listing: str, name: str) -> bool:
+    return re.search(rf"^{re.escape(name)}\s.*LOADED", listing, re.MULTILINE) is not None
+
+
+def test_examples_are_registered_and_loaded(up):
+    for name in ONNX_EXAMPLES:
+        status = _status(up, name)
+        assert status.status == mm.ModelStatusInfo.LOADED, (name, status)
     assert set(up.pids()) == {"etcd", "controller", "runtime-0", "runtime-1", "router"}
     text = up.text()
     assert f"127.0.0.1:{up.port}" in text and "/v2/models/iris/infer" in text and "meshserve infer iris" in text
 
 
 def test_list_and_status_show_the_examples(up):
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mesh.cli", *args, "--router", f"127.0.0.1:{up.port}"],
-                              capture_output=True, text=True, timeout=60, cwd=REPO)
-
-    listing = cli("list")
+    listing = _cli(up, "list")
     assert listing.returncode == 0, listing.stderr
-    for name in EXAMPLES:
-        assert re.search(rf"^{re.escape(name)}\s.*LOADED", listing.stdout, re.MULTILINE), listing.stdout
-    status = cli("status", "iris")
+    for name in ONNX_EXAMPLES:
+        assert _listed_loaded(listing.stdout, name), listing.stdout
+    status = _cli(up, "status", "iris")
     assert status.returncode == 0 and "LOADED" in status.stdout and "runtime-" in status.stdout, status.stdout
-    unknown = cli("status", "no-such-model")
+    unknown = _cli(up, "status", "no-such-model")
     assert unknown.returncode != 0 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+
+
+def test_the_torchscript_example_is_loaded_and_listed(up):
+    # `up` builds mnist-mlp only where torch is installed; its interpreter is this one.
+    pytest.importorskip("torch")
+    status = _status(up, TORCH_EXAMPLE)
+    assert status.status == mm.ModelStatusInfo.LOADED, status
+    listing = _cli(up, "list")
+    assert listing.returncode == 0 and _listed_loaded(listing.stdout, TORCH_EXAMPLE), listing.stdout
 
 
 def _iris_reference(folder: Path, features: np.ndarray) -> np.ndarray:
@@ -138,8 +156,7 @@ def _iris_reference(folder: Path, features: np.ndarray) -> np.ndarray:
     return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_tritonclient_infers_every_example(up):
+def test_tritonclient_infers_the_onnx_examples(up):
     client = triton.InferenceServerClient(f"127.0.0.1:{up.port}")
     try:
         # iris: rows of every species from the same stand-in data the model was trained on
@@ -160,14 +177,21 @@ def test_tritonclient_infers_every_example(up):
         tensor = triton.InferInput("x", [2, 4], "FP32")
         tensor.set_data_from_numpy(x)
         np.testing.assert_array_equal(client.infer("add", [tensor]).as_numpy("y"), x + 1)
+    finally:
+        client.close()
 
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_tritonclient_infers_the_torchscript_example(up):
+    torch = pytest.importorskip("torch")
+    client = triton.InferenceServerClient(f"127.0.0.1:{up.port}")
+    try:
         # mnist-mlp: the TorchScript module from the workdir, run by torch here
-        torch = pytest.importorskip("torch")
         images = np.random.default_rng(7).random((3, 784), dtype=np.float32)
         tensor = triton.InferInput("input", [3, 784], "FP32")
         tensor.set_data_from_numpy(images)
-        logits = client.infer("mnist-mlp", [tensor]).as_numpy("logits")
-        module = torch.jit.load(str(up.workdir / "models" / "mnist-mlp" / "model.pt"))
+        logits = client.infer(TORCH_EXAMPLE, [tensor]).as_numpy("logits")
+        module = torch.jit.load(str(up.workdir / "models" / TORCH_EXAMPLE / "model.pt"))
         with torch.inference_mode():
             expected = module(torch.from_numpy(images)).numpy()
         assert logits.shape == (3, 10)

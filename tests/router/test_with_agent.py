@@ -1,6 +1,6 @@
 """End to end with the real placement layer: runtime processes joined to the fabric by their
 instance agent, the model registered in the registry, the router's misses served by the
-real `CacheMiss`. Skipped if the placement layer's modules are not there."""
+real `CacheMiss`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-cache_miss = pytest.importorskip("mesh.control.cache_miss", reason="mesh.control.cache_miss (the cache-miss protocol) is not built yet")
-pytest.importorskip("mesh.instance.agent", reason="mesh.instance.agent (the instance agent) is not built yet")
-
-from mesh.domain.records import ModelRecord  # noqa: E402
-from mesh.state.registry import Registry  # noqa: E402
-from mesh.control.runtime_client import RuntimeClients  # noqa: E402
-from tests.support.runtime_process import start_runtime_process  # noqa: E402
+from mesh.control import cache_miss
+from mesh.control.runtime_client import RuntimeClients
+from mesh.domain.records import ModelRecord
+from mesh.state.registry import Registry
+from tests.support.runtime_process import start_runtime_process
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 

@@ -10,7 +10,6 @@ view it last had (`FabricView` keeps its state; only misses need etcd).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -28,7 +27,7 @@ from mesh.cli.process import (
     add_settings_flags,
     bind_grpc,
     configure_logging,
-    read_settings,
+    parse_settings,
     run_server,
 )
 from mesh.control.runtime_client import RuntimeClients
@@ -192,12 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = read_settings(RouterSettings, args, kind="router")
-        fabric = read_settings(FabricSettings, args, kind="router")
-    except StartupError as error:
-        raise SystemExit(f"meshserve router: {error}") from None
+    settings, fabric = parse_settings(build_parser(), argv, "router", RouterSettings, FabricSettings)
     if settings.workers > 1:
         configure_logging(settings.log_level, _log_prefix(settings, -1))
         return run_workers(settings, fabric)

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
 from mesh.api.stack import build_management
-from mesh.cli.process import StartupError, add_settings_flags, bind_grpc, configure_logging, read_settings, run_server
+from mesh.cli.process import StartupError, add_settings_flags, bind_grpc, configure_logging, parse_settings, run_server
 from mesh.control.controller import Controller, ControllerConfig, ControllerMetrics
 from mesh.control.leadership import Leadership
 from mesh.control.runtime_client import RuntimeClients
@@ -142,12 +142,7 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        controller = read_settings(ControllerSettings, args, kind="controller")
-        fabric = read_settings(FabricSettings, args, kind="controller")
-    except StartupError as error:
-        raise SystemExit(f"meshserve controller: {error}") from None
+    controller, fabric = parse_settings(build_parser(), argv, "controller", ControllerSettings, FabricSettings)
     configure_logging(controller.log_level)
     stop = asyncio.Event()
     return run_server("controller", lambda stack: start_controller(stack, controller, fabric, stop), stop=stop)

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-__all__ = ["LEGACY_ENV_PREFIX", "StartupError", "add_settings_flags", "bind_grpc", "configure_logging", "read_settings",
+__all__ = ["LEGACY_ENV_PREFIX", "StartupError", "add_settings_flags", "bind_grpc", "parse_settings", "configure_logging", "read_settings",
            "run_server", "setting_error"]
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,17 @@ def bind_grpc(server: Any, host: str, port: int) -> int:
     return bound
 
 
+def parse_settings(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str,
+                   *classes: type[BaseSettings]) -> tuple[Any, ...]:
+    """Parse `argv` and read each settings class from it; a bad value exits at once with one
+    line, `meshserve <kind>: bad setting ...`, and status 1."""
+    args = parser.parse_args(argv)
+    try:
+        return tuple(read_settings(cls, args, kind=kind) for cls in classes)
+    except StartupError as error:
+        raise SystemExit(f"meshserve {kind}: {error}") from None
+
+
 def configure_logging(level: str, prefix: str = "") -> None:
     logging.basicConfig(level=level.upper(), format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
 
@@ -181,8 +192,3 @@ def run_server(kind: str, start: Callable[[contextlib.AsyncExitStack], Awaitable
     """
     return asyncio.run(_serve(kind, start, stop))
 
-
-async def serve_in_loop(kind: str, start: Callable[[contextlib.AsyncExitStack], Awaitable[Any]], *,
-                        stop: asyncio.Event | None = None) -> int:
-    """`run_server` inside a running event loop (tests, embedding)."""
-    return await _serve(kind, start, stop)

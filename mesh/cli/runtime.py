@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.cli.process import StartupError, add_settings_flags, configure_logging, read_settings, run_server
+from mesh.cli.process import add_settings_flags, configure_logging, parse_settings, run_server
 from mesh.instance.agent import InstanceAgent
 from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
 from protos import meshserve_version
@@ -124,13 +124,8 @@ async def _drain(agent: InstanceAgent) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        runtime = read_settings(ProcessRuntimeSettings, args, kind="runtime")
-        fabric = read_settings(FabricSettings, args, kind="runtime")
-        instance = read_settings(InstanceSettings, args, kind="runtime")
-    except StartupError as error:
-        raise SystemExit(f"meshserve runtime: {error}") from None
+    runtime, fabric, instance = parse_settings(build_parser(), argv, "runtime", ProcessRuntimeSettings,
+                                               FabricSettings, InstanceSettings)
     configure_logging(runtime.log_level)
     if not fabric.etcd_endpoints:
         return run_server("runtime", lambda stack: start_plain_runtime(stack, runtime))

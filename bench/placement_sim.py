@@ -285,7 +285,7 @@ class SimInstance:
         for gone in cache.keys() - copies.keys():
             del cache[gone]
         self._view = InstanceView(self.id, self.lru.capacity_bytes, self.lru.used_bytes,
-                                  self.lru.loading_bytes, self.zone, frozenset({MODEL_TYPE}),
+                                  self.lru.loading_bytes, self.zone, frozenset({f"mt:{MODEL_TYPE}"}),
                                   copies, self.rate, False)
         self._view_at = now
         return self._view

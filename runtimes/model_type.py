@@ -1,7 +1,10 @@
 """Which model format a load asks for (pure).
 
-The type comes from `modelType` ("onnx", "pytorch", optionally ":version") or,
-as ModelMesh sends it, from the `modelKey` JSON's `model_type` {name, version}.
+In order: the `modelKey` JSON's `model_type` {name, version}, as ModelMesh sends it;
+else the `mt:<format>[:<version>]` label of a `modelType` label expression
+("mt:onnx|pv:grpc-v2", as modelmesh-serving writes a model's type; `rt:` and `pv:` labels
+say where the model goes, not what it is); else a plain `modelType` ("onnx",
+"pytorch", optionally ":version"). No format at all ("rt:triton-2.x" alone): the files tell.
 """
 
 from __future__ import annotations
@@ -43,17 +46,34 @@ def parse_model_key(model_key: str | None) -> dict:
     return value
 
 
+#: Prefixes of runtime labels; a `modelType` starting with one (or holding `|`) is a label expression.
+_LABEL_PREFIXES = ("rt:", "mt:", "pv:")
+
+
+def _from_key(model_key: dict) -> tuple[str, str]:
+    key_type = model_key.get("model_type") or {}
+    if isinstance(key_type, str):
+        name, _, version = key_type.partition(":")
+        return name, version
+    if isinstance(key_type, dict):
+        return str(key_type.get("name") or ""), str(key_type.get("version") or "")
+    raise InvalidInput("modelKey.model_type must be a string or {name, version}")
+
+
+def _from_model_type(model_type: str) -> tuple[str, str]:
+    text = (model_type or "").strip()
+    if "|" in text or text.lower().startswith(_LABEL_PREFIXES):
+        formats = [label.strip()[3:] for label in text.split("|") if label.strip().lower().startswith("mt:")]
+        text = formats[0] if formats else ""
+    name, _, version = text.partition(":")
+    return name, version
+
+
 def resolve_model_type(model_type: str, model_key: dict) -> ModelType:
-    """The requested model type; `modelType` wins over the key's `model_type`."""
-    name, _, version = (model_type or "").partition(":")
-    if not name:
-        key_type = model_key.get("model_type") or {}
-        if isinstance(key_type, str):
-            name, _, version = key_type.partition(":")
-        elif isinstance(key_type, dict):
-            name, version = str(key_type.get("name") or ""), str(key_type.get("version") or "")
-        else:
-            raise InvalidInput("modelKey.model_type must be a string or {name, version}")
+    """The requested model type: the key's `model_type` name, else `modelType`'s (see the module docstring)."""
+    name, version = _from_key(model_key)
+    if not name.strip():
+        name, version = _from_model_type(model_type)
     name = name.strip().lower()
     if not name:
         return ModelType("", version)

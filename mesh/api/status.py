@@ -6,6 +6,7 @@
   ModelAlreadyRegistered                      ALREADY_EXISTS
   RegistryConflict                            ABORTED
   NoCapacity                                  RESOURCE_EXHAUSTED
+  NoSupportingRuntime (a NoCapacity)          RESOURCE_EXHAUSTED (the message names the missing labels)
   LoadingFailed                               UNAVAILABLE (the reasons are in the message)
   StoreUnavailable, StoreClosed               UNAVAILABLE (etcd unreachable; the message says so)
   TimeoutError                                DEADLINE_EXCEEDED
@@ -28,6 +29,7 @@ from mesh.domain.errors import (
     ModelInUse,
     ModelNotRegistered,
     NoCapacity,
+    NoSupportingRuntime,
     PreconditionFailed,
     RegistryConflict,
     VModelNotFound,
@@ -47,6 +49,7 @@ STATUS_OF_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     ModelAlreadyRegistered: grpc.StatusCode.ALREADY_EXISTS,
     RegistryConflict: grpc.StatusCode.ABORTED,
     NoCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NoSupportingRuntime: grpc.StatusCode.RESOURCE_EXHAUSTED,
     LoadingFailed: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     StoreClosed: grpc.StatusCode.UNAVAILABLE,

@@ -15,10 +15,11 @@ import logging
 import socket
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.cli.process import add_settings_flags, configure_logging, parse_settings, run_server
+from mesh.domain.placement import parse_labels
 from mesh.instance.agent import InstanceAgent
 from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
 from protos import meshserve_version
@@ -54,6 +55,14 @@ class InstanceSettings(BaseSettings):
         0.1, description="Least time between two publishes of the instance record (seconds): bursts of changes share one write.")
     publish_max_interval_s: float = Field(
         5.0, description="Most time between two publishes when nothing significant changes (seconds): last-use times and rates.")
+    labels: str = Field(
+        "", description="Runtime labels advertised besides mt:<format> for each backend and pv:grpc-v2, "
+        "comma-separated (e.g. rt:meshserve-1.x); a model goes only where every label of its type is.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: str) -> str:
+        return ",".join(parse_labels(value))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +84,10 @@ def advertise_address(host: str, port: int, configured: str = "") -> str:
     return f"{host}:{port}"
 
 
-def _model_types(runtime: RuntimeSettings) -> tuple[str, ...]:
-    return tuple(BackendRegistry.default(runtime.threads_per_model).model_types)
+def runtime_labels(runtime: RuntimeSettings, extra: str = "") -> tuple[str, ...]:
+    """What this runtime advertises: `mt:<format>` per backend, the protocol it speaks, `extra`."""
+    formats = BackendRegistry.default(runtime.threads_per_model).model_types
+    return parse_labels(",".join([*(f"mt:{t}" for t in formats), "pv:grpc-v2", extra]))
 
 
 async def start_plain_runtime(stack: contextlib.AsyncExitStack, runtime: RuntimeSettings) -> None:
@@ -102,7 +113,7 @@ async def start_instance(stack: contextlib.AsyncExitStack, runtime: RuntimeSetti
         instance_id=instance_id,
         address=advertise_address(runtime.host, running.port, instance.advertise_address),
         zone=instance.zone,
-        model_types=_model_types(runtime),
+        labels=runtime_labels(runtime, instance.labels),
         version=meshserve_version(),
         lease_ttl_s=fabric.lease_ttl_s,
         publish_min_interval_s=instance.publish_min_interval_s,

@@ -13,7 +13,9 @@ there is none:
    changes), never by polling;
 5. a failed load is recorded in the model record (reason, expiry) and another instance
    is tried, at most `max_load_attempts` per call; instances with a live failure record
-   are not tried again until it expires, so a broken model is not retried in a loop.
+   are not tried again until it expires, so a broken model is not retried in a loop;
+6. a model whose type needs runtime labels that no live instance advertises fails at once
+   with `NoSupportingRuntime` (naming the labels), rather than waiting for room.
 
 A claim whose instance is gone (lease expired) or that is older than the loading
 timeout no longer counts; the controller removes such claims.
@@ -32,7 +34,7 @@ import grpc
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.etcd.keys import Keys
-from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity
+from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity, NoSupportingRuntime
 from mesh.domain.placement import NoFit, PlacementConfig, choose_instance
 from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.domain.records import CopyClaim, LoadFailure, ModelRecord, to_document
@@ -40,7 +42,7 @@ from mesh.state.registry import Registry
 from mesh.control.runtime_client import RuntimeClients
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 
-__all__ = ["CacheMiss", "LoadingFailed", "MissConfig", "NoCapacity"]
+__all__ = ["CacheMiss", "LoadingFailed", "MissConfig", "NoCapacity", "NoSupportingRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,9 @@ class CacheMiss(AsyncClosing):
     async def ensure_loaded(self, model_id: str, timeout: float) -> list[str]:
         """Ids of instances holding a loaded copy, loading one first if there is none.
 
-        Raises ModelNotRegistered, LoadingFailed, NoCapacity, or TimeoutError when
-        `timeout` seconds pass first (a load already started goes on).
+        Raises ModelNotRegistered, LoadingFailed, NoSupportingRuntime (no live instance has
+        the labels its type needs), NoCapacity, or TimeoutError when `timeout` seconds pass
+        first (a load already started goes on).
         """
         loaded = self._view.loaded_on(model_id)
         if loaded:
@@ -114,10 +117,12 @@ class CacheMiss(AsyncClosing):
             failures.update(tried)
             if attempts >= self.config.max_load_attempts:
                 raise LoadingFailed(model_id, failures)
-            choice = choose_instance(self._view.model_view(record), self._live_instance_views(),
-                                     self._view.placement(self.config.placement),
+            model = self._view.model_view(record)
+            choice = choose_instance(model, self._live_instance_views(), self._view.placement(self.config.placement),
                                      exclude=failures.keys() | refused)
             if isinstance(choice, NoFit):
+                if choice.unsupported:
+                    raise NoSupportingRuntime(model_id, model.labels)
                 if refused or choice.for_room:
                     # Every instance is busy or full just now: wait for one of them to change
                     # (a request finishing, a copy going), bounded by the caller's deadline.

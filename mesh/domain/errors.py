@@ -11,6 +11,8 @@ caught the builtin kinds keep working.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "InvalidRequest",
     "LoadingFailed",
@@ -19,6 +21,7 @@ __all__ = [
     "ModelInUse",
     "ModelNotRegistered",
     "NoCapacity",
+    "NoSupportingRuntime",
     "PreconditionFailed",
     "RecordError",
     "RegistryConflict",
@@ -80,3 +83,21 @@ class NoCapacity(MeshError):
     """No live instance can take the model (type not supported, or no room even after eviction)."""
 
     retryable = True
+
+
+class NoSupportingRuntime(NoCapacity):
+    """No live instance advertises every runtime label the model's type needs.
+
+    Not a wait for room: no instance in the fleet can take the model until one with those
+    labels joins (a runtime of that kind is started), so it is raised at once rather than
+    retried, and the message names the labels so the operator can see what is missing.
+    """
+
+    retryable = False
+
+    def __init__(self, model_id: str, labels: Iterable[str]) -> None:
+        self.model_id = model_id
+        self.labels = tuple(sorted(labels))
+        wanted = "|".join(self.labels) or "(none)"
+        super().__init__(f"cannot load '{model_id}': no live instance has the runtime labels {wanted} "
+                         f"its model type needs (is a runtime serving that type running?)")

@@ -18,6 +18,11 @@ Three questions are answered:
 * :func:`plan_rehoming` -- which models lost copies with instances whose lease expired,
   and where their new copies go.
 
+Runtime labels (as ModelMesh places models): an instance advertises labels, ``rt:<runtime>``,
+``mt:<format>``, ``mt:<format>:<version>`` and ``pv:<protocol>``; a model's type names the
+labels it needs (:func:`model_labels`), and a copy goes only to an instance whose labels
+contain all of them.
+
 Units: bytes for sizes, milliseconds for times (``*_ms``), requests per minute for rates.
 """
 
@@ -31,6 +36,7 @@ from types import MappingProxyType
 from mesh.domain.lru import choose_victims
 
 __all__ = [
+    "LABEL_PREFIXES",
     "AddCopy",
     "Choice",
     "CopyView",
@@ -45,14 +51,63 @@ __all__ = [
     "choose_instance",
     "copies_of",
     "fleet_free_bytes",
+    "format_labels",
     "lost_copies",
+    "model_labels",
+    "parse_labels",
     "plan_rehoming",
     "plan_scaling",
+    "supports",
     "with_load",
     "without_copy",
 ]
 
 _MINUTE_MS = 60_000
+
+#: Prefixes of the labels a model type may be written in: runtime, model format, protocol.
+LABEL_PREFIXES = ("rt:", "mt:", "pv:")
+
+
+# ---------------------------------------------------------------------------------------
+# Runtime labels
+# ---------------------------------------------------------------------------------------
+
+
+def model_labels(model_type: str) -> frozenset[str]:
+    """The labels an instance must advertise to take a model of ``model_type``.
+
+    A label expression, as modelmesh-serving writes it (``rt:triton-2.x``, ``mt:onnx:1``,
+    ``mt:sklearn|pv:grpc-v2``), needs every ``|``-separated label. A plain format
+    (``onnx``, ``pytorch``, ``onnx:1``) needs ``mt:<format>``: its version is the runtime's
+    business, as it always was here. Labels compare case-insensitively (they are folded to
+    lower case); an empty type needs nothing (the runtime tells the format from the files).
+    """
+    text = model_type.strip().lower()
+    if not text:
+        return frozenset()
+    if "|" in text or text.startswith(LABEL_PREFIXES):
+        return frozenset(part.strip() for part in text.split("|") if part.strip())
+    return frozenset({"mt:" + text.split(":", 1)[0].strip()})
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """Labels from a comma-separated list (``rt:triton-2.x,pv:grpc-v2``), folded to lower case,
+    in order and without repeats; ValueError naming a label that holds ``|`` or white space."""
+    labels: list[str] = []
+    for part in text.split(","):
+        label = part.strip().lower()
+        if not label:
+            continue
+        if "|" in label or any(c.isspace() for c in label):
+            raise ValueError(f"label {label!r} may not hold '|' or white space (give labels comma-separated)")
+        if label not in labels:
+            labels.append(label)
+    return tuple(labels)
+
+
+def format_labels(labels: Iterable[str]) -> str:
+    """Labels as one expression (``mt:onnx|pv:grpc-v2``), sorted, for messages."""
+    return "|".join(sorted(labels)) or "(none)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,9 +200,10 @@ class InstanceView:
     ``used_bytes`` counts loaded copies (and any runtime overhead the instance reports);
     ``loading_bytes`` counts loads in progress. Free space is ``capacity_bytes -
     used_bytes - loading_bytes`` and may be negative in a stale record (treated as 0).
-    ``model_types`` lists the model types the runtime supports; an empty set supports
-    none. ``copies`` is frozen into a read-only mapping (so views compare by value but
-    are not hashable; key them by ``id``).
+    ``labels`` are the runtime labels it advertises (``mt:onnx``, ``rt:triton-2.x``, ...,
+    lower case); an empty set takes only models whose type needs no label. ``copies`` is
+    frozen into a read-only mapping (so views compare by value but are not hashable; key
+    them by ``id``).
     """
 
     id: str
@@ -155,14 +211,14 @@ class InstanceView:
     used_bytes: int = 0
     loading_bytes: int = 0
     zone: str = ""
-    model_types: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
     copies: Mapping[str, CopyView] = field(default_factory=dict)
     request_rate: float = 0.0
     """Requests/minute across all copies on the instance."""
     shutting_down: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model_types", frozenset(self.model_types))
+        object.__setattr__(self, "labels", frozenset(label.lower() for label in self.labels))
         object.__setattr__(self, "copies", MappingProxyType(dict(self.copies)))
 
     @property
@@ -179,8 +235,10 @@ class InstanceView:
 class ModelView:
     """A registered model as the placement engine sees it.
 
-    ``last_used_ms`` is None for a model never used; ``rate_per_min`` is the request rate
-    over all its copies (requests/minute, e.g. from the routers' counters).
+    ``model_type`` is the registered type, a plain format or a label expression; ``labels``
+    are what it needs of an instance (:func:`model_labels`). ``last_used_ms`` is None for a
+    model never used; ``rate_per_min`` is the request rate over all its copies
+    (requests/minute, e.g. from the routers' counters).
     """
 
     id: str
@@ -191,9 +249,11 @@ class ModelView:
     recorded_instance_ids: frozenset[str] = frozenset()
     """Instances the registry record says hold a copy; lets :func:`lost_copies` notice
     copies on instances that vanished before this process saw their last record."""
+    labels: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recorded_instance_ids", frozenset(self.recorded_instance_ids))
+        object.__setattr__(self, "labels", model_labels(self.model_type))
 
 
 @dataclass(frozen=True)
@@ -236,11 +296,14 @@ class Choice:
 @dataclass(frozen=True)
 class NoFit:
     """No instance can take the copy now; ``reason`` says why, for status and logs.
-    ``for_room``: instances of the right type exist but none has room now (a wait may
-    help); otherwise none can take the model at all."""
+    ``for_room``: instances with the model's labels exist but none has room now (a wait may
+    help); ``unsupported``: no instance that is not shutting down has the model's labels
+    (no runtime for it in the fleet); neither: the instances with its labels are all
+    excluded or hold a copy already."""
 
     reason: str
     for_room: bool = False
+    unsupported: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,6 +385,11 @@ def without_copy(inst: InstanceView, model_id: str) -> InstanceView:
     return replace(inst, used_bytes=inst.used_bytes - gone.size_bytes, copies=copies)
 
 
+def supports(inst: InstanceView, model: ModelView) -> bool:
+    """The instance advertises every label the model's type needs."""
+    return model.labels <= inst.labels
+
+
 def _used_within(model: ModelView, window_ms: int, now_ms: int) -> bool:
     return model.last_used_ms is not None and now_ms - model.last_used_ms <= window_ms
 
@@ -342,7 +410,7 @@ def choose_instance(
     """Choose the instance for one more copy of ``model``.
 
     Guarantees on a :class:`Choice`: the instance is not shutting down, is not in
-    ``exclude``, lists ``model.model_type``, holds no copy of the model yet, and the copy
+    ``exclude``, has every label of ``model.labels``, holds no copy of the model yet, and the copy
     fits in its free space (capacity minus used minus loads in progress) or, when
     ``allow_eviction``, in free space plus what LRU eviction of idle copies frees;
     ``evict`` is then that minimal LRU victim set.
@@ -364,13 +432,14 @@ def choose_instance(
     zones_with_copy = {i.zone for i in instances
                        if model.id in i.copies and not i.shutting_down}
     ranked: list[tuple[tuple[object, ...], Choice]] = []
-    saw_type = saw_room = False
+    saw_support = saw_candidate = saw_room = False
     for inst in instances:
-        if inst.shutting_down or inst.id in excluded or model.id in inst.copies:
+        if inst.shutting_down or not supports(inst, model):
             continue
-        if model.model_type not in inst.model_types:
+        saw_support = True
+        if inst.id in excluded or model.id in inst.copies:
             continue
-        saw_type = True
+        saw_candidate = True
         free = inst.free_bytes
         if size <= free:
             victims: list[str] = []
@@ -396,9 +465,12 @@ def choose_instance(
         ranked.append((key, Choice(inst.id, tuple(victims))))
     if ranked:
         return min(ranked, key=lambda kc: kc[0])[1]
-    if not saw_type:
-        return NoFit(f"no available instance supports model type {model.model_type!r}"
-                     f" (and holds no copy of {model.id!r})")
+    if not saw_support:
+        return NoFit(f"no live instance has the labels {format_labels(model.labels)} that model"
+                     f" {model.id!r} of type {model.model_type!r} needs", unsupported=True)
+    if not saw_candidate:
+        return NoFit(f"every instance with the labels {format_labels(model.labels)} is excluded"
+                     f" or holds a copy of {model.id!r} already")
     assert not saw_room
     how = "even after evicting idle copies" if allow_eviction else "in free space"
     return NoFit(f"no instance has room for {model.id!r} ({size} bytes) {how}", for_room=True)
@@ -455,7 +527,7 @@ def plan_scaling(snapshot: Snapshot, config: PlacementConfig = PlacementConfig()
     now = snapshot.now_ms
     work: dict[str, InstanceView] = {i.id: i for i in snapshot.instances}
     live = [i for i in snapshot.instances if not i.shutting_down]
-    eligible_count = {m.id: sum(1 for i in live if m.model_type in i.model_types)
+    eligible_count = {m.id: sum(1 for i in live if supports(i, m))
                       for m in snapshot.models.values()}
 
     def holders(model_id: str, draining: bool = False) -> int:

@@ -4,9 +4,10 @@
   were claimed or failed; written by registration and by the cache-miss claim
   (compare-and-set on the key's mod revision).
 - `VModelRecord`   at `vmodels/<id>`: an alias and its transition (active -> target).
-- `InstanceRecord` at `instances/<id>`, bound to the instance's lease: capacity,
-  memory, copies held with last-used times and in-flight counts, rates. Published on
-  significant change and at most every few seconds, never per request.
+- `InstanceRecord` at `instances/<id>`, bound to the instance's lease: its address,
+  runtime labels, capacity, memory, copies held with last-used times and in-flight
+  counts, rates. Published on significant change and at most every few seconds, never
+  per request.
 
 Decoding is strict about types and tolerant of unknown fields, so a newer writer
 does not break an older reader. A malformed document raises `RecordError` naming
@@ -24,7 +25,7 @@ from mesh.domain.errors import RecordError
 from mesh.domain.placement import CopyView, InstanceView, ModelView
 
 __all__ = ["CopyClaim", "HeldCopy", "InstanceRecord", "LoadFailure", "ModelRecord", "RecordError",
-           "VModelRecord", "decode", "encode", "from_document", "parse_model_key", "to_document"]
+           "VModelRecord", "decode", "encode", "formats_of", "from_document", "parse_model_key", "to_document"]
 
 FORMAT_VERSION = 1
 
@@ -61,8 +62,7 @@ class ModelRecord:
     auto_delete: bool = False  # a vmodel target deleted with its vmodel
 
     def to_view(self, rate_per_min: float = 0.0) -> ModelView:
-        base_type = self.model_type.split(":", 1)[0].strip().lower()  # "onnx:1" is served by "onnx"
-        return ModelView(self.model_id, base_type, self.size_estimate_bytes,
+        return ModelView(self.model_id, self.model_type, self.size_estimate_bytes,
                          self.last_used_ms or None, rate_per_min, frozenset(self.copies))
 
     def live_failures(self, now_ms: int) -> dict[str, LoadFailure]:
@@ -94,8 +94,22 @@ class HeldCopy:
     rate_per_min: float = 0.0  # requests per minute to this copy, smoothed
 
 
+def formats_of(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The plain formats named by `mt:<format>` labels (no version): the `model_types` an
+    older reader matches a model's base type against."""
+    formats = [label[3:] for label in labels if label.startswith("mt:") and ":" not in label[3:]]
+    return tuple(dict.fromkeys(formats))
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
+    """One instance, as its agent publishes it.
+
+    `address` is the runtime's gRPC server (model-runtime SPI and V2 inference). `labels`
+    are its runtime labels; `model_types` is kept for readers older than labels, and a
+    record without labels (written by one) advertises `mt:<type>` for each of them.
+    """
+
     instance_id: str
     address: str  # host:port of the runtime's gRPC server
     capacity_bytes: int
@@ -108,11 +122,19 @@ class InstanceRecord:
     request_rate_per_min: float = 0.0
     copies: dict[str, HeldCopy] = field(default_factory=dict)
     published_ms: int = 0
+    labels: tuple[str, ...] = ()
+
+    @property
+    def advertised_labels(self) -> frozenset[str]:
+        """The labels placement matches: `labels`, or `mt:<type>` per model type in an older record."""
+        if self.labels:
+            return frozenset(self.labels)
+        return frozenset(f"mt:{t}" for t in self.model_types)
 
     def to_view(self) -> InstanceView:
         copies = {m: CopyView(c.size_bytes, c.last_used_ms, c.in_flight, c.loading) for m, c in self.copies.items()}
         return InstanceView(self.instance_id, self.capacity_bytes, self.used_bytes, self.loading_bytes, self.zone,
-                            frozenset(self.model_types), copies, self.request_rate_per_min, self.shutting_down)
+                            self.advertised_labels, copies, self.request_rate_per_min, self.shutting_down)
 
     @property
     def lru_last_used_ms(self) -> int | None:

@@ -78,7 +78,7 @@ class InstanceAgent(AsyncClosing):
         instance_id: str,
         address: str,
         zone: str = "",
-        model_types: tuple[str, ...] = ("onnx", "pytorch"),
+        labels: tuple[str, ...] = ("mt:onnx", "mt:pytorch"),
         version: str = "",
         lease_ttl_s: int = 10,
         publish_min_interval_s: float = 0.1,
@@ -95,7 +95,7 @@ class InstanceAgent(AsyncClosing):
         self.instance_id = instance_id
         self.address = address
         self.zone = zone
-        self.model_types = tuple(model_types)
+        self.labels = tuple(labels)
         self.version = version
         key = keys.instance(instance_id)  # validates the id before anything starts
         self._client = client
@@ -107,7 +107,7 @@ class InstanceAgent(AsyncClosing):
         self.metrics.capacity.set(manager.capacity_bytes)
 
         self._builder = RecordBuilder(manager, self.metrics, _now_ms, instance_id=instance_id, address=address,
-                                      zone=zone, model_types=self.model_types, version=version,
+                                      zone=zone, labels=self.labels, version=version,
                                       rate_window_s=rate_window_s)
         self._writer = ModelRecordWriter(Registry(client, keys), attempts=record_write_attempts)
         backoff_initial, backoff_max = register_backoff_s

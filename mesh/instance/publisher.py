@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mesh.domain.records import HeldCopy, InstanceRecord, to_document
+from mesh.domain.records import HeldCopy, InstanceRecord, formats_of, to_document
 from mesh.etcd.errors import LeaseLost, StoreClosed, StoreUnavailable
 from mesh.instance.metrics import AgentMetrics
 from mesh.instance.registration import Registration
@@ -39,7 +39,7 @@ class RecordBuilder:
     """
 
     def __init__(self, manager: ModelManager, metrics: AgentMetrics, clock: Callable[[], int], *,
-                 instance_id: str, address: str, zone: str, model_types: tuple[str, ...], version: str,
+                 instance_id: str, address: str, zone: str, labels: tuple[str, ...], version: str,
                  rate_window_s: float) -> None:
         self.shutting_down = False
         self._manager = manager
@@ -48,7 +48,7 @@ class RecordBuilder:
         self._instance_id = instance_id
         self._address = address
         self._zone = zone
-        self._model_types = model_types
+        self._labels = labels
         self._version = version
         self._rate_window_s = rate_window_s
         self._counts: dict[str, tuple[Any, int]] = {}  # model id -> (its stats object, requests seen)
@@ -79,12 +79,13 @@ class RecordBuilder:
             used_bytes=used,
             loading_bytes=loading,
             zone=self._zone,
-            model_types=self._model_types,
+            model_types=formats_of(self._labels),  # for readers older than labels
             version=self._version,
             shutting_down=self.shutting_down,
             request_rate_per_min=round(sum(c.rate_per_min for c in copies.values()), 3),
             copies=copies,
             published_ms=now_ms,
+            labels=self._labels,
         )
 
     def document(self) -> dict[str, Any]:

@@ -8,10 +8,12 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
 from mesh.instance.agent import InstanceAgent
-from mesh.control.cache_miss import CacheMiss, LoadingFailed, MissConfig, NoCapacity
+from mesh.api.status import status_of
+from mesh.control.cache_miss import CacheMiss, LoadingFailed, MissConfig, NoCapacity, NoSupportingRuntime
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.domain.records import CopyClaim, ModelRecord
@@ -65,7 +67,8 @@ class Caller:
 
 @pytest.fixture
 async def fabric(etcd_server, etcd, keys, tmp_path):
-    """Three runtimes with agents (room for a few small models each), and a registry."""
+    """Three runtimes with agents (room for a few small models each), and a registry; i0 also
+    advertises the runtime label `rt:special`."""
     counter = LoadCounter()
     async with AsyncExitStack() as stack:
         agents = {}
@@ -75,8 +78,9 @@ async def fabric(etcd_server, etcd, keys, tmp_path):
             running = await start_runtime(settings)
             stack.push_async_callback(running.stop)
             running.manager.add_observer(counter)
+            labels = ("mt:onnx", "mt:pytorch", "pv:grpc-v2", *(("rt:special",) if n == 0 else ()))
             agent = InstanceAgent(etcd, keys, running.manager, instance_id=f"i{n}",
-                                  address=f"127.0.0.1:{running.port}", lease_ttl_s=5)
+                                  address=f"127.0.0.1:{running.port}", labels=labels, lease_ttl_s=5)
             await agent.start()
             stack.push_async_callback(agent.close)
             agents[f"i{n}"] = (agent, running)
@@ -85,10 +89,10 @@ async def fabric(etcd_server, etcd, keys, tmp_path):
         yield caller, Registry(etcd, keys), agents, counter
 
 
-def register(registry: Registry, tmp_path: Path, model_id: str) -> asyncio.Future:
+def register(registry: Registry, tmp_path: Path, model_id: str, model_type: str = "onnx") -> asyncio.Future:
     # ~16 KiB of weights: an instance's 64 KiB holds three such models.
     path = add_onnx(tmp_path / "store" / model_id / "model.onnx", offset=1.0, weights=4096)
-    return registry.register(ModelRecord(model_id, "onnx", str(path.parent)))
+    return registry.register(ModelRecord(model_id, model_type, str(path.parent)))
 
 
 async def test_loads_on_first_use_and_returns_the_holder(fabric, tmp_path):
@@ -122,11 +126,31 @@ async def test_unknown_model_is_not_registered(fabric):
         await caller.miss.ensure_loaded("nope", timeout=10)
 
 
-async def test_unsupported_type_has_no_capacity(fabric, tmp_path):
-    caller, registry, *_ = fabric
-    await registry.register(ModelRecord("sk", "sklearn", str(tmp_path)))
-    with pytest.raises(NoCapacity, match="sklearn"):
-        await caller.miss.ensure_loaded("sk", timeout=10)
+@pytest.mark.parametrize("model_type, labels", [("sklearn", "mt:sklearn"),
+                                                 ("mt:sklearn|pv:grpc-v2", "mt:sklearn|pv:grpc-v2"),
+                                                 ("rt:special|mt:pytorch|pv:grpc-v1", "mt:pytorch|pv:grpc-v1|rt:special")])
+async def test_a_type_no_live_instance_has_the_labels_for_fails_at_once(fabric, tmp_path, model_type, labels):
+    caller, registry, agents, counter = fabric
+    await registry.register(ModelRecord("sk", model_type, str(tmp_path)))
+    async with asyncio.timeout(5):  # at once: not a wait for room up to the deadline
+        with pytest.raises(NoSupportingRuntime) as raised:
+            await caller.miss.ensure_loaded("sk", timeout=30)
+    assert isinstance(raised.value, NoCapacity) and not raised.value.retryable
+    assert labels in str(raised.value) and "'sk'" in str(raised.value)
+    assert status_of(raised.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not counter.loaded and not counter.failed
+    record = caller.view.model("sk")
+    assert not record.copies and not record.failures  # nothing claimed, nothing blamed
+
+
+async def test_a_label_expression_type_loads_only_where_its_labels_are(fabric, tmp_path):
+    caller, registry, agents, counter = fabric
+    await register(registry, tmp_path, "special", "rt:special|mt:onnx")
+    await register(registry, tmp_path, "anywhere", "mt:onnx|pv:grpc-v2")
+    assert await caller.miss.ensure_loaded("special", timeout=30) == ["i0"]
+    assert agents["i0"][1].manager.loaded_models() == ["special"]
+    assert await caller.miss.ensure_loaded("anywhere", timeout=30)
+    assert counter.loaded == {"special": 1, "anywhere": 1} and not counter.failed
 
 
 async def test_corrupt_model_fails_everywhere_once_and_is_not_retried_in_a_loop(fabric, tmp_path):

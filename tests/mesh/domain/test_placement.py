@@ -19,13 +19,17 @@ from mesh.domain.placement import (
     Snapshot,
     choose_instance,
     fleet_free_bytes,
+    format_labels,
     lost_copies,
+    model_labels,
+    parse_labels,
     plan_rehoming,
     plan_scaling,
+    supports,
 )
 
 MIN = 60_000
-T = frozenset({"onnx"})
+T = frozenset({"mt:onnx"})
 
 
 def inst(id: str, cap: int = 100, *, zone: str = "z1", copies: dict[str, CopyView] | None = None,
@@ -62,11 +66,77 @@ def test_loads_in_progress_count_against_free_space() -> None:
 
 
 def test_skips_unsupported_types_and_shutting_down_instances() -> None:
-    wrong = inst("a", types=frozenset({"pytorch"}))
+    wrong = inst("a", types=frozenset({"mt:pytorch"}))
     leaving = inst("b", shutting_down=True)
     result = choose_instance(model(), [wrong, leaving])
-    assert isinstance(result, NoFit) and "model type 'onnx'" in result.reason
+    assert isinstance(result, NoFit) and result.unsupported and not result.for_room
+    assert "labels mt:onnx" in result.reason and "type 'onnx'" in result.reason
     assert choose_instance(model(), [wrong, leaving, inst("c", 20)]) == Choice("c")
+
+
+def test_supported_but_excluded_or_holding_is_not_unsupported() -> None:
+    holder = inst("a", copies={"m": CopyView(10, 0)})
+    result = choose_instance(model(), [holder, inst("b")], exclude={"b"})
+    assert isinstance(result, NoFit) and not result.unsupported and not result.for_room
+
+
+# -- runtime labels ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_type, labels", [
+    ("onnx", {"mt:onnx"}),
+    ("ONNX", {"mt:onnx"}),
+    ("onnx:1", {"mt:onnx"}),  # a plain type's version is the runtime's business, as before labels
+    ("pytorch", {"mt:pytorch"}),
+    ("mt:onnx", {"mt:onnx"}),
+    ("mt:onnx:1", {"mt:onnx:1"}),
+    ("rt:triton-2.x", {"rt:triton-2.x"}),
+    ("mt:sklearn|pv:grpc-v2", {"mt:sklearn", "pv:grpc-v2"}),
+    (" mt:sklearn | pv:grpc-v2 |", {"mt:sklearn", "pv:grpc-v2"}),
+    ("", set()),
+])
+def test_model_labels(model_type: str, labels: set[str]) -> None:
+    assert model_labels(model_type) == labels
+    assert model(type=model_type).labels == labels
+
+
+TRITON = frozenset({"rt:triton-2.x", "mt:onnx", "mt:onnx:1", "mt:pytorch", "pv:grpc-v2"})
+MLSERVER = frozenset({"rt:mlserver-1.x", "mt:sklearn", "mt:xgboost", "pv:grpc-v2"})
+
+
+@pytest.mark.parametrize("model_type, chosen", [
+    ("onnx", "t"),
+    ("mt:onnx:1", "t"),
+    ("rt:triton-2.x", "t"),
+    ("mt:sklearn|pv:grpc-v2", "m"),
+    ("rt:mlserver-1.x|mt:xgboost", "m"),
+])
+def test_a_model_goes_only_where_every_label_of_its_type_is(model_type: str, chosen: str) -> None:
+    fleet = [inst("t", types=TRITON), inst("m", types=MLSERVER)]
+    assert choose_instance(model(type=model_type), fleet) == Choice(chosen)
+
+
+@pytest.mark.parametrize("model_type", ["mt:onnx:2", "mt:sklearn|pv:grpc-v1", "rt:triton-2.x|mt:sklearn", "tensorflow"])
+def test_a_model_no_instance_has_all_labels_for_is_unsupported(model_type: str) -> None:
+    result = choose_instance(model(type=model_type), [inst("t", types=TRITON), inst("m", types=MLSERVER)])
+    assert isinstance(result, NoFit) and result.unsupported
+    assert format_labels(model_labels(model_type)) in result.reason
+
+
+def test_labels_compare_case_insensitively_and_parse_from_a_list() -> None:
+    assert supports(inst("a", types=frozenset({"MT:ONNX", "PV:grpc-v2"})), model(type="mt:onnx|pv:GRPC-V2"))
+    assert parse_labels(" rt:Triton-2.x, ,pv:grpc-v2,rt:triton-2.x") == ("rt:triton-2.x", "pv:grpc-v2")
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_labels("mt:onnx|pv:grpc-v2")
+
+
+def test_scaling_adds_copies_only_where_the_labels_are() -> None:
+    now = MIN
+    fleet = (inst("t0", 1000, zone="z0", types=TRITON, copies={"hot": CopyView(10, now)}),
+             inst("m1", 1000, zone="z1", types=MLSERVER), inst("t2", 1000, zone="z2", types=TRITON),
+             inst("t3", 1000, zone="z3", types=TRITON))
+    snap = Snapshot(now, fleet, {"hot": model("hot", last=now, rate=10**6, type="rt:triton-2.x")})
+    assert sorted(a.instance_id for a in plan_scaling(snap).adds) == ["t2", "t3"]
 
 
 def test_empty_type_set_supports_nothing() -> None:
@@ -145,14 +215,14 @@ def instance_st(draw: st.DrawFn, id: str) -> InstanceView:
     held = sum(c.size_bytes for c in copies.values())
     cap = draw(st.integers(max(1, held), held + 120))
     return inst(id, cap, zone=draw(st.sampled_from(["z1", "z2", "z3"])), copies=copies,
-                types=draw(st.sampled_from([T, frozenset({"onnx", "pt"}), frozenset({"pt"})])),
+                types=draw(st.sampled_from([T, frozenset({"mt:onnx", "mt:pt", "pv:grpc-v2"}), frozenset({"mt:pt"})])),
                 shutting_down=draw(st.booleans()), rate=draw(st.sampled_from([0.0, 10.0])))
 
 
 fleet_st = st.integers(0, 6).flatmap(
     lambda n: st.tuples(*[instance_st(f"i{k}") for k in range(n)]))
 model_st = st.builds(model, id=st.sampled_from(IDS), size=st.integers(1, 100),
-                     type=st.sampled_from(["onnx", "pt"]))
+                     type=st.sampled_from(["onnx", "pt", "mt:pt|pv:grpc-v2", "mt:sklearn"]))
 
 
 @settings(max_examples=400, deadline=None)
@@ -163,9 +233,10 @@ def test_choice_always_fits_and_is_eligible(fleet: tuple[InstanceView, ...], m: 
     shuffled = list(fleet)
     random.Random(seed).shuffle(shuffled)
     assert choose_instance(m, shuffled, allow_eviction=allow) == result  # order-independent
-    eligible = [i for i in fleet if not i.shutting_down and m.model_type in i.model_types
+    eligible = [i for i in fleet if not i.shutting_down and m.labels <= i.labels
                 and m.id not in i.copies]
     if isinstance(result, NoFit):
+        assert result.unsupported == (not any(not i.shutting_down and m.labels <= i.labels for i in fleet))
         for i in eligible:  # refuses only when truly nothing fits
             room = i.free_bytes + (evictable_bytes(i.copies) if allow else 0)
             assert room < m.size_estimate_bytes or i.capacity_bytes < m.size_estimate_bytes
@@ -309,7 +380,7 @@ def test_scaling_plan_invariants(snap: Snapshot, seed: int) -> None:
     for a in plan.adds:
         i = by_id[a.instance_id]
         m = snap.models[a.model_id]
-        assert not i.shutting_down and m.model_type in i.model_types
+        assert not i.shutting_down and m.labels <= i.labels
         assert a.model_id not in state[i.id]
         for v in a.evict:
             victim = state[i.id].pop(v)

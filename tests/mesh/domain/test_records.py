@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mesh.domain.records import (
     CopyClaim, HeldCopy, InstanceRecord, LoadFailure, ModelRecord, RecordError, VModelRecord, decode, encode,
+    formats_of,
 )
 
 ids = st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=12)
@@ -26,6 +27,7 @@ model_records = st.builds(
 instance_records = st.builds(
     InstanceRecord, instance_id=ids, address=st.just("127.0.0.1:8085"), capacity_bytes=sizes, used_bytes=sizes,
     loading_bytes=sizes, zone=ids, model_types=st.lists(ids, max_size=3).map(tuple), version=ids,
+    labels=st.lists(st.sampled_from(["mt:onnx", "mt:onnx:1", "rt:triton-2.x", "pv:grpc-v2"]), max_size=4, unique=True).map(tuple),
     shutting_down=st.booleans(), request_rate_per_min=st.floats(min_value=0, max_value=1e9),
     copies=st.dictionaries(ids, st.builds(HeldCopy, size_bytes=sizes, last_used_ms=times,
                                           in_flight=st.integers(0, 1000), loading=st.booleans()), max_size=5),
@@ -74,11 +76,27 @@ def test_malformed_documents_name_the_key_and_the_problem(data, message):
 
 def test_instance_record_maps_to_the_placement_view():
     record = InstanceRecord("i1", "h:1", capacity_bytes=100, used_bytes=40, loading_bytes=10, zone="z1",
-                            model_types=("onnx",), copies={"a": HeldCopy(40, 5, in_flight=2), "b": HeldCopy(10, 9, loading=True)})
+                            labels=("mt:onnx", "rt:triton-2.x"),
+                            copies={"a": HeldCopy(40, 5, in_flight=2), "b": HeldCopy(10, 9, loading=True)})
     view = record.to_view()
-    assert view.free_bytes == 50 and view.model_types == frozenset({"onnx"}) and view.loads_in_progress == 1
+    assert view.free_bytes == 50 and view.labels == frozenset({"mt:onnx", "rt:triton-2.x"}) and view.loads_in_progress == 1
     assert view.copies["a"].in_flight == 2
     assert record.lru_last_used_ms == 5
+
+
+def test_labels_round_trip_and_a_record_written_before_labels_advertises_its_types():
+    record = InstanceRecord("i1", "h:1", 100, model_types=formats_of(("mt:onnx", "mt:onnx:1", "pv:grpc-v2", "mt:pytorch")),
+                            labels=("mt:onnx", "mt:onnx:1", "pv:grpc-v2", "mt:pytorch"))
+    assert record.model_types == ("onnx", "pytorch")  # what an older reader matches a model's type against
+    document = json.loads(encode(record))
+    assert document["labels"] == ["mt:onnx", "mt:onnx:1", "pv:grpc-v2", "mt:pytorch"]
+    assert decode(InstanceRecord, json.dumps(document)) == record
+    # A record from an agent older than labels: its model types stand for mt:<type>.
+    del document["labels"]
+    older = decode(InstanceRecord, json.dumps(document))
+    assert older.labels == () and older.to_view().labels == frozenset({"mt:onnx", "mt:pytorch"})
+    assert ModelRecord("m", "onnx:1", "p").to_view().labels <= older.to_view().labels
+    assert not ModelRecord("m", "mt:onnx|pv:grpc-v2", "p").to_view().labels <= older.to_view().labels
 
 
 def test_model_record_view_and_failure_expiry():

@@ -133,7 +133,8 @@ async def test_record_appears_and_spi_loads_become_copies_and_claims(
         record = await view.wait_for(lambda: view.instance("i1"), WAIT)
         assert record.address == f"127.0.0.1:{running.port}"
         assert record.capacity_bytes == 64 << 20 and record.used_bytes == 0 and record.copies == {}
-        assert set(record.model_types) == {"onnx", "pytorch"} and record.zone == "z1" and not record.shutting_down
+        assert record.labels == ("mt:onnx", "mt:pytorch") and record.zone == "z1" and not record.shutting_down
+        assert set(record.model_types) == {"onnx", "pytorch"}  # for readers older than labels
         kv = await etcd.get(keys.instance("i1"))
         assert kv is not None and kv.lease != 0  # bound to the agent's lease
 
@@ -389,12 +390,14 @@ async def test_process_sigterm_publishes_shutting_down_then_removes_record(
     await register(etcd, keys, "m0", onnx_models["m0"])
     runtime = await asyncio.to_thread(
         start_runtime_process, tmp_path, "--etcd", etcd_server.endpoint, "--fabric", keys.fabric,
-        "--instance-id", "p1", "--lease-ttl-s", "5")
+        "--instance-id", "p1", "--lease-ttl-s", "5", "--labels", "rt:meshserve-1.x, RT:meshserve-1.x")
     key = keys.instance("p1")
     try:
         async with fabric_view(etcd, keys) as view:
             record = await view.wait_for(lambda: view.instance("p1"), WAIT)
             assert record.address == runtime.address
+            # mt:<format> per backend, the protocol it speaks, then --labels (folded, once).
+            assert record.labels[0] == "mt:onnx" and record.labels[-2:] == ("pv:grpc-v2", "rt:meshserve-1.x")
             await asyncio.to_thread(runtime.load, "m0", onnx_models["m0"], "onnx")
             await view.wait_for(lambda: claim(view, "m0", "p1"), WAIT)
 

@@ -17,29 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from protos import grpc_service_pb2 as pb
+from protos.v2_datatypes import BYTES_LENGTH, CONTENTS_FIELD, ELEMENT_SIZE, FLOAT_DATATYPES, V2_TO_NUMPY
 
 __all__ = ["BadTensor", "Decoded", "metadata_to_json", "request_from_json", "response_to_json"]
 
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-}
-# Typed `contents` fields, for instances that answer with them instead of raw bytes.
-_CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-             "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-             "INT64": "int64_contents", "FP16": "fp32_contents", "FP32": "fp32_contents", "BF16": "fp32_contents",
-             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 _TRANSPORT_PARAMETERS = frozenset({"binary_data", "binary_data_size", "binary_data_output"})
 
 
@@ -108,18 +95,18 @@ def _tensor_bytes(datatype: str, data: Any, count: int, where: str) -> bytes:
         parts = []
         for item in flat:
             encoded = _bytes_element(item, where)
-            parts.append(struct.pack("<I", len(encoded)))
+            parts.append(BYTES_LENGTH.pack(len(encoded)))
             parts.append(encoded)
         return b"".join(parts)
-    dtype = DTYPES[datatype]
-    kinds = (bool,) if datatype == "BOOL" else (int, float) if dtype.kind == "f" else (int,)
+    dtype, is_float = V2_TO_NUMPY[datatype], datatype in FLOAT_DATATYPES  # BF16's numpy kind is "V", not "f"
+    kinds = (bool,) if datatype == "BOOL" else (int, float) if is_float else (int,)
     for item in flat:
         if not isinstance(item, kinds) or (datatype != "BOOL" and isinstance(item, bool)):
             raise BadTensor(f"{where}: {datatype} data must hold {'booleans' if datatype == 'BOOL' else 'numbers'}, "
                             f"got {item!r}")
     try:
         with np.errstate(over="raise", invalid="raise"):
-            array = np.asarray(flat, dtype=np.float64 if dtype.kind == "f" and datatype != "FP64" else None)
+            array = np.asarray(flat, dtype=np.float64 if is_float and datatype != "FP64" else None)
             converted = array.astype(dtype, casting="unsafe")
             if dtype.kind in "iu" and not np.array_equal(converted.astype(array.dtype), array):
                 raise OverflowError
@@ -160,7 +147,7 @@ def request_from_json(model_name: str, header: bytes, binary: bytes = b"") -> De
         where = f"input '{name}'" if isinstance(name, str) else f"input {index}"
         if not isinstance(name, str) or not name:
             raise BadTensor(f"{where}: 'name' must be a non-empty string")
-        if datatype not in _CONTENTS:
+        if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
             raise BadTensor(f"{where}: unknown datatype {datatype!r}")
         shape = _shape(tensor.get("shape"), where)
         count = math.prod(shape)
@@ -173,7 +160,7 @@ def request_from_json(model_name: str, header: bytes, binary: bytes = b"") -> De
                 raise BadTensor(f"{where}: binary_data_size {size!r} does not fit the {len(binary) - offset} binary bytes left")
             raw = binary[offset:offset + size]
             offset += size
-            if datatype != "BYTES" and len(raw) != count * DTYPES[datatype].itemsize:
+            if datatype != "BYTES" and len(raw) != count * ELEMENT_SIZE[datatype]:
                 raise BadTensor(f"{where}: {len(raw)} binary bytes do not hold {count} {datatype} elements")
         else:
             if "data" not in tensor:
@@ -209,12 +196,12 @@ def _output_values(datatype: str, raw: bytes) -> list:
     if datatype == "BYTES":
         values, pos = [], 0
         while pos + 4 <= len(raw):
-            (length,) = struct.unpack_from("<I", raw, pos)
+            (length,) = BYTES_LENGTH.unpack_from(raw, pos)
             pos += 4
             values.append(raw[pos:pos + length].decode("utf-8", "replace"))
             pos += length
         return values
-    dtype = DTYPES.get(datatype)
+    dtype = V2_TO_NUMPY.get(datatype)
     if dtype is None:
         raise ValueError(f"the instance answered with an unknown datatype {datatype!r}")
     array = np.frombuffer(raw, dtype=dtype)
@@ -245,7 +232,8 @@ def response_to_json(data: bytes, binary_outputs: set[str], all_binary: bool) ->
             else:
                 entry["data"] = _output_values(tensor.datatype, raw)
         else:
-            values = list(getattr(tensor.contents, _CONTENTS.get(tensor.datatype, "bytes_contents")))
+            # FP16 and BF16 have no contents field of their own: a server that sends them typed uses fp32_contents.
+            values = list(getattr(tensor.contents, CONTENTS_FIELD.get(tensor.datatype, "fp32_contents")))
             entry["data"] = [v.decode("utf-8", "replace") for v in values] if tensor.datatype == "BYTES" else values
         if parameters:
             entry["parameters"] = parameters

@@ -14,24 +14,21 @@ from typing import Any
 import numpy as np
 
 from mesh.cli.common import CliError
-from runtimes.datatypes import V2_TO_NUMPY, decode_raw, encode_raw, v2_datatype_of
-from runtimes.errors import InvalidInput
 from protos import grpc_service_pb2 as pb
+from protos.v2_datatypes import BF16, CONTENTS_FIELD, V2_TO_NUMPY, dtype_to_v2
+from runtimes.datatypes import decode_raw, encode_raw  # the runtime's own raw codec: one for server and client
+from runtimes.errors import InvalidInput
 
 __all__ = ["DATATYPES", "datatype_of", "decode_outputs", "encode_input", "read_input", "to_jsonable"]
 
-DATATYPES: dict[str, np.dtype] = V2_TO_NUMPY  # the runtime's own table: one codec for server and client
-_TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-                "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-                "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-                "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+DATATYPES: dict[str, np.dtype] = V2_TO_NUMPY  # the one V2 table (protos.v2_datatypes), as the runtime uses
 
 
 def datatype_of(array: np.ndarray) -> str:
-    try:
-        return v2_datatype_of(array)
-    except InvalidInput:
-        raise CliError(f"the input's numpy dtype {array.dtype} has no V2 datatype") from None
+    datatype = dtype_to_v2(array.dtype)
+    if datatype is None:
+        raise CliError(f"the input's numpy dtype {array.dtype} has no V2 datatype")
+    return datatype
 
 
 def read_input(value: str, datatype: str | None) -> np.ndarray:
@@ -106,7 +103,8 @@ def decode_outputs(response: pb.ModelInferResponse) -> dict[str, tuple[str, np.n
             if index < len(response.raw_output_contents):
                 array = decode_raw(tensor.name, datatype, shape, response.raw_output_contents[index])
             else:
-                values = list(getattr(tensor.contents, _TYPED_FIELD.get(datatype, "fp32_contents")))
+                # FP16 and BF16 have no contents field of their own: servers that send them typed use fp32_contents.
+                values = list(getattr(tensor.contents, CONTENTS_FIELD.get(datatype, "fp32_contents")))
                 array = (_from_json(values, "BYTES") if datatype == "BYTES"
                          else np.array(values, dtype=DATATYPES[datatype])).reshape(shape)
         except (ValueError, InvalidInput) as error:
@@ -124,6 +122,6 @@ def to_jsonable(array: np.ndarray) -> Any:
             except UnicodeDecodeError:
                 return repr(item)
         return np.vectorize(text, otypes=[object])(array).tolist() if array.size else array.tolist()
-    if array.dtype == DATATYPES["BF16"] or array.dtype.kind == "f":
+    if array.dtype == BF16 or array.dtype.kind == "f":
         return array.astype(np.float64).tolist()
     return array.tolist()

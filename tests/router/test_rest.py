@@ -6,6 +6,7 @@ import json
 import struct
 
 import aiohttp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -122,6 +123,7 @@ async def test_unknown_model_is_404(rest):
     ("INT64", [-1, 2], np.array([-1, 2], dtype=np.int64).tobytes()),
     ("BOOL", [True, False], b"\x01\x00"),
     ("FP16", [0.5, -2], np.array([0.5, -2], dtype=np.float16).tobytes()),
+    ("BF16", [1.5, -2], np.array([1.5, -2], dtype=ml_dtypes.bfloat16).tobytes()),
     ("BYTES", ["ab", ""], struct.pack("<I", 2) + b"ab" + struct.pack("<I", 0)),
 ])
 def test_codec_datatypes(datatype, data, expected):

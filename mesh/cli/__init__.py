@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("mesh.cli.runtime", "serve many models in one process (V2 gRPC + model-runtime SPI); joins a fabric with --etcd"),
     "controller": ("mesh.cli.controller", "management API (mmesh.ModelMesh) and leader-elected background work"),
     "router": ("router.server", "route V2 inference calls (gRPC 8033, REST 8008) to loaded model copies"),
+    "operator": ("mesh.cli.operator", "Kubernetes operator: Predictors, InferenceServices and ServingRuntimes into the fabric"),
     "up": ("mesh.cli.up", "a whole local fabric (etcd, controller, runtimes, router, example models); Ctrl-C stops it"),
     "register": ("mesh.cli.register", "register a model (--type, --uri; --load-now to load it and wait)"),
     "unregister": ("mesh.cli.unregister", "unregister a model (its copies are unloaded)"),

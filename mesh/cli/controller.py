@@ -120,8 +120,8 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
                               timings=fabric.timings, scaling=controller.scaling)
     metrics = ControllerMetrics(metrics_registry)
     leadership = Leadership(
-        client, keys, replica_id=replica_id, address=f"{controller.host}:{port}", lease_ttl_s=fabric.lease_ttl_s,
-        make_controller=lambda: Controller(client, keys, view, management.cache_miss, runtimes, management.registry,
+        client, keys.leader, replica_id=replica_id, address=f"{controller.host}:{port}", lease_ttl_s=fabric.lease_ttl_s,
+        make_term=lambda: Controller(client, keys, view, management.cache_miss, runtimes, management.registry,
                                            management.vmodels, config, metrics=metrics))
     tasks = await stack.enter_async_context(TaskSupervisor("controller-main"))  # resigns on close
 

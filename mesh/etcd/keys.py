@@ -10,6 +10,7 @@ Layout below the fabric prefix (default `/meshserve/<fabric>/`):
     instances/<instance-id>  an instance's published state, bound to its lease (JSON)
     config/<name>            fabric-wide settings (JSON)
     leader                   the controller leader's record, bound to its lease (JSON)
+    operator-leader          the Kubernetes operator leader's record (in the operator's home fabric)
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class Keys:
     @property
     def leader(self) -> str:
         return self.prefix + "leader"
+
+    @property
+    def operator_leader(self) -> str:
+        return self.prefix + "operator-leader"
 
     # -- records --------------------------------------------------------------------------
     def model(self, model_id: str) -> str:

@@ -1,0 +1,235 @@
+"""The operator end to end: kopf against an emulated Kubernetes API (kmock; no API server can
+run here), a real etcd, real `meshserve` processes standing in for the runtime pods the
+operator's Deployments describe (tests/support/pods.py), a real controller and router, a
+real S3 (moto) holding the models, and tritonclient calling by the Predictor's name.
+
+Manifests are the modelmesh-serving samples in shared/data/kserve-samples (Apache-2.0),
+applied unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import yaml
+
+from mesh.operator import crds
+from mesh.operator.predictor import mesh_model
+from tests.support import models
+from tests.support.fabric import REPO, Fabric
+from tests.support.kube_api import KubeApi
+from tests.support.moto_server import MotoServer
+from tests.support.pods import StandInPods
+from tests.support.shared_data import shared_dir
+from tests.support.waiting import wait_until
+
+NAMESPACE = "modelmesh-serving"
+BUCKET = "modelmesh-example-models"
+SAMPLES = shared_dir() / "data" / "kserve-samples"
+PREDICTORS = "serving.kserve.io/v1alpha1/predictors"
+ISVCS = "serving.kserve.io/v1beta1/inferenceservices"
+CSR = "serving.kserve.io/v1alpha1/clusterservingruntimes"
+K8S_VERSION = "1.37.0"
+WAIT = 90
+
+#: meshserve's own runtime as a ClusterServingRuntime (what the chart installs by default).
+MESHSERVE_RUNTIME = {
+    "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ClusterServingRuntime",
+    "metadata": {"name": "meshserve-1.x"},
+    "spec": {"multiModel": True, "grpcEndpoint": "port:8085", "grpcDataEndpoint": "port:8085",
+             "protocolVersions": ["grpc-v2"],
+             "supportedModelFormats": [{"name": "onnx", "version": "1", "autoSelect": True},
+                                       {"name": "pytorch", "version": "1", "autoSelect": True}],
+             "containers": [{"name": "meshserve", "image": "meshserve:latest",
+                             "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}}]},
+}
+
+
+def sample(name: str) -> dict:
+    return yaml.safe_load((SAMPLES / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with MotoServer() as server:
+        s3 = server.client()
+        s3.create_bucket(Bucket=BUCKET)
+        yield server
+
+
+class World:
+    """Everything one test needs, started in order and stopped in reverse."""
+
+    def __init__(self, tmp_path: Path, etcd_server, moto: MotoServer) -> None:
+        self.tmp_path = tmp_path
+        self.fabric = Fabric(tmp_path, etcd=etcd_server)
+        self.moto = moto
+        self.api = KubeApi(tmp_path, NAMESPACE)
+        self.operator: subprocess.Popen | None = None
+        self.operator_log = tmp_path / "operator.log"
+        storage = tmp_path / "storage-config"
+        storage.mkdir()
+        (storage / "localMinIO").write_text(json.dumps({
+            "type": "s3", "access_key_id": "test", "secret_access_key": "test",
+            "endpoint_url": moto.endpoint_url, "bucket": BUCKET, "region": "us-east-1"}))
+        self.pods = StandInPods(self.api, NAMESPACE, tmp_path, etcd_endpoint=etcd_server.endpoint,
+                                storage_config_dir=storage)
+
+    def start_operator(self) -> None:
+        argv = [sys.executable, "-m", "mesh.cli", "operator", *self.fabric.fabric_flags, "--namespace", NAMESPACE,
+                "--resync-s", "1", "--log-level", os.environ.get("MESHSERVE_TEST_OPERATOR_LOG", "INFO")]
+        with open(self.operator_log, "ab") as log_file:
+            self.operator = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                             env={**os.environ, "KUBECONFIG": str(self.api.kubeconfig),
+                                                  "PYTHONUNBUFFERED": "1"})
+
+    def stop_operator(self) -> None:
+        if self.operator is not None and self.operator.poll() is None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(30)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait(10)
+                raise AssertionError(f"the operator did not stop on SIGTERM:\n{self.log()[-3000:]}") from None
+
+    def log(self) -> str:
+        return self.operator_log.read_text(errors="replace")
+
+    def object(self, resource: str, name: str) -> dict | None:
+        return self.api.get(resource, NAMESPACE, name)
+
+    def status(self, resource: str, name: str) -> dict:
+        return (self.object(resource, name) or {}).get("status") or {}
+
+    async def create(self, resource: str, obj: dict) -> None:
+        import aiohttp
+
+        group_version, plural = resource.rsplit("/", 1)
+        base = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        namespaced = obj["kind"] not in ("ClusterServingRuntime", "Namespace")
+        path = f"{base}/namespaces/{NAMESPACE}/{plural}" if namespaced else f"{base}/{plural}"
+        if namespaced:
+            obj.setdefault("metadata", {})["namespace"] = NAMESPACE
+        async with aiohttp.ClientSession() as session:
+            async with session.post(self.api.url + path, json=obj) as response:
+                assert response.status < 300, await response.text()
+
+    async def patch(self, resource: str, name: str, patch: dict) -> None:
+        import aiohttp
+
+        group_version, plural = resource.rsplit("/", 1)
+        path = f"/apis/{group_version}/namespaces/{NAMESPACE}/{plural}/{name}"
+        async with aiohttp.ClientSession() as session:
+            async with session.patch(self.api.url + path, json=patch,
+                                     headers={"Content-Type": "application/merge-patch+json"}) as response:
+                assert response.status < 300, await response.text()
+
+    async def delete(self, resource: str, name: str) -> None:
+        import aiohttp
+
+        group_version, plural = resource.rsplit("/", 1)
+        path = f"/apis/{group_version}/namespaces/{NAMESPACE}/{plural}/{name}"
+        async with aiohttp.ClientSession() as session:
+            async with session.delete(self.api.url + path) as response:
+                assert response.status < 300, await response.text()
+
+    async def until(self, condition, what: str, timeout: float = WAIT):
+        """Poll `condition` (and start stand-in pods for new Deployments) until it holds."""
+        def check():
+            if self.operator is not None and self.operator.poll() is not None:
+                raise AssertionError(f"operator exited {self.operator.returncode}:\n{self.log()[-4000:]}")
+            self.pods.sync()
+            return condition()
+
+        try:
+            return await asyncio.to_thread(wait_until, check, timeout, what)
+        except AssertionError:
+            print(self.log()[-6000:])
+            for (resource, namespace, name), obj in self.api.emulator.objects.items():
+                if resource.plural in ("predictors", "inferenceservices", "deployments") and not obj.deleted:
+                    print(f"--- {resource.plural} {name}: status {json.dumps(obj.raw.get('status'))[:1500]}")
+            for pod in self.pods.pods.values():
+                print(f"--- {pod.deployment}\n{pod.log()[-3000:]}")
+            raise
+
+
+@pytest.fixture
+async def world(tmp_path, etcd_server, moto):
+    world = World(tmp_path, etcd_server, moto)
+    async with world.api:
+        await asyncio.to_thread(world.fabric.add_controller)
+        await asyncio.to_thread(world.fabric.add_router)
+        world.api.put(CSR, None, copy.deepcopy(MESHSERVE_RUNTIME))
+        world.start_operator()
+        try:
+            yield world
+        finally:
+            # In threads: the emulated API server runs on this event loop, and a stopping
+            # operator still talks to it.
+            try:
+                await asyncio.to_thread(world.stop_operator)
+            finally:
+                await asyncio.to_thread(world.pods.close)
+                await asyncio.to_thread(world.fabric.close)
+
+
+def put_model(moto: MotoServer, key: str, offset: float = 1.0) -> None:
+    path = models.add_onnx(Path("/tmp") / f"meshserve-operator-{os.getpid()}" / key, offset=offset)
+    moto.client().upload_file(str(path), BUCKET, key)
+
+
+def infer(router_port: int, name: str, x: np.ndarray) -> tuple[str, np.ndarray]:
+    client = triton.InferenceServerClient(f"127.0.0.1:{router_port}")
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer(name, [tensor], client_timeout=30)
+    return result.get_response().model_name, result.as_numpy("y")
+
+
+def loaded(status: dict) -> bool:
+    return status.get("activeModelState") == "Loaded" and status.get("transitionStatus") == "UpToDate"
+
+
+async def test_a_sample_predictor_loads_from_s3_and_answers_through_the_router_by_name(world, moto):
+    manifest = sample("example-onnx-mnist-predictor.yaml")
+    put_model(moto, manifest["spec"]["path"], offset=1.0)
+    model_id = mesh_model("Predictor", NAMESPACE, manifest["metadata"]["name"], manifest).model_id
+    assert model_id == "example-onnx-mnist__ksp-0dbc77db1a"  # modelmesh-serving's id for this manifest
+
+    await world.create(PREDICTORS, manifest)
+    await world.until(lambda: loaded(world.status(PREDICTORS, "example-onnx-mnist")), "the predictor to load")
+
+    status = world.status(PREDICTORS, "example-onnx-mnist")
+    crds.validate_status("Predictor", status)
+    assert status["available"] is True and status["totalCopies"] >= 1 and status["failedCopies"] == 0
+    assert status["grpcEndpoint"] == f"grpc://modelmesh-serving.{NAMESPACE}:8033"
+    assert "lastFailureInfo" not in status
+
+    router = world.fabric.routers[0]
+    name, y = await asyncio.to_thread(infer, router.port, "example-onnx-mnist", np.ones((1, 4), np.float32))
+    assert name == model_id
+    np.testing.assert_allclose(y, np.full((1, 4), 2.0, np.float32))
+
+    deployments = world.pods.deployments()
+    assert set(deployments) == {"modelmesh-serving-meshserve-1.x"}
+    service = world.object("v1/services", "modelmesh-serving")
+    for obj in (*deployments.values(), service):
+        kubernetes_validate.validate(_without_server_fields(obj), K8S_VERSION, strict=True)
+
+
+def _without_server_fields(obj: dict) -> dict:
+    obj = copy.deepcopy(obj)
+    for key in ("uid", "resourceVersion", "generation", "creationTimestamp"):
+        obj["metadata"].pop(key, None)
+    return obj

@@ -6,20 +6,12 @@ import numpy as np
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as config_pb
+from protos.v2_datatypes import CONTENTS_FIELD
 from runtimes.backends import TensorSpec
 from runtimes.dataplane import InferInput, InferRequest, InferResponse, ModelSignature
 from runtimes.datatypes import decode_raw, element_count, encode_raw, numpy_dtype_of
 from runtimes.errors import InvalidInput
 from runtimes.model_manager import ModelEntry
-
-# Which InferTensorContents field carries each datatype when sent typed.
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
-
 
 def parameter_value(param: pb.InferParameter):
     choice = param.WhichOneof("parameter_choice")
@@ -67,7 +59,7 @@ def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {shape} has a negative dimension")
     dtype = numpy_dtype_of(datatype)
-    field = _CONTENTS_FIELD.get(datatype)
+    field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(f"input '{name}': {datatype} has no typed contents; send it in raw_input_contents")
     values = getattr(tensor.contents, field)

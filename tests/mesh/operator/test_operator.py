@@ -233,3 +233,94 @@ def _without_server_fields(obj: dict) -> dict:
     for key in ("uid", "resourceVersion", "generation", "creationTimestamp"):
         obj["metadata"].pop(key, None)
     return obj
+
+
+def etcd_keys(world: World, prefix: str) -> set[str]:
+    """Record names under one of the fabric's collections, read through etcd's JSON gateway."""
+    collection = {"models": world.fabric.keys.models, "vmodels": world.fabric.keys.vmodels}[prefix]
+    return set(world.fabric._get_prefix(collection))
+
+
+async def test_a_changed_spec_moves_to_a_new_model_without_downtime_and_delete_leaves_nothing(world, moto):
+    manifest = sample("example-onnx-mnist-predictor.yaml")
+    put_model(moto, "onnx/mnist.onnx", offset=1.0)
+    put_model(moto, "onnx/mnist-v2.onnx", offset=2.0)
+    name = manifest["metadata"]["name"]
+    old_id = mesh_model("Predictor", NAMESPACE, name, manifest).model_id
+    await world.create(PREDICTORS, manifest)
+    await world.until(lambda: loaded(world.status(PREDICTORS, name)), "the first model to load")
+
+    changed = copy.deepcopy(manifest)
+    changed["spec"]["path"] = "onnx/mnist-v2.onnx"
+    new_id = mesh_model("Predictor", NAMESPACE, name, changed).model_id
+    assert new_id != old_id
+    await world.patch(PREDICTORS, name, {"spec": {"path": "onnx/mnist-v2.onnx"}})
+
+    # Every call during the move is answered, by the old model or the new one, never both wrong.
+    router = world.fabric.routers[0]
+    answers: list[tuple[str, float]] = []
+
+    def moved() -> bool:
+        served, y = infer(router.port, name, np.ones((1, 4), np.float32))
+        answers.append((served, float(y[0, 0])))
+        return served == new_id and loaded(world.status(PREDICTORS, name))
+
+    await world.until(moved, "the vmodel to move to the new model")
+    assert all((served, y) in ((old_id, 2.0), (new_id, 3.0)) for served, y in answers), answers
+    await world.until(lambda: old_id not in etcd_keys(world, "models"), "the old model to be auto-deleted")
+    crds.validate_status("Predictor", world.status(PREDICTORS, name))
+
+    await world.delete(PREDICTORS, name)
+    await world.until(lambda: world.object(PREDICTORS, name) is None, "the finalizer to release the predictor")
+    assert name not in etcd_keys(world, "vmodels")
+    await world.until(lambda: new_id not in etcd_keys(world, "models"), "its model to be unregistered")
+
+
+def failure(status: dict) -> str:
+    return (status.get("lastFailureInfo") or {}).get("reason", "")
+
+
+async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_untouched(world, moto):
+    missing = sample("onnx-predictor-withschema.yaml")  # its S3 path holds nothing
+    unknown_runtime = copy.deepcopy(sample("example-onnx-mnist-predictor.yaml"))
+    unknown_runtime["metadata"]["name"] = "needs-a-runtime-nobody-has"
+    unknown_runtime["spec"]["runtime"] = {"name": "no-such-runtime"}
+    unsupported = sample("no-storage-predictor.yaml")  # sklearn: no runtime here serves it
+    invalid = copy.deepcopy(sample("example-onnx-mnist-predictor.yaml"))
+    invalid["metadata"]["name"] = "two-paths"
+    invalid["spec"]["storage"]["path"] = "onnx/other.onnx"  # beside the top-level path
+    plain_isvc = copy.deepcopy(sample("example-triton-xgboost-isvc.yaml"))
+    plain_isvc["metadata"]["name"] = "serverless-isvc"
+    del plain_isvc["metadata"]["annotations"]
+    for manifest in (missing, unknown_runtime, unsupported, invalid):
+        await world.create(PREDICTORS, manifest)
+    await world.create(ISVCS, sample("example-triton-xgboost-isvc.yaml"))
+    await world.create(ISVCS, plain_isvc)
+
+    expected = {
+        "onnx-withschema": ("FailedToLoad", "ModelLoadFailed"),
+        "needs-a-runtime-nobody-has": ("FailedToLoad", "RuntimeNotRecognized"),
+        "minimal-sklearn-predictor-no-storage": ("FailedToLoad", "NoSupportingRuntime"),
+    }
+
+    def reported() -> bool:
+        return all((world.status(PREDICTORS, n).get("activeModelState"), failure(world.status(PREDICTORS, n)))
+                   == want for n, want in expected.items()) and world.status(PREDICTORS, "two-paths")
+    await world.until(reported, "every predictor's failure to be reported")
+
+    loader = world.status(PREDICTORS, "onnx-withschema")["lastFailureInfo"]
+    assert loader["location"] and loader["modelId"].startswith("onnx-withschema__ksp-")
+    assert "fvt/onnx/onnx-withschema" in loader["message"] or "not found" in loader["message"].lower(), loader
+    two_paths = world.status(PREDICTORS, "two-paths")
+    assert two_paths["transitionStatus"] == "InvalidSpec" and failure(two_paths) == "InvalidPredictorSpec"
+    assert "path" in two_paths["lastFailureInfo"]["message"]
+    for name in (*expected, "two-paths"):
+        crds.validate_status("Predictor", world.status(PREDICTORS, name))
+
+    isvc = "example-xgboost-mushroom-fil"
+    await world.until(lambda: failure(world.status(ISVCS, isvc).get("modelStatus", {})) == "RuntimeNotRecognized",
+                      "the InferenceService naming triton-2.x to report that runtime missing")
+    crds.validate_status("InferenceService", world.status(ISVCS, isvc))
+    untouched = world.object(ISVCS, "serverless-isvc")
+    assert "status" not in untouched and not untouched["metadata"].get("finalizers")
+    assert "serverless-isvc" not in etcd_keys(world, "vmodels")

@@ -37,6 +37,7 @@ class Process:
 
 
 def _processes() -> list[Process]:
+    from mesh.cli import agent as agent_cli
     from mesh.cli import controller as controller_cli
     from mesh.cli import runtime as runtime_cli
     from mesh.cli import up
@@ -54,6 +55,10 @@ def _processes() -> list[Process]:
         Process("meshserve runtime", "A runtime process; with `--etcd` it joins a fabric as an instance "
                 "(the fabric and instance settings apply only then).",
                 runtime_cli.build_parser, [runtime_cli.ProcessRuntimeSettings, FabricSettings, runtime_cli.InstanceSettings]),
+        Process("meshserve agent", "The instance agent beside a runtime of another kind (one that speaks the "
+                "model-runtime SPI and V2 inference): it waits for the runtime, serves the SPI to the fabric on its "
+                "own port and seats the runtime as an instance.", agent_cli.build_parser,
+                [agent_cli.AgentSettings, FabricSettings]),
         Process("meshserve controller", "One controller replica: the management API, and the background work "
                 "while it is the leader.", controller_cli.build_parser, [controller_cli.ControllerSettings, FabricSettings]),
         Process("meshserve router", "The V2 gRPC/REST front door.", router_server.build_parser, [RouterSettings, FabricSettings]),
@@ -141,11 +146,12 @@ def render() -> str:
         "Every process takes its settings from, in this order of precedence: command-line flags,",
         "environment variables, and the defaults below, each written once in a pydantic settings class",
         "(the flags are built from the same fields, by `mesh.cli.process`). Each process kind has its own",
-        "variable prefix (`MESHSERVE_RUNTIME_`, `MESHSERVE_CONTROLLER_`, `MESHSERVE_ROUTER_`,",
+        "variable prefix (`MESHSERVE_RUNTIME_`, `MESHSERVE_AGENT_`, `MESHSERVE_CONTROLLER_`, `MESHSERVE_ROUTER_`,",
         "`MESHSERVE_UP_`); what every fabric process shares (`FabricSettings`) is `MESHSERVE_*`. The old",
-        "unprefixed names (`MESHSERVE_PORT`, ...) still work for one release, with a warning. Settings",
-        "marked *(variable only)* have no flag. Sizes accept `2GiB`, `512MiB`, `1.5G` or a number of",
-        "bytes; durations are in the unit their name ends with (`_s` seconds, `_ms` milliseconds).",
+        "unprefixed names (`MESHSERVE_PORT`, ...) still work for one release, with a warning (not for",
+        "the agent, which never had them). Settings marked *(variable only)* have no flag. Sizes accept",
+        "`2GiB`, `512MiB`, `1.5G` or a number of bytes; durations are in the unit their name ends with",
+        "(`_s` seconds, `_ms` milliseconds).",
         "",
         "See also [architecture.md](architecture.md) for what each process does and",
         "[benchmarks.md](benchmarks.md) for the figures.",

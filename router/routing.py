@@ -6,8 +6,9 @@ unchanged to one instance holding a loaded copy and returns the reply bytes. It 
 - the candidates: `view.loaded_on(model_id)`, read from the watched mirror (no etcd call);
 - the counters the policy reads (requests in flight from this router, last pick); the
   choice itself is `policy.choose()` (`router.policy`), a pure function;
-- one grpc.aio channel per instance address, made on first use and closed once the
-  instance has left the view and nothing is in flight to it;
+- one grpc.aio channel per instance inference address (the record's `data_address`, else
+  its `address`), made on first use and closed once the instance has left the view (or
+  moved) and nothing is in flight to it;
 - the miss: no candidate -> `loader.ensure_loaded(model_id, remaining deadline)`;
 - retries: an instance that answers UNAVAILABLE (unreachable, dying) or NOT_FOUND (its
   copy is gone) is excluded for the rest of this call and marked suspect for
@@ -248,10 +249,11 @@ class Router(AsyncClosing):
         record = self._view.instance(instance_id)
         if record is None:
             return None
-        channel = self._channels.get(record.address)
+        address = record.inference_address
+        channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[record.address] = grpc.aio.insecure_channel(record.address, options=self._options)
-        endpoint = self._endpoints[instance_id] = _Endpoint(record.address, channel)
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+        endpoint = self._endpoints[instance_id] = _Endpoint(address, channel)
         return endpoint
 
     def _prune(self) -> None:
@@ -270,7 +272,7 @@ class Router(AsyncClosing):
 
     def _is_gone(self, instance_id: str) -> bool:
         record = self._view.instance(instance_id)
-        return record is None or record.address != self._endpoints[instance_id].address
+        return record is None or record.inference_address != self._endpoints[instance_id].address
 
     def in_flight(self) -> dict[str, int]:
         """Requests in flight from this router, per instance (for metrics)."""

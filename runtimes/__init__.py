@@ -4,8 +4,10 @@ ModelMesh's model-runtime SPI.
 Layers, from the pure core out:
 - `datatypes`, `model_type`, `sizes`, `errors`: pure definitions (numpy only).
 - `backends`: one class per model format (ONNX Runtime, PyTorch) behind `Backend`.
-- `model_manager`: the lifecycle of loaded models: capacity accounting, per-model
-  ordering of load/unload, in-flight tracking, concurrency limits.
+- `lifecycle`: what every holder of models shares: capacity accounting (loads in
+  progress count), per-model ordering of load/unload, the room-maker and observer hooks.
+- `model_manager`: the models of this process on that lifecycle: pulling, backends,
+  in-flight tracking, concurrency limits.
 - `dataplane`: the V2 inference service (transport-free).
 - `converters`: every protobuf <-> domain mapping.
 - `grpc_servicers`, `server`: thin gRPC adapters and the process entry point.

@@ -1,12 +1,13 @@
-"""The lifecycle of the models one runtime holds.
+"""The models one runtime process holds: pulled, loaded by a backend, run in this process.
 
 Guarantees:
-- Capacity: the bytes of loaded models plus the reservations of loads in
-  progress never exceed `capacity_bytes`. A load reserves its predicted size
-  first; after loading, the measured size replaces it, and a model that turns
-  out not to fit is unloaded again and refused (CapacityExhausted). Deciding
-  what to evict belongs to the placement layer, not here.
-- Ordering: loads and unloads of one model id run one at a time, in order;
+- Capacity and ordering (`runtimes.lifecycle.ModelLifecycle`, shared with the instance
+  agent's remote holder): the bytes of loaded models plus the reservations of loads in
+  progress never exceed `capacity_bytes`; a load reserves its predicted size first
+  (bytes on disk x `size_factor`, the key's `disk_size_bytes`, or `default_model_size`),
+  the measured size replaces it, and a model that turns out not to fit is unloaded again
+  and refused (CapacityExhausted). Deciding what to evict belongs to the placement
+  layer, not here. Loads and unloads of one model id run one at a time, in order;
   different ids run in parallel (up to `max_loading_concurrency` loads).
 - In flight: a model being unloaded takes no new requests, and its unload
   waits for the requests already running.
@@ -25,32 +26,22 @@ holds the loop from start to end, so it cannot add to the requests in flight.
 from __future__ import annotations
 
 import asyncio
-import enum
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import numpy as np
 
 from puller.errors import InvalidStorageUri, PullError, UnsafePath
 from runtimes.backends import BackendRegistry, Device, LoadedModel
-from runtimes.errors import (
-    Busy,
-    CapacityExhausted,
-    ModelTooLarge,
-    InvalidInput,
-    LoadFailed,
-    ModelNotFound,
-)
+from runtimes.errors import Busy, InvalidInput, LoadFailed
+from runtimes.lifecycle import LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
 from runtimes.model_type import parse_model_key, resolve_model_type
-from runtimes.sizes import disk_size, format_size
-from runtimes.stats import ModelStats
+from runtimes.sizes import disk_size
 
-log = logging.getLogger(__name__)
+__all__ = ["Artifacts", "LifecycleObserver", "ManagerConfig", "ModelEntry", "ModelManager", "RoomMaker", "State"]
 
 
 class Artifacts(Protocol):
@@ -59,49 +50,6 @@ class Artifacts(Protocol):
     async def pull(self, model_id: str, model_path: str, model_key: str | None = None): ...
 
     async def release(self, model_id: str) -> None: ...
-
-
-class LifecycleObserver(Protocol):
-    """Hooks for metrics: called after each load and unload."""
-
-    def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None: ...
-
-    def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None: ...
-
-    def model_unloaded(self, model_id: str, seconds: float) -> None: ...
-
-
-#: Called with (model_id, predicted_bytes) before a load reserves its room; it may unload
-#: other models to make room (the placement layer's instance agent evicts LRU copies).
-RoomMaker = Callable[[str, int], Awaitable[None]]
-
-
-class State(enum.Enum):
-    LOADING = "LOADING"
-    LOADED = "LOADED"
-    UNLOADING = "UNLOADING"
-
-
-@dataclass
-class ModelEntry:
-    model_id: str
-    state: State
-    reserved_bytes: int
-    model: LoadedModel | None = None
-    stats: ModelStats = field(default_factory=ModelStats)
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    slots: asyncio.Semaphore | None = None
-    fast_runs: int = 0  # consecutive runs under ManagerConfig.inline_below_ns (negative: backing off)
-    since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    @property
-    def last_used_ms(self) -> int:
-        """The last request's time, or when the load began: a fresh copy counts as just used."""
-        return max(self.stats.last_inference_ms, self.since_ms)
 
 
 @dataclass(frozen=True)
@@ -121,49 +69,18 @@ class ManagerConfig:
     inline_backoff: int = 100
 
 
-class ModelManager:
+class ModelManager(ModelLifecycle):
     """Owns every model this runtime holds; see the module docstring for guarantees."""
 
     def __init__(self, config: ManagerConfig, backends: BackendRegistry, artifacts: Artifacts,
                  observer: LifecycleObserver | None = None) -> None:
+        super().__init__(config.capacity_bytes, observer)
         self.config = config
         self._backends = backends
         self._artifacts = artifacts
-        self._observers: list[LifecycleObserver] = [observer] if observer else []
-        self._make_room: RoomMaker | None = None
-        self._room = asyncio.Lock()  # making room and reserving it happen as one step
-        self._entries: dict[str, ModelEntry] = {}
-        self._order: dict[str, asyncio.Lock] = {}
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._load_pool = ThreadPoolExecutor(config.max_loading_concurrency, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(config.infer_threads, thread_name_prefix="infer")
-
-    # -- accounting ---------------------------------------------------------
-    @property
-    def capacity_bytes(self) -> int:
-        return self.config.capacity_bytes
-
-    @property
-    def used_bytes(self) -> int:
-        """Bytes held or reserved: loaded models plus loads in progress."""
-        return sum(e.reserved_bytes for e in self._entries.values())
-
-    def loaded_models(self) -> list[str]:
-        return sorted(m for m, e in self._entries.items() if e.state is State.LOADED)
-
-    def entries(self) -> dict[str, ModelEntry]:
-        return dict(self._entries)
-
-    def get(self, model_id: str) -> ModelEntry:
-        """The loaded model's entry; ModelNotFound if it is absent, loading or unloading."""
-        entry = self._entries.get(model_id)
-        if entry is None or entry.state is not State.LOADED:
-            detail = "is not loaded" if entry is None else f"is {entry.state.value.lower()}"
-            raise ModelNotFound(model_id, detail)
-        return entry
-
-    def size_of(self, model_id: str) -> int:
-        return self.get(model_id).reserved_bytes
 
     def predict_size(self, model_type: str, model_path: str, model_key: str | None) -> int:
         """Fast, conservative: local files times the size factor; else the key's disk size or a default."""
@@ -178,60 +95,18 @@ class ModelManager:
             return self.config.default_model_size
         return max(int(on_disk * self.config.size_factor), 1)
 
-    def add_observer(self, observer: LifecycleObserver) -> None:
-        """Also call `observer` after each load and unload (the instance agent listens here)."""
-        self._observers.append(observer)
+    # -- the lifecycle's steps, in this process ------------------------------------
+    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
+        return self.predict_size(model_type, model_path, model_key)
 
-    def set_room_maker(self, make_room: RoomMaker | None) -> None:
-        """Install the hook that frees room before each load reserves it."""
-        self._make_room = make_room
-
-    # -- lifecycle ----------------------------------------------------------
-    def _lock(self, model_id: str) -> asyncio.Lock:
-        return self._order.setdefault(model_id, asyncio.Lock())
-
-    async def load(self, model_id: str, model_type: str, model_path: str, model_key: str | None = None) -> int:
-        """Load a model and return its measured size; at once if it is already loaded."""
-        if not model_id:
-            raise InvalidInput("modelId is empty")
-        async with self._lock(model_id):
-            entry = self._entries.get(model_id)
-            if entry is not None and entry.state is State.LOADED:
-                return entry.reserved_bytes
-            key = parse_model_key(model_key)
-            wanted = resolve_model_type(model_type, key)
-            predicted = self.predict_size(model_type, model_path, model_key)
-            async with self._room:
-                if self._make_room is not None:
-                    await self._make_room(model_id, predicted)
-                self._reserve(model_id, predicted)
-            started = time.perf_counter()
-            try:
-                async with self._load_slots:
-                    model, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
-                self._settle(model_id, model, on_disk)
-            except BaseException as error:
-                self._entries.pop(model_id, None)
-                for observer in self._observers:
-                    observer.model_load_failed(model_id, time.perf_counter() - started, error)
-                raise
-            entry = self._entries[model_id]
-            for observer in self._observers:
-                observer.model_loaded(model_id, time.perf_counter() - started, entry.reserved_bytes)
-            log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), time.perf_counter() - started)
-            return entry.reserved_bytes
-
-    def _reserve(self, model_id: str, size: int) -> None:
-        if size > self.capacity_bytes:
-            raise ModelTooLarge(f"cannot load '{model_id}': it needs {format_size(size)}, more than this runtime's "
-                                f"whole capacity of {format_size(self.capacity_bytes)}")
-        free = self.capacity_bytes - self.used_bytes
-        if size > free:
-            raise CapacityExhausted(
-                f"cannot load '{model_id}': needs {format_size(size)}, {format_size(max(free, 0))} free "
-                f"of {format_size(self.capacity_bytes)}"
-            )
-        self._entries[model_id] = ModelEntry(model_id, State.LOADING, size)
+    async def _bring_in(self, model_id: str, model_type: str, model_path: str,
+                        model_key: str | None) -> tuple[LoadedModel, int]:
+        """The loaded model and its size: measured by the backend, or (a backend that cannot
+        measure) its bytes on disk times the size factor."""
+        wanted = resolve_model_type(model_type, parse_model_key(model_key))
+        async with self._load_slots:
+            model, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
+        return model, model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
 
     async def _fetch_and_load(self, model_id: str, model_type: str, model_path: str,
                               model_key: str | None) -> tuple[LoadedModel, int]:
@@ -250,48 +125,16 @@ class ModelManager:
         except PullError as error:
             raise LoadFailed(f"cannot fetch '{model_id}': {error}", retryable=error.retryable) from error
 
-    def _settle(self, model_id: str, model: LoadedModel, on_disk: int) -> None:
-        """Swap the reservation for the measured size, or refuse a model that does not fit.
-
-        A backend that cannot measure (size 0) is charged its bytes on disk times the size factor.
-        """
-        entry = self._entries[model_id]
-        measured = model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
-        others = self.used_bytes - entry.reserved_bytes
-        if others + measured > self.capacity_bytes:
-            model.unload()
-            refusal = ModelTooLarge if measured > self.capacity_bytes else CapacityExhausted
-            raise refusal(
-                f"'{model_id}' measured {format_size(measured)} after loading (predicted "
-                f"{format_size(entry.reserved_bytes)}); it does not fit, so it was unloaded again"
-            )
-        entry.model = model
-        entry.reserved_bytes = measured
+    def _loaded(self, entry: ModelEntry) -> None:
         entry.slots = asyncio.Semaphore(self.config.max_concurrency)
-        entry.state = State.LOADED
 
-    async def unload(self, model_id: str) -> None:
-        """Unload a model once its requests in flight finish; at once if unknown."""
-        async with self._lock(model_id):
-            entry = self._entries.get(model_id)
-            if entry is None:
-                return
-            entry.state = State.UNLOADING
-            started = time.perf_counter()
-            await entry.idle.wait()
-            model, entry.model = entry.model, None
-            if model is not None:
-                await asyncio.get_running_loop().run_in_executor(self._load_pool, model.unload)
-            del self._entries[model_id]
-            await self._artifacts.release(model_id)
-            for observer in self._observers:
-                observer.model_unloaded(model_id, time.perf_counter() - started)
-            log.info("unloaded %s", model_id)
-        if not self._lock(model_id).locked() and model_id not in self._entries:
-            self._order.pop(model_id, None)
+    async def _discard(self, model_id: str, handle: LoadedModel) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._load_pool, handle.unload)
 
-    async def unload_all(self) -> None:
-        await asyncio.gather(*(self.unload(m) for m in list(self._entries)))
+    async def _release(self, model_id: str, handle: LoadedModel | None) -> None:
+        if handle is not None:
+            await asyncio.get_running_loop().run_in_executor(self._load_pool, handle.unload)
+        await self._artifacts.release(model_id)
 
     # -- requests -----------------------------------------------------------
     async def run(self, model_id: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:

@@ -47,6 +47,13 @@ class ModelStats:
         self.compute_input.add(input_ns)
         self.compute_output.add(output_ns)
 
+    def set_totals(self, success: int, fail: int, last_inference_ms: int) -> None:
+        """Take the counts from another process's statistics (a runtime's V2 ModelStatistics):
+        what a holder of models that run elsewhere knows of their use."""
+        self.success.count = success
+        self.fail.count = fail
+        self.last_inference_ms = max(self.last_inference_ms, last_inference_ms)
+
     def record_failure(self, queued_ns: int, finished_ns: int) -> None:
         self.fail.add(finished_ns - queued_ns)
         self.last_inference_ms = int(time.time() * 1000)

@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("mesh.cli.runtime", "serve many models in one process (V2 gRPC + model-runtime SPI); joins a fabric with --etcd"),
+    "agent": ("mesh.cli.agent", "seat a runtime that speaks the model-runtime SPI (Triton/MLServer adapters, ...) in a fabric"),
     "controller": ("mesh.cli.controller", "management API (mmesh.ModelMesh) and leader-elected background work"),
     "router": ("router.server", "route V2 inference calls (gRPC 8033, REST 8008) to loaded model copies"),
     "operator": ("mesh.cli.operator", "Kubernetes operator: Predictors, InferenceServices and ServingRuntimes into the fabric"),

@@ -138,12 +138,13 @@ def bind_grpc(server: Any, host: str, port: int) -> int:
 
 
 def parse_settings(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str,
-                   *classes: type[BaseSettings]) -> tuple[Any, ...]:
-    """Parse `argv` and read each settings class from it; a bad value exits at once with one
-    line, `meshserve <kind>: bad setting ...`, and status 1."""
+                   *classes: type[BaseSettings], legacy: bool = True) -> tuple[Any, ...]:
+    """Parse `argv` and read each settings class from it (`legacy`: as `read_settings`, off for
+    a kind that never had the old names); a bad value exits at once with one line,
+    `meshserve <kind>: bad setting ...`, and status 1."""
     args = parser.parse_args(argv)
     try:
-        return tuple(read_settings(cls, args, kind=kind) for cls in classes)
+        return tuple(read_settings(cls, args, kind=kind, legacy=legacy) for cls in classes)
     except StartupError as error:
         raise SystemExit(f"meshserve {kind}: {error}") from None
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import socket
 
 from prometheus_client import CollectorRegistry
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
+from mesh.cli.instance import InstanceFields, advertise_address, instance_agent, instance_name
 from mesh.cli.process import add_settings_flags, configure_logging, parse_settings, run_server
 from mesh.domain.placement import parse_labels
 from mesh.instance.agent import InstanceAgent
 from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
-from protos import meshserve_version
 from runtimes import server as runtime_server
 from runtimes.backends import BackendRegistry
 from runtimes.settings import RuntimeSettings
@@ -41,28 +40,17 @@ class ProcessRuntimeSettings(RuntimeSettings):
     model_config = SettingsConfigDict(env_prefix=RUNTIME_ENV_PREFIX, extra="forbid")
 
 
-class InstanceSettings(BaseSettings):
+class InstanceSettings(InstanceFields):
     """How this runtime presents itself in the fabric (flags override `MESHSERVE_RUNTIME_*` override these)."""
 
     model_config = SettingsConfigDict(env_prefix=RUNTIME_ENV_PREFIX, extra="forbid")
 
-    instance_id: str = Field("", description="Name of this instance in the fabric; empty: <hostname>-<port>.")
-    zone: str = Field("", description="Failure zone, so the placement engine can spread a model's copies.")
     advertise_address: str = Field(
         "", description="host:port routers use to reach this runtime's gRPC server; empty: the bind host and port "
         "(127.0.0.1 when bound to all interfaces).")
-    publish_min_interval_s: float = Field(
-        0.1, description="Least time between two publishes of the instance record (seconds): bursts of changes share one write.")
-    publish_max_interval_s: float = Field(
-        5.0, description="Most time between two publishes when nothing significant changes (seconds): last-use times and rates.")
     labels: str = Field(
         "", description="Runtime labels advertised besides mt:<format> for each backend and pv:grpc-v2, "
         "comma-separated (e.g. rt:meshserve-1.x); a model goes only where every label of its type is.")
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, value: str) -> str:
-        return ",".join(parse_labels(value))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,15 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
     add_settings_flags(parser, InstanceSettings)
     return parser
-
-
-def advertise_address(host: str, port: int, configured: str = "") -> str:
-    """The address routers dial: the configured one, else host:port with a loopback for a wildcard bind."""
-    if configured:
-        return configured
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"{host}:{port}"
 
 
 def runtime_labels(runtime: RuntimeSettings, extra: str = "") -> tuple[str, ...]:
@@ -107,20 +86,10 @@ async def start_instance(stack: contextlib.AsyncExitStack, runtime: RuntimeSetti
     runtime = runtime.model_copy(update={"model_loading_timeout_ms": fabric.loading_timeout_ms})
     registry = CollectorRegistry()
     running = await runtime_server.start_runtime(runtime, registry)
-    instance_id = instance.instance_id or f"{socket.gethostname()}-{running.port}"
-    agent = InstanceAgent(
-        client, keys, running.manager,
-        instance_id=instance_id,
-        address=advertise_address(runtime.host, running.port, instance.advertise_address),
-        zone=instance.zone,
-        labels=runtime_labels(runtime, instance.labels),
-        version=meshserve_version(),
-        lease_ttl_s=fabric.lease_ttl_s,
-        publish_min_interval_s=instance.publish_min_interval_s,
-        publish_max_interval_s=instance.publish_max_interval_s,
-        failure_expiry_ms=fabric.failure_expiry_ms,
-        metrics_registry=registry,
-    )
+    instance_id = instance_name(instance.instance_id, running.port)
+    agent = instance_agent(client, fabric, instance, running.manager, instance_id=instance_id,
+                           address=advertise_address(runtime.host, running.port, instance.advertise_address),
+                           labels=runtime_labels(runtime, instance.labels), registry=registry)
     stack.push_async_callback(agent.close)
     stack.push_async_callback(running.stop)
     await agent.start()

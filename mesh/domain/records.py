@@ -4,8 +4,8 @@
   were claimed or failed; written by registration and by the cache-miss claim
   (compare-and-set on the key's mod revision).
 - `VModelRecord`   at `vmodels/<id>`: an alias and its transition (active -> target).
-- `InstanceRecord` at `instances/<id>`, bound to the instance's lease: its address,
-  runtime labels, capacity, memory, copies held with last-used times and in-flight
+- `InstanceRecord` at `instances/<id>`, bound to the instance's lease: its addresses
+  (model-runtime SPI, V2 inference), runtime labels, capacity, memory, copies held with last-used times and in-flight
   counts, rates. Published on significant change and at most every few seconds, never
   per request.
 
@@ -105,13 +105,15 @@ def formats_of(labels: tuple[str, ...]) -> tuple[str, ...]:
 class InstanceRecord:
     """One instance, as its agent publishes it.
 
-    `address` is the runtime's gRPC server (model-runtime SPI and V2 inference). `labels`
-    are its runtime labels; `model_types` is kept for readers older than labels, and a
+    `address` is where the fabric calls the model-runtime SPI (loadModel, unloadModel): the
+    runtime itself, or the `meshserve agent` beside a runtime of another kind. `data_address`
+    is where routers send V2 inference; empty means `address` (a runtime serving both on one
+    port, as meshserve's does). `labels` are its runtime labels; `model_types` is kept for readers older than labels, and a
     record without labels (written by one) advertises `mt:<type>` for each of them.
     """
 
     instance_id: str
-    address: str  # host:port of the runtime's gRPC server
+    address: str  # host:port of the model-runtime SPI
     capacity_bytes: int
     used_bytes: int = 0
     loading_bytes: int = 0
@@ -123,6 +125,12 @@ class InstanceRecord:
     copies: dict[str, HeldCopy] = field(default_factory=dict)
     published_ms: int = 0
     labels: tuple[str, ...] = ()
+    data_address: str = ""  # host:port of V2 inference; empty: `address`
+
+    @property
+    def inference_address(self) -> str:
+        """Where routers send V2 inference calls."""
+        return self.data_address or self.address
 
     @property
     def advertised_labels(self) -> frozenset[str]:

@@ -1,7 +1,10 @@
-"""The instance agent: one runtime process's seat in the fabric.
+"""The instance agent: one runtime's seat in the fabric.
 
-It wraps the in-process `ModelManager` (mesh may import runtimes; never the reverse) and
-composes the four things it does for it, each in its own module:
+It wraps a `ModelHolder` (`mesh.instance.holder`): the in-process `ModelManager` of
+`meshserve runtime --etcd` (mesh may import runtimes; never the reverse), or the
+`RemoteModels` of `meshserve agent`, a runtime in another process driven over the
+model-runtime SPI (`mesh.instance.remote`). It composes the four things it does for it,
+each in its own module:
 
 - **registration** (`registration`): the `InstanceRecord` at `instances/<id>`, bound to a
   lease, registered again under a new lease whenever the lease is lost, until closed;
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -34,7 +38,7 @@ from mesh.instance.record_writer import (Change, ModelRecordWriter, load_failed_
 from mesh.instance.registration import Registration
 from mesh.instance.room import LruRoomMaker
 from mesh.state.registry import Registry
-from runtimes.model_manager import ModelEntry, ModelManager
+from mesh.instance.holder import ModelEntry, ModelHolder
 
 __all__ = ["AgentMetrics", "InstanceAgent"]
 
@@ -52,7 +56,8 @@ class InstanceAgent(AsyncClosing):
     - `start()` returns at once; registration runs in the background and is retried with
       backoff (forever, until `close()`) while etcd is unreachable or the lease is lost.
       The runtime serves meanwhile; `registered` is set while a lease holds the record;
-    - eviction never picks a copy with requests in flight or a load in progress, evicts
+    - eviction never picks a copy with requests in flight (as the holder counts them: a remote
+      holder sees none, and its runtime's unload waits for them) or a load in progress, evicts
       least recently used first and no more than needed (see `mesh.domain.lru`); a copy loaded
       less than `fresh_copy_grace_s` ago that has not served yet is spared (the call that
       asked for it is on its way); when nothing can go, a load waits up to `room_wait_s`
@@ -65,6 +70,11 @@ class InstanceAgent(AsyncClosing):
       writes (bounded), stops the background tasks and revokes the lease, so the record
       goes at once.
 
+    `address` is where the fabric calls the model-runtime SPI, `data_address` where routers
+    send V2 inference (empty: `address`); `labels` are the runtime labels placement matches.
+    `refresh`, when given, is awaited before each publish tick (a remote holder polls the
+    runtime's statistics there).
+
     The caller owns `client` and `manager`: close the agent before closing the client.
     Shut down in the order `drain()`, stop the runtime, `close()`.
     """
@@ -73,10 +83,11 @@ class InstanceAgent(AsyncClosing):
         self,
         client: EtcdClient,
         keys: Keys,
-        manager: ModelManager,
+        manager: ModelHolder,
         *,
         instance_id: str,
         address: str,
+        data_address: str = "",
         zone: str = "",
         labels: tuple[str, ...] = ("mt:onnx", "mt:pytorch"),
         version: str = "",
@@ -91,9 +102,11 @@ class InstanceAgent(AsyncClosing):
         flush_timeout_s: float = 5.0,
         room_wait_s: float = 10.0,
         fresh_copy_grace_s: float = 2.0,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.address = address
+        self.data_address = data_address
         self.zone = zone
         self.labels = tuple(labels)
         self.version = version
@@ -107,7 +120,7 @@ class InstanceAgent(AsyncClosing):
         self.metrics.capacity.set(manager.capacity_bytes)
 
         self._builder = RecordBuilder(manager, self.metrics, _now_ms, instance_id=instance_id, address=address,
-                                      zone=zone, labels=self.labels, version=version,
+                                      data_address=data_address, zone=zone, labels=self.labels, version=version,
                                       rate_window_s=rate_window_s)
         self._writer = ModelRecordWriter(Registry(client, keys), attempts=record_write_attempts)
         backoff_initial, backoff_max = register_backoff_s
@@ -117,7 +130,8 @@ class InstanceAgent(AsyncClosing):
                                           on_registered=self._writer.resync)
         self.registered = self._registration.registered
         self._publisher = Publisher(self._builder, self._registration, instance_id=instance_id,
-                                    min_interval_s=publish_min_interval_s, max_interval_s=publish_max_interval_s)
+                                    min_interval_s=publish_min_interval_s, max_interval_s=publish_max_interval_s,
+                                    refresh=refresh)
         self._room = LruRoomMaker(manager, self.metrics, _now_ms, self._publisher.mark_changed,
                                   room_wait_s=room_wait_s, fresh_copy_grace_s=fresh_copy_grace_s)
         self._tasks = TaskSupervisor(f"agent-{instance_id}")

@@ -10,6 +10,9 @@ Guarantees:
 - `Publisher` writes the record on significant change (`mark_changed()`), with changes that
   come within `min_interval_s` of the last write sharing one write, and otherwise at most
   every `max_interval_s`; a write that fails for want of etcd is retried on the next tick.
+  When given, `refresh` is awaited before a write once `max_interval_s` has passed since the
+  last one (a holder whose counters live in another process reads them there): on the
+  periodic tick, and not ahead of a change's write; `refresh` must not raise.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh.domain.records import HeldCopy, InstanceRecord, formats_of, to_document
 from mesh.etcd.errors import LeaseLost, StoreClosed, StoreUnavailable
 from mesh.instance.metrics import AgentMetrics
 from mesh.instance.registration import Registration
-from runtimes.model_manager import ModelEntry, ModelManager, State
+from mesh.instance.holder import ModelEntry, ModelHolder, State
 
 __all__ = ["Publisher", "RecordBuilder"]
 
@@ -38,15 +41,16 @@ class RecordBuilder:
     `shutting_down` is published as set; the identity fields are fixed at construction.
     """
 
-    def __init__(self, manager: ModelManager, metrics: AgentMetrics, clock: Callable[[], int], *,
+    def __init__(self, manager: ModelHolder, metrics: AgentMetrics, clock: Callable[[], int], *,
                  instance_id: str, address: str, zone: str, labels: tuple[str, ...], version: str,
-                 rate_window_s: float) -> None:
+                 rate_window_s: float, data_address: str = "") -> None:
         self.shutting_down = False
         self._manager = manager
         self._metrics = metrics
         self._clock = clock
         self._instance_id = instance_id
         self._address = address
+        self._data_address = data_address
         self._zone = zone
         self._labels = labels
         self._version = version
@@ -86,6 +90,7 @@ class RecordBuilder:
             copies=copies,
             published_ms=now_ms,
             labels=self._labels,
+            data_address=self._data_address,
         )
 
     def document(self) -> dict[str, Any]:
@@ -134,8 +139,10 @@ class Publisher:
     """Writes the record through `registration`, coalesced; `run()` is the publish loop."""
 
     def __init__(self, builder: RecordBuilder, registration: Registration, *, instance_id: str,
-                 min_interval_s: float, max_interval_s: float) -> None:
+                 min_interval_s: float, max_interval_s: float,
+                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self._builder = builder
+        self._refresh = refresh
         self._registration = registration
         self._instance_id = instance_id
         self._min_interval = min_interval_s
@@ -162,6 +169,7 @@ class Publisher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         last: float | None = None
+        refreshed = loop.time()
         while True:
             try:
                 async with asyncio.timeout(self._max_interval):
@@ -174,5 +182,8 @@ class Publisher:
                     await asyncio.sleep(pause)  # rate limit: changes in the pause share one write
             self._dirty.clear()
             last = loop.time()
+            if self._refresh is not None and last - refreshed >= self._max_interval:
+                refreshed = last
+                await self._refresh()
             if not await self.publish():
                 self._builder.refresh_metrics()  # keep the gauges live while unregistered

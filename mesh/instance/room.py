@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mesh.domain.lru import choose_victims
 from mesh.instance.metrics import AgentMetrics
-from runtimes.model_manager import ModelManager, State
+from mesh.instance.holder import ModelHolder, State
 
 __all__ = ["LruRoomMaker"]
 
@@ -53,7 +53,7 @@ async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
 class LruRoomMaker:
     """The manager's room maker (`make_room`); `on_change` is told a copy is about to be added."""
 
-    def __init__(self, manager: ModelManager, metrics: AgentMetrics, clock: Callable[[], int],
+    def __init__(self, manager: ModelHolder, metrics: AgentMetrics, clock: Callable[[], int],
                  on_change: Callable[[], None], *, room_wait_s: float, fresh_copy_grace_s: float) -> None:
         self._manager = manager
         self._metrics = metrics

@@ -108,6 +108,8 @@ class Operator(AsyncClosing):
             timings=fabric.timings, on_change=self._wake.set)
         self._loads = TaskSupervisor("operator-loads")
         self._loading: set[tuple[str, str]] = set()  # (namespace, model id) with a load running
+        self._first_round_done = False
+        self._out_of_sync: set[str] = set()  # namespaces whose fabric view is re-syncing
 
     async def close(self) -> None:
         await self._loads.close()
@@ -217,8 +219,12 @@ class Operator(AsyncClosing):
                 pass
             self._wake.clear()
             try:
-                await self.sync_statuses()
+                written = await self.sync_statuses()
                 await self.sync_pools()
+                if not self._first_round_done:
+                    self._first_round_done = True
+                    log.info("first round done: %d resources tracked, %d statuses written",
+                             len(self.tracked), written)
             except (KubeError, OSError) as error:
                 log.warning("operator round failed (%s); retrying on the next change or in %.0fs", error,
                             self.settings.resync_s)
@@ -231,10 +237,12 @@ class Operator(AsyncClosing):
         return [r for r in self.runtimes.values()
                 if r.namespace in (namespace, None) and r.serves_mesh and wanted <= r.labels(rest)]
 
-    async def sync_statuses(self) -> None:
+    async def sync_statuses(self) -> int:
+        """Write each tracked resource's status where it changed; returns how many were written."""
+        written = 0
         for tracked in list(self.tracked.values()):
             fabric = await self.fabrics.get(tracked.namespace)
-            if not (fabric.view.is_ready() and fabric.view.in_sync):
+            if not self._in_sync(fabric):
                 continue  # etcd away: keep the last status rather than guess
             wanted = self.status_of(tracked, fabric)
             self._load_if_due(tracked, fabric, wanted)
@@ -248,6 +256,20 @@ class Operator(AsyncClosing):
                     continue
                 raise
             tracked.status = wanted
+            written += 1
+        return written
+
+    def _in_sync(self, fabric: NamespaceFabric) -> bool:
+        in_sync = fabric.view.is_ready() and fabric.view.in_sync
+        if in_sync != (fabric.namespace not in self._out_of_sync):
+            if in_sync:
+                self._out_of_sync.discard(fabric.namespace)
+                log.info("namespace %s: fabric view back in sync; statuses follow it again", fabric.namespace)
+            else:
+                self._out_of_sync.add(fabric.namespace)
+                log.warning("namespace %s: fabric view out of sync (etcd unreachable?); statuses are kept as they "
+                            "are until it catches up", fabric.namespace)
+        return in_sync
 
     def _load_if_due(self, tracked: Tracked, fabric: NamespaceFabric, wanted: dict[str, Any]) -> None:
         """Load a model whose status says it should be (new, failed, or waiting for a runtime

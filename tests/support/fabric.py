@@ -30,7 +30,7 @@ from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
-from tests.support.runtime_process import RuntimeProcess, start_runtime_process
+from tests.support.runtime_process import RuntimeProcess, start_runtime_process, stop_process
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,15 +61,7 @@ class MeshProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         self.channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-                raise AssertionError(f"controller did not stop within {timeout}s:\n{self.log()[-3000:]}")
-        return self.process.returncode
+        return stop_process(self.process, "controller", timeout, sig, self.log)
 
 
 class Fabric:

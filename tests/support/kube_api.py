@@ -19,6 +19,7 @@ connects with the normal kubeconfig resolution.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import itertools
 import json
@@ -80,8 +81,17 @@ class StampingEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = self._next_version()
         return obj
 
+    @property
+    def status_writes(self) -> dict[tuple[str | None, str], int]:
+        """Writes to each object's status subresource: (namespace, name) -> count."""
+        if not hasattr(self, "_status_writes"):
+            self._status_writes = collections.Counter()
+        return self._status_writes
+
     async def _handle(self, request):  # type: ignore[override]
         action = getattr(request, "action", None)
+        if request.resource is not None and action == kmock.action.UPDATE and request.subresource == "status":
+            self.status_writes[(request.namespace, request.name)] += 1
         if request.resource is not None and action == kmock.action.CREATE and isinstance(request.data, dict):
             self.stamp_new(request.data)
         elif request.resource is not None and action == kmock.action.UPDATE and request.data is not None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,22 @@ from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
+
+
+def stop_process(process: subprocess.Popen, what: str, timeout: float, sig: int = signal.SIGTERM,
+                 log: Callable[[], str] | None = None) -> int:
+    """Send `sig` and wait for the exit status; SIGKILL and AssertionError (with the log's
+    tail) if it does not stop within `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+            tail = f":\n{log()[-3000:]}" if log is not None else ""
+            raise AssertionError(f"{what} did not stop on {signal.Signals(sig).name} within {timeout}s{tail}") from None
+    return process.returncode
 
 
 @dataclass
@@ -53,15 +70,7 @@ class RuntimeProcess:
 
     def stop(self, timeout: float = 20) -> int:
         self._channel.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-                raise AssertionError(f"runtime did not stop on SIGTERM within {timeout}s")
-        return self.process.returncode
+        return stop_process(self.process, "runtime", timeout)
 
 
 def start_runtime_process(workdir: Path, *extra: str, capacity: str = "1GiB", env: dict | None = None) -> RuntimeProcess:

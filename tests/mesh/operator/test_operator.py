@@ -85,13 +85,17 @@ class World:
         self.pods = StandInPods(self.api, NAMESPACE, tmp_path, etcd_endpoint=etcd_server.endpoint,
                                 storage_config_dir=storage)
 
-    def start_operator(self) -> None:
+    def start_operator(self, log_path: Path | None = None) -> subprocess.Popen:
+        """An operator replica; the first one is `self.operator`, logging to `self.operator_log`."""
         argv = [sys.executable, "-m", "mesh.cli", "operator", *self.fabric.fabric_flags, "--namespace", NAMESPACE,
                 "--resync-s", "1", "--log-level", os.environ.get("MESHSERVE_TEST_OPERATOR_LOG", "INFO")]
-        with open(self.operator_log, "ab") as log_file:
-            self.operator = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
-                                             env={**os.environ, "KUBECONFIG": str(self.api.kubeconfig),
-                                                  "PYTHONUNBUFFERED": "1"})
+        with open(log_path or self.operator_log, "ab") as log_file:
+            process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                       env={**os.environ, "KUBECONFIG": str(self.api.kubeconfig),
+                                            "PYTHONUNBUFFERED": "1"})
+        if log_path is None:
+            self.operator = process
+        return process
 
     def stop_operator(self) -> None:
         if self.operator is not None and self.operator.poll() is None:
@@ -166,7 +170,12 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path, etcd_server, moto):
-    world = World(tmp_path, etcd_server, moto)
+    async for world in _world(tmp_path, etcd_server, moto):
+        yield world
+
+
+async def _world(tmp_path, etcd, moto):
+    world = World(tmp_path, etcd, moto)
     async with world.api:
         await asyncio.to_thread(world.fabric.add_controller)
         await asyncio.to_thread(world.fabric.add_router)
@@ -324,3 +333,49 @@ async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_unt
     untouched = world.object(ISVCS, "serverless-isvc")
     assert "status" not in untouched and not untouched["metadata"].get("finalizers")
     assert "serverless-isvc" not in etcd_keys(world, "vmodels")
+
+
+async def test_a_second_replica_takes_over_without_rewriting_any_status(world, moto):
+    put_model(moto, "onnx/mnist.onnx")
+    await world.create(PREDICTORS, sample("example-onnx-mnist-predictor.yaml"))
+    await world.until(lambda: loaded(world.status(PREDICTORS, "example-onnx-mnist")), "the predictor to load")
+    await world.until(lambda: "first round done" in world.log(), "the first operator's first round")
+    writes = dict(world.api.emulator.status_writes)
+    status = world.status(PREDICTORS, "example-onnx-mnist")
+
+    second_log = world.tmp_path / "operator-2.log"
+    second = world.start_operator(second_log)
+    await world.until(lambda: "namespace scope" in second_log.read_text(), "the second replica to start")
+    assert "leading" not in second_log.read_text()  # the first still leads: the second only campaigns
+    await asyncio.to_thread(world.stop_operator)
+    world.operator, world.operator_log = second, second_log  # stopped at teardown
+    await world.until(lambda: "first round done" in world.log(), "the second replica to lead a round")
+    assert dict(world.api.emulator.status_writes) == writes, "a status was rewritten on takeover"
+    assert world.status(PREDICTORS, "example-onnx-mnist") == status
+
+
+@pytest.fixture
+async def world_on_private_etcd(tmp_path, private_etcd, moto):
+    async for world in _world(tmp_path, private_etcd, moto):
+        yield world
+
+
+async def test_an_etcd_outage_rewrites_no_status_and_new_predictors_catch_up_after(world_on_private_etcd, moto):
+    world = world_on_private_etcd
+    put_model(moto, "onnx/mnist.onnx")
+    await world.create(PREDICTORS, sample("example-onnx-mnist-predictor.yaml"))
+    await world.until(lambda: loaded(world.status(PREDICTORS, "example-onnx-mnist")), "the predictor to load")
+    writes = world.api.emulator.status_writes[(NAMESPACE, "example-onnx-mnist")]
+
+    etcd = world.fabric.etcd
+    await asyncio.to_thread(etcd.stop)
+    later = copy.deepcopy(sample("example-onnx-mnist-predictor.yaml"))
+    later["metadata"]["name"] = "registered-during-the-outage"
+    await world.create(PREDICTORS, later)
+    await world.until(lambda: "out of sync" in world.log(), "the operator to notice the outage")
+    await asyncio.to_thread(etcd.start)
+    await world.until(lambda: "back in sync" in world.log(), "the operator to catch up with etcd")
+    assert world.api.emulator.status_writes[(NAMESPACE, "example-onnx-mnist")] == writes
+    assert loaded(world.status(PREDICTORS, "example-onnx-mnist"))
+    await world.until(lambda: loaded(world.status(PREDICTORS, "registered-during-the-outage")),
+                      "the predictor created during the outage to load")

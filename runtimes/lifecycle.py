@@ -1,0 +1,244 @@
+"""The lifecycle every holder of models shares, wherever the models live.
+
+`ModelLifecycle` is the part of a model manager that does not care how a model is
+brought in:
+
+- Capacity: the bytes of loaded models plus the reservations of loads in progress never
+  exceed `capacity_bytes`. A load reserves its predicted size first; after loading, the
+  measured size replaces it, and a model that turns out not to fit is let go again and
+  refused (CapacityExhausted, or ModelTooLarge when it exceeds the whole capacity).
+- Ordering: loads and unloads of one model id run one at a time, in order; different ids
+  run in parallel.
+- In flight: a model being unloaded is UNLOADING (it takes no new requests) and its
+  unload waits until its entry is `idle`.
+- Hooks: a room maker runs before a load reserves its bytes (the placement layer's
+  instance agent evicts least recently used copies there); observers hear of every load,
+  failed load and unload (metrics, the agent's model records).
+
+Subclasses say how a model is sized (`_predict`), brought in (`_bring_in`) and let go
+(`_discard` after a refusal, `_release` on unload): `runtimes.model_manager.ModelManager`
+holds models in this process; the instance agent's `mesh.instance.remote.RemoteModels`
+drives a runtime in another process over the model-runtime SPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runtimes.errors import CapacityExhausted, InvalidInput, ModelNotFound, ModelTooLarge
+from runtimes.sizes import format_size
+from runtimes.stats import ModelStats
+
+if TYPE_CHECKING:
+    from runtimes.backends import LoadedModel
+
+__all__ = ["LifecycleObserver", "ModelEntry", "ModelLifecycle", "RoomMaker", "State"]
+
+log = logging.getLogger(__name__)
+
+
+class LifecycleObserver(Protocol):
+    """Hooks called after each load and unload (metrics, the instance agent)."""
+
+    def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None: ...
+
+    def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None: ...
+
+    def model_unloaded(self, model_id: str, seconds: float) -> None: ...
+
+
+#: Called with (model_id, predicted_bytes) before a load reserves its room; it may unload
+#: other models to make room (the placement layer's instance agent evicts LRU copies).
+RoomMaker = Callable[[str, int], Awaitable[None]]
+
+
+class State(enum.Enum):
+    LOADING = "LOADING"
+    LOADED = "LOADED"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelEntry:
+    """One model held (or being loaded or unloaded), with its bytes and its use.
+
+    `model`, `slots` and `fast_runs` are the in-process manager's (the backend's loaded
+    model, its concurrency slots, its inline-run streak); a holder whose models live in
+    another process leaves them unset and keeps `stats` from that process's counters.
+    """
+
+    model_id: str
+    state: State
+    reserved_bytes: int
+    model: LoadedModel | None = None
+    stats: ModelStats = field(default_factory=ModelStats)
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    slots: asyncio.Semaphore | None = None
+    fast_runs: int = 0  # consecutive runs under ManagerConfig.inline_below_ns (negative: backing off)
+    since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def last_used_ms(self) -> int:
+        """The last request's time, or when the load began: a fresh copy counts as just used."""
+        return max(self.stats.last_inference_ms, self.since_ms)
+
+
+class ModelLifecycle:
+    """Capacity accounting and ordered loads and unloads; see the module docstring."""
+
+    def __init__(self, capacity_bytes: int, observer: LifecycleObserver | None = None) -> None:
+        self._capacity_bytes = capacity_bytes
+        self._observers: list[LifecycleObserver] = [observer] if observer else []
+        self._make_room: RoomMaker | None = None
+        self._room = asyncio.Lock()  # making room and reserving it happen as one step
+        self._entries: dict[str, ModelEntry] = {}
+        self._order: dict[str, asyncio.Lock] = {}
+
+    # -- accounting ---------------------------------------------------------
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held or reserved: loaded models plus loads in progress."""
+        return sum(e.reserved_bytes for e in self._entries.values())
+
+    def loaded_models(self) -> list[str]:
+        return sorted(m for m, e in self._entries.items() if e.state is State.LOADED)
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return dict(self._entries)
+
+    def get(self, model_id: str) -> ModelEntry:
+        """The loaded model's entry; ModelNotFound if it is absent, loading or unloading."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state is not State.LOADED:
+            detail = "is not loaded" if entry is None else f"is {entry.state.value.lower()}"
+            raise ModelNotFound(model_id, detail)
+        return entry
+
+    def size_of(self, model_id: str) -> int:
+        return self.get(model_id).reserved_bytes
+
+    def add_observer(self, observer: LifecycleObserver) -> None:
+        """Also call `observer` after each load and unload (the instance agent listens here)."""
+        self._observers.append(observer)
+
+    def set_room_maker(self, make_room: RoomMaker | None) -> None:
+        """Install the hook that frees room before each load reserves it."""
+        self._make_room = make_room
+
+    # -- what a holder provides -----------------------------------------------
+    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
+        """Bytes to reserve before loading; raises for a load that cannot be (a type not served)."""
+        raise NotImplementedError
+
+    async def _bring_in(self, model_id: str, model_type: str, model_path: str,
+                        model_key: str | None) -> tuple[Any, int]:
+        """Load the model: its handle (kept as `entry.model`) and its measured bytes (0: unknown,
+        the reservation stands)."""
+        raise NotImplementedError
+
+    async def _discard(self, model_id: str, handle: Any) -> None:
+        """Let go of a model just brought in that does not fit after all."""
+        raise NotImplementedError
+
+    async def _release(self, model_id: str, handle: Any) -> None:
+        """Let go of a loaded model (its requests in flight are done)."""
+        raise NotImplementedError
+
+    def _loaded(self, entry: ModelEntry) -> None:
+        """Called once an entry is LOADED, before the observers hear of it."""
+
+    # -- lifecycle ----------------------------------------------------------
+    def _lock(self, model_id: str) -> asyncio.Lock:
+        return self._order.setdefault(model_id, asyncio.Lock())
+
+    async def load(self, model_id: str, model_type: str, model_path: str, model_key: str | None = None) -> int:
+        """Load a model and return its measured size; at once if it is already loaded."""
+        if not model_id:
+            raise InvalidInput("modelId is empty")
+        async with self._lock(model_id):
+            entry = self._entries.get(model_id)
+            if entry is not None and entry.state is State.LOADED:
+                return entry.reserved_bytes
+            predicted = await self._predict(model_id, model_type, model_path, model_key)
+            async with self._room:
+                if self._make_room is not None:
+                    await self._make_room(model_id, predicted)
+                self._reserve(model_id, predicted)
+            started = time.perf_counter()
+            try:
+                handle, measured = await self._bring_in(model_id, model_type, model_path, model_key)
+                await self._settle(model_id, handle, measured)
+            except BaseException as error:
+                self._entries.pop(model_id, None)
+                for observer in self._observers:
+                    observer.model_load_failed(model_id, time.perf_counter() - started, error)
+                raise
+            entry = self._entries[model_id]
+            for observer in self._observers:
+                observer.model_loaded(model_id, time.perf_counter() - started, entry.reserved_bytes)
+            log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), time.perf_counter() - started)
+            return entry.reserved_bytes
+
+    def _reserve(self, model_id: str, size: int) -> None:
+        if size > self.capacity_bytes:
+            raise ModelTooLarge(f"cannot load '{model_id}': it needs {format_size(size)}, more than this runtime's "
+                                f"whole capacity of {format_size(self.capacity_bytes)}")
+        free = self.capacity_bytes - self.used_bytes
+        if size > free:
+            raise CapacityExhausted(
+                f"cannot load '{model_id}': needs {format_size(size)}, {format_size(max(free, 0))} free "
+                f"of {format_size(self.capacity_bytes)}"
+            )
+        self._entries[model_id] = ModelEntry(model_id, State.LOADING, size)
+
+    async def _settle(self, model_id: str, handle: Any, measured: int) -> None:
+        """Swap the reservation for the measured size, or refuse a model that does not fit."""
+        entry = self._entries[model_id]
+        measured = measured or entry.reserved_bytes
+        others = self.used_bytes - entry.reserved_bytes
+        if others + measured > self.capacity_bytes:
+            await self._discard(model_id, handle)
+            refusal = ModelTooLarge if measured > self.capacity_bytes else CapacityExhausted
+            raise refusal(
+                f"'{model_id}' measured {format_size(measured)} after loading (predicted "
+                f"{format_size(entry.reserved_bytes)}); it does not fit, so it was unloaded again"
+            )
+        entry.model = handle
+        entry.reserved_bytes = measured
+        entry.state = State.LOADED
+        self._loaded(entry)
+
+    async def unload(self, model_id: str) -> None:
+        """Unload a model once its requests in flight finish; at once if unknown."""
+        async with self._lock(model_id):
+            entry = self._entries.get(model_id)
+            if entry is None:
+                return
+            entry.state = State.UNLOADING
+            started = time.perf_counter()
+            await entry.idle.wait()
+            handle, entry.model = entry.model, None
+            await self._release(model_id, handle)
+            del self._entries[model_id]
+            for observer in self._observers:
+                observer.model_unloaded(model_id, time.perf_counter() - started)
+            log.info("unloaded %s", model_id)
+        if not self._lock(model_id).locked() and model_id not in self._entries:
+            self._order.pop(model_id, None)
+
+    async def unload_all(self) -> None:
+        await asyncio.gather(*(self.unload(m) for m in list(self._entries)))

@@ -139,6 +139,15 @@ class World:
                                      headers={"Content-Type": "application/merge-patch+json"}) as response:
                 assert response.status < 300, await response.text()
 
+    async def patch_core(self, plural: str, name: str, patch: dict) -> None:
+        import aiohttp
+
+        path = f"/api/v1/namespaces/{NAMESPACE}/{plural}/{name}"
+        async with aiohttp.ClientSession() as session:
+            async with session.patch(self.api.url + path, json=patch,
+                                     headers={"Content-Type": "application/merge-patch+json"}) as response:
+                assert response.status < 300, await response.text()
+
     async def delete(self, resource: str, name: str) -> None:
         import aiohttp
 
@@ -379,3 +388,33 @@ async def test_an_etcd_outage_rewrites_no_status_and_new_predictors_catch_up_aft
     assert loaded(world.status(PREDICTORS, "example-onnx-mnist"))
     await world.until(lambda: loaded(world.status(PREDICTORS, "registered-during-the-outage")),
                       "the predictor created during the outage to load")
+
+
+async def test_model_serving_config_applies_without_a_restart_and_an_hpa_follows_its_annotations(world, moto):
+    put_model(moto, "onnx/mnist.onnx")
+    await world.create(PREDICTORS, sample("example-onnx-mnist-predictor.yaml"))
+    deployment = "modelmesh-serving-meshserve-1.x"
+    await world.until(lambda: (world.object("apps/v1/deployments", deployment) or {}).get("spec", {})
+                      .get("replicas") == 2, "the pool at podsPerRuntime's default of 2")
+
+    world.api.put("v1/configmaps", NAMESPACE, {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model-serving-config", "namespace": NAMESPACE},
+        "data": {"config.yaml": "podsPerRuntime: 1\nnoSuchKey: true\n"}})
+    # A stored object is not an event: touch it through the API so the operator's watch sees it.
+    await world.patch_core("configmaps", "model-serving-config", {"metadata": {"labels": {"edited": "yes"}}})
+    await world.until(lambda: world.object("apps/v1/deployments", deployment)["spec"]["replicas"] == 1,
+                      "the pool to follow podsPerRuntime: 1")
+    assert "unknown key noSuchKey" in world.log()
+
+    runtime = copy.deepcopy(MESHSERVE_RUNTIME)
+    runtime["metadata"] = {"name": "meshserve-autoscaled", "annotations": {
+        "serving.kserve.io/autoscalerClass": "hpa", "serving.kserve.io/min-scale": "1",
+        "serving.kserve.io/max-scale": "4", "serving.kserve.io/metrics": "memory"}}
+    await world.create(CSR, runtime)
+    hpa = "modelmesh-serving-meshserve-autoscaled"
+    await world.until(lambda: world.object("autoscaling/v2/horizontalpodautoscalers", hpa) is not None,
+                      "the HPA from the runtime's annotations")
+    scaler = world.object("autoscaling/v2/horizontalpodautoscalers", hpa)
+    assert scaler["spec"]["minReplicas"] == 1 and scaler["spec"]["maxReplicas"] == 4
+    assert scaler["spec"]["metrics"][0]["resource"]["name"] == "memory"
+    kubernetes_validate.validate(_without_server_fields(scaler), K8S_VERSION, strict=True)

@@ -109,6 +109,7 @@ class Operator(AsyncClosing):
         self._loads = TaskSupervisor("operator-loads")
         self._loading: set[tuple[str, str]] = set()  # (namespace, model id) with a load running
         self._first_round_done = False
+        self._waiting: dict[tuple[str, str, str], dict[str, Any]] = {}  # resources of namespaces not served
         self._out_of_sync: set[str] = set()  # namespaces whose fabric view is re-syncing
 
     async def close(self) -> None:
@@ -125,15 +126,36 @@ class Operator(AsyncClosing):
             (self.enabled_namespaces.add if enabled else self.enabled_namespaces.discard)(name)
             log.info("namespace %s %s", name, "enabled" if enabled else "no longer served")
             self._wake.set()
+            if enabled:
+                self._loads.spawn(self._replay(name), name=f"replay-{name}")
+
+    def remember(self, kind: str, body: Mapping[str, Any] | None, namespace: str, name: str) -> None:
+        """A resource in a namespace not served (yet): kept to serve when the namespace is enabled."""
+        if body is None:
+            self._waiting.pop((kind, namespace, name), None)
+        else:
+            self._waiting[(kind, namespace, name)] = dict(body)
+
+    async def _replay(self, namespace: str) -> None:
+        """Serve the resources of a namespace seen before it was enabled (kopf will not resend them)."""
+        for key in [k for k in self._waiting if k[1] == namespace]:
+            body = self._waiting.pop(key, None)
+            if body is None:
+                continue
+            try:
+                await self.model_changed(key[0], body)
+            except MeshError as error:
+                log.warning("%s %s/%s: %s; it is retried on its next change", key[0], namespace, key[2], error)
 
     # -- models -----------------------------------------------------------------------------------
     async def model_changed(self, kind: str, body: Mapping[str, Any]) -> None:
         """Write the resource's vmodel and model to its fabric and track its status. Idempotent."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if not self.serves(namespace):
-            return
         key = (kind, namespace, name)
+        if not self.serves(namespace):
+            self._waiting[key] = dict(body)  # served if its namespace is enabled later
+            return
         try:
             model = mesh_model(kind, namespace, name, body)
         except InvalidPredictorSpec as error:
@@ -174,6 +196,7 @@ class Operator(AsyncClosing):
     async def model_deleted(self, kind: str, namespace: str, name: str) -> None:
         """Remove the resource's vmodel and models from the fabric (the finalizer waits for this)."""
         self.tracked.pop((kind, namespace, name), None)
+        self._waiting.pop((kind, namespace, name), None)
         if self.serves(namespace) or namespace in {f.namespace for f in self.fabrics.opened()}:
             await remove_model(await self.fabrics.get(namespace), name, OWNERS[kind])
         self._wake.set()

@@ -547,36 +547,28 @@ def _agent_container(
     put("PORT", AGENT_PORT)
     put("METRICS_PORT", metrics_port)
     put("INSTANCE_ID", "$(POD_NAME)")
-    put("MODELS_DIR", MODELS_DIR)
-    put("STORAGE_CONFIG_DIR", STORAGE_MOUNT)
-    put("PVC_ROOT", PVC_ROOT)
+    # The fabric calls the agent's own SPI (it makes room, then forwards to the runtime);
+    # routers call the runtime's data endpoint directly.
+    put("ADVERTISE_ADDRESS", f"$(POD_IP):{AGENT_PORT}")
     env.append(_labels_env("MESHSERVE_AGENT_", labels))
     if adapter:
-        # Upstream runs `<serverType>-adapter` for these; the agent is told to be that adapter,
-        # driving the server's own management API on runtimeManagementPort.
+        # Upstream puts modelmesh-runtime-adapter beside the server; it serves the SPI on 8085
+        # and drives the server's management API on runtimeManagementPort.
         management_port = adapter.get("runtimeManagementPort")
         if management_port is None:
             raise InvalidRuntime("builtInAdapter.runtimeManagementPort is required")
-        put("BUILT_IN_ADAPTER", adapter["serverType"])
-        put("RUNTIME_MANAGEMENT_ENDPOINT", f"127.0.0.1:{management_port}")
-        if adapter.get("memBufferBytes") is not None:
-            put("MEM_BUFFER_BYTES", adapter["memBufferBytes"])
-        if adapter.get("modelLoadingTimeoutMillis") is not None:
-            put("MODEL_LOADING_TIMEOUT_MS", adapter["modelLoadingTimeoutMillis"])
+        put("RUNTIME_ADDRESS", f"127.0.0.1:{NATIVE_RUNTIME_PORT}")
         data = data or _Endpoint(port=int(management_port))
-        pull = True
     else:
         if spi is None:
             raise InvalidRuntime("grpcEndpoint is required: it is where the agent calls the runtime's "
                                  "model-runtime SPI")
-        put("RUNTIME_ENDPOINT", spi.address())
+        put("RUNTIME_ADDRESS", spi.address())
         data = data or spi  # ModelMesh serves on the management endpoint when no data endpoint is given
-        pull = not (spec.get("storageHelper") or {}).get("disabled", False)
     if data.port is None:
         raise InvalidRuntime("grpcDataEndpoint must be port:N: meshserve's router calls the runtime's "
                              "data endpoint over the network, not through a unix socket")
-    put("ADVERTISE_ADDRESS", f"$(POD_IP):{data.port}")
-    put("PULL", "true" if pull else "false")
+    put("RUNTIME_DATA_ADDRESS", f"$(POD_IP):{data.port}")
     if adapter:
         env = _merge_env(env, adapter.get("env") or ())
 

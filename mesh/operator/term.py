@@ -121,9 +121,22 @@ class OperatorTerm:
             except MeshError as error:
                 raise kopf.TemporaryError(f"cannot remove from the fabric yet: {error}", delay=RETRY_S) from error
 
+        def served(namespace: str, **_: Any) -> bool:
+            return operator.serves(namespace)
+
         for kind, version, plural, when in (("Predictor", "v1alpha1", "predictors", None),
                                             ("InferenceService", "v1beta1", "inferenceservices", MODELMESH_MODE)):
+            # Only served namespaces get handlers (and so a finalizer); resources elsewhere are
+            # remembered, and served when their namespace is labelled later.
             filters: dict[str, Any] = {"annotations": when} if when else {}
+            filters["when"] = served
+
+            @kopf.on.event(GROUP, version, plural, registry=registry,
+                           when=lambda namespace, **_: not operator.serves(namespace),
+                           **({"annotations": when} if when else {}))
+            async def elsewhere(event: kopf.RawEvent, body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+                operator.remember(_kind, None if event["type"] == "DELETED" else body,
+                                  body["metadata"]["namespace"], body["metadata"]["name"])
 
             @kopf.on.resume(GROUP, version, plural, registry=registry, **filters)
             @kopf.on.create(GROUP, version, plural, registry=registry, **filters)
@@ -137,7 +150,7 @@ class OperatorTerm:
 
         for kind, plural in (("ServingRuntime", "servingruntimes"), ("ClusterServingRuntime", "clusterservingruntimes")):
             @kopf.on.event(GROUP, "v1alpha1", plural, registry=registry)
-            def runtime_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
+            async def runtime_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
                               _kind: str = kind, **_: Any) -> None:
                 operator.runtime_changed(_kind, None if event["type"] == "DELETED" else body, namespace, name)
 
@@ -145,12 +158,12 @@ class OperatorTerm:
 
         @kopf.on.event("v1", "configmaps", registry=registry,
                        when=lambda name, namespace, **_: name == CONFIGMAP_NAME and namespace == home)
-        def config_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        async def config_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
             operator.config_changed(None if event["type"] == "DELETED" else body.get("data"))
 
         if self.settings.cluster_scope:
             @kopf.on.event("v1", "namespaces", registry=registry)
-            def namespace_event(event: kopf.RawEvent, name: str, labels: kopf.Labels, **_: Any) -> None:
+            async def namespace_event(event: kopf.RawEvent, name: str, labels: kopf.Labels, **_: Any) -> None:
                 operator.namespace_changed(name, None if event["type"] == "DELETED" else dict(labels))
 
         return registry

@@ -148,6 +148,14 @@ class World:
                                      headers={"Content-Type": "application/merge-patch+json"}) as response:
                 assert response.status < 300, await response.text()
 
+    async def patch_namespace(self, name: str, patch: dict) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            async with session.patch(self.api.url + f"/api/v1/namespaces/{name}", json=patch,
+                                     headers={"Content-Type": "application/merge-patch+json"}) as response:
+                assert response.status < 300, await response.text()
+
     async def delete(self, resource: str, name: str) -> None:
         import aiohttp
 
@@ -418,3 +426,41 @@ async def test_model_serving_config_applies_without_a_restart_and_an_hpa_follows
     assert scaler["spec"]["minReplicas"] == 1 and scaler["spec"]["maxReplicas"] == 4
     assert scaler["spec"]["metrics"][0]["resource"]["name"] == "memory"
     kubernetes_validate.validate(_without_server_fields(scaler), K8S_VERSION, strict=True)
+
+
+async def test_cluster_scope_serves_labelled_namespaces_each_as_its_own_fabric(tmp_path, etcd_server, moto):
+    """No runtime pods here: this checks scoping (which namespaces, which etcd prefix)."""
+    api = KubeApi(tmp_path, NAMESPACE)
+    async with api:
+        world = World(tmp_path, etcd_server, moto)
+        world.api = api
+        for namespace, labels in (("team-a", {"modelmesh-enabled": "true"}), ("team-b", {})):
+            api.put("v1/namespaces", None, {"apiVersion": "v1", "kind": "Namespace",
+                                             "metadata": {"name": namespace, "labels": labels}})
+        argv = [sys.executable, "-m", "mesh.cli", "operator", "--etcd", etcd_server.endpoint, "--fabric", "home",
+                "--namespace", NAMESPACE, "--cluster-scope", "--resync-s", "1", "--lease-ttl-s", "3"]
+        with open(world.operator_log, "ab") as log_file:
+            world.operator = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                              env={**os.environ, "KUBECONFIG": str(api.kubeconfig)})
+        try:
+            for namespace in ("team-a", "team-b"):
+                manifest = sample("example-onnx-mnist-predictor.yaml")
+                manifest["metadata"]["namespace"] = namespace
+                api.put(PREDICTORS, namespace, manifest)
+
+            def vmodels_of(fabric: str) -> set[str]:
+                world.fabric.keys = world.fabric.keys.__class__(fabric)
+                return etcd_keys(world, "vmodels")
+
+            await world.until(lambda: "example-onnx-mnist" in vmodels_of("team-a"), "team-a's fabric to get the vmodel")
+            await world.until(lambda: api.get("v1/services", "team-a", "modelmesh-serving") is not None,
+                              "team-a's modelmesh-serving Service")
+            assert "example-onnx-mnist" not in vmodels_of("team-b")
+            assert "status" not in api.get(PREDICTORS, "team-b", "example-onnx-mnist")
+            assert not api.get(PREDICTORS, "team-b", "example-onnx-mnist")["metadata"].get("finalizers")
+
+            await world.patch_namespace("team-b", {"metadata": {"labels": {"modelmesh-enabled": "true"}}})
+            await world.until(lambda: "example-onnx-mnist" in vmodels_of("team-b"),
+                              "team-b's predictor to be served once the namespace is labelled")
+        finally:
+            await asyncio.to_thread(world.stop_operator)

@@ -145,7 +145,7 @@ def test_every_sample_becomes_a_valid_pool(file: str, doc: dict[str, Any]) -> No
                               "storage-config": "/storage-config"}
     env = _env(agent)
     assert env["MESHSERVE_AGENT_LABELS"] == ",".join(rp.runtime_labels(spec, name))
-    assert env["MESHSERVE_AGENT_ADVERTISE_ADDRESS"] == "$(POD_IP):8001"
+    assert env["MESHSERVE_AGENT_RUNTIME_DATA_ADDRESS"] == "$(POD_IP):8001"
 
     volumes = _volumes(d)
     assert volumes["etcd-config"]["secret"] == {"secretName": "model-serving-etcd"}
@@ -167,33 +167,36 @@ def test_every_sample_builds_without_replicas_and_at_zero(file: str, doc: dict[s
 
 def test_the_agent_calls_the_spi_endpoint_and_advertises_the_data_endpoint() -> None:
     env = _env(_containers(_build(_sample("servingruntime_custom.yaml")["spec"]))[rp.AGENT_CONTAINER])
-    assert env["MESHSERVE_AGENT_RUNTIME_ENDPOINT"] == "127.0.0.1:8001"
-    assert env["MESHSERVE_AGENT_ADVERTISE_ADDRESS"] == "$(POD_IP):8001"
+    assert env["MESHSERVE_AGENT_RUNTIME_ADDRESS"] == "127.0.0.1:8001"
+    assert env["MESHSERVE_AGENT_RUNTIME_DATA_ADDRESS"] == "$(POD_IP):8001"
+    # The fabric's loads go through the agent's own SPI (it makes room first).
+    assert env["MESHSERVE_AGENT_ADVERTISE_ADDRESS"] == f"$(POD_IP):{rp.AGENT_PORT}"
     assert env["MESHSERVE_AGENT_INSTANCE_ID"] == "$(POD_NAME)"
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert env["MESHSERVE_AGENT_PULL"] == "true"
     assert env["MESHSERVE_AGENT_PORT"] == str(rp.AGENT_PORT)
     assert env["MESHSERVE_AGENT_METRICS_PORT"] == "2112"
 
 
-def test_storage_helper_disabled_tells_the_agent_not_to_pull() -> None:
-    env = _env(_containers(_build(_sample("servingruntime_pullerless.yaml")["spec"]))[rp.AGENT_CONTAINER])
-    assert env["MESHSERVE_AGENT_PULL"] == "false"
+def test_every_agent_setting_the_builder_writes_is_one_meshserve_agent_reads() -> None:
+    from mesh.cli.agent import AgentSettings
+
+    for sample in ("servingruntime_custom.yaml", "servingruntime_pullerless.yaml", "triton-2.x.yaml"):
+        doc = _sample(sample)
+        env = _env(_containers(_build(doc["spec"], doc["metadata"]["name"]))[rp.AGENT_CONTAINER])
+        names = {k.removeprefix("MESHSERVE_AGENT_").lower() for k in env if k.startswith("MESHSERVE_AGENT_")}
+        assert names <= set(AgentSettings.model_fields), names - set(AgentSettings.model_fields)
 
 
 def test_a_built_in_adapter_makes_the_agent_drive_the_servers_management_port() -> None:
     doc = _sample("triton-2.x.yaml")
-    doc["spec"]["builtInAdapter"]["env"] = [{"name": "MESHSERVE_AGENT_PULL", "value": "false"},
+    doc["spec"]["builtInAdapter"]["env"] = [{"name": "MESHSERVE_AGENT_HEALTH_FAILURES", "value": "5"},
                                             {"name": "EXTRA", "value": "1"}]
     env = _env(_containers(_build(doc["spec"], "triton-2.x"))[rp.AGENT_CONTAINER])
-    assert env["MESHSERVE_AGENT_BUILT_IN_ADAPTER"] == "triton"
-    assert env["MESHSERVE_AGENT_RUNTIME_MANAGEMENT_ENDPOINT"] == "127.0.0.1:8001"
-    assert env["MESHSERVE_AGENT_MEM_BUFFER_BYTES"] == "134217728"
-    assert env["MESHSERVE_AGENT_MODEL_LOADING_TIMEOUT_MS"] == "90000"
-    assert env["MESHSERVE_AGENT_ADVERTISE_ADDRESS"] == "$(POD_IP):8001"
-    assert "MESHSERVE_AGENT_RUNTIME_ENDPOINT" not in env
+    # The adapter (upstream's modelmesh-runtime-adapter) serves the SPI on 8085 in the pod.
+    assert env["MESHSERVE_AGENT_RUNTIME_ADDRESS"] == f"127.0.0.1:{rp.NATIVE_RUNTIME_PORT}"
+    assert env["MESHSERVE_AGENT_RUNTIME_DATA_ADDRESS"] == "$(POD_IP):8001"
     # builtInAdapter.env goes to the agent, over what it would otherwise get (as upstream's adapter).
-    assert env["MESHSERVE_AGENT_PULL"] == "false" and env["EXTRA"] == "1"
+    assert env["MESHSERVE_AGENT_HEALTH_FAILURES"] == "5" and env["EXTRA"] == "1"
 
 
 def test_a_built_in_adapter_without_data_endpoint_serves_on_its_management_port() -> None:
@@ -201,7 +204,7 @@ def test_a_built_in_adapter_without_data_endpoint_serves_on_its_management_port(
     del doc["spec"]["grpcDataEndpoint"]
     doc["spec"]["builtInAdapter"]["runtimeManagementPort"] = 8005
     env = _env(_containers(_build(doc["spec"], "triton-2.x"))[rp.AGENT_CONTAINER])
-    assert env["MESHSERVE_AGENT_ADVERTISE_ADDRESS"] == "$(POD_IP):8005"
+    assert env["MESHSERVE_AGENT_RUNTIME_DATA_ADDRESS"] == "$(POD_IP):8005"
 
 
 # -- labels --------------------------------------------------------------------------------
@@ -350,7 +353,7 @@ def test_unix_endpoints_share_a_socket_folder_and_the_data_endpoint_must_be_tcp(
     assert _mounts(containers["modelserver"])["domain-socket"] == "/var/run/rt"
     assert _mounts(containers[rp.AGENT_CONTAINER])["domain-socket"] == "/var/run/rt"
     assert _volumes(d)["domain-socket"] == {"name": "domain-socket", "emptyDir": {}}
-    assert _env(containers[rp.AGENT_CONTAINER])["MESHSERVE_AGENT_RUNTIME_ENDPOINT"] == "unix:/var/run/rt/spi.sock"
+    assert _env(containers[rp.AGENT_CONTAINER])["MESHSERVE_AGENT_RUNTIME_ADDRESS"] == "unix:/var/run/rt/spi.sock"
 
     with pytest.raises(InvalidRuntime, match="grpcDataEndpoint must be port:N"):
         rp.deployment("rt", "ns", _custom_spec(grpcDataEndpoint="unix:/var/run/rt/data.sock"), replicas=1,
@@ -361,7 +364,7 @@ def test_without_a_data_endpoint_the_spi_endpoint_serves_inference() -> None:
     spec = _custom_spec()
     del spec["grpcDataEndpoint"]
     env = _env(_containers(_build(spec))[rp.AGENT_CONTAINER])
-    assert env["MESHSERVE_AGENT_ADVERTISE_ADDRESS"] == "$(POD_IP):8001"
+    assert env["MESHSERVE_AGENT_RUNTIME_DATA_ADDRESS"] == "$(POD_IP):8001"
 
 
 @pytest.mark.parametrize(("change", "message"), [

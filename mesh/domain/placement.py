@@ -29,7 +29,7 @@ Units: bytes for sizes, milliseconds for times (``*_ms``), requests per minute f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -406,6 +406,7 @@ def choose_instance(
     *,
     allow_eviction: bool = True,
     exclude: Iterable[str] = (),
+    protect: Collection[str] = (),
 ) -> Choice | NoFit:
     """Choose the instance for one more copy of ``model``.
 
@@ -413,7 +414,7 @@ def choose_instance(
     ``exclude``, has every label of ``model.labels``, holds no copy of the model yet, and the copy
     fits in its free space (capacity minus used minus loads in progress) or, when
     ``allow_eviction``, in free space plus what LRU eviction of idle copies frees;
-    ``evict`` is then that minimal LRU victim set.
+    ``evict`` is then that minimal LRU victim set, never holding a model in ``protect``.
 
     Preference, strongest first:
       1. fits without eviction (evicting a warm copy makes someone else's next call a miss);
@@ -445,7 +446,7 @@ def choose_instance(
             victims: list[str] = []
             space_key: tuple[object, ...] = (0, -free, 0)
         elif allow_eviction and size <= inst.capacity_bytes:
-            found = choose_victims(inst.copies, size - free)
+            found = choose_victims(inst.copies, size - free, protect=protect)
             if found is None:
                 continue
             victims = found
@@ -554,7 +555,13 @@ def plan_scaling(snapshot: Snapshot, config: PlacementConfig = PlacementConfig()
                 if free - m.size_estimate_bytes < config.min_free_fraction * total:
                     skipped.append((model_id, f"{why}: space is short"))
                     break
-            choice = choose_instance(m, list(work.values()), config, allow_eviction=may_evict)
+            # A copy more of a hot model must not cost a recently used model its last copy.
+            last_copies = frozenset(
+                other.id for other in snapshot.models.values()
+                if other.id != model_id and holders(other.id) == 1
+                and _used_within(other, config.recent_use_window_ms, now))
+            choice = choose_instance(m, list(work.values()), config, allow_eviction=may_evict,
+                                     protect=last_copies)
             if isinstance(choice, NoFit):
                 skipped.append((model_id, choice.reason))
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -440,3 +441,17 @@ def test_last_copy_rehome_may_evict_extra_copies_may_not() -> None:
 def test_fleet_free_ignores_shutting_down() -> None:
     assert fleet_free_bytes([inst("a", 100, extra_used=30),
                              inst("b", 100, shutting_down=True)]) == (70, 100)
+
+
+def test_a_scale_up_never_evicts_the_last_copy_of_a_recently_used_model():
+    """Found by the invariant test above: m5 (hot) went to i0 by evicting m3, whose only copy
+    was there and which was used 100 ms ago."""
+    snap = Snapshot(now_ms=200, instances=(
+        InstanceView("i0", 2, 2, 0, "z1", frozenset({"mt:onnx"}),
+                     MappingProxyType({"m0": CopyView(1, 0, 1, False), "m3": CopyView(1, 0, 0, False)})),
+        InstanceView("i1", 3, 3, 0, "z1", frozenset({"mt:onnx"}),
+                     MappingProxyType({"m0": CopyView(1, 0), "m5": CopyView(1, 0), "m1": CopyView(1, 0)}))),
+        models=MappingProxyType({m: ModelView(m, "onnx", 1, used, rate) for m, used, rate in (
+            ("m0", None, 0.0), ("m1", None, 0.0), ("m3", 100, 0.0), ("m5", None, 2500.0))}))
+    plan = plan_scaling(snap, SMALL)
+    assert all("m3" not in add.evict for add in plan.adds), plan

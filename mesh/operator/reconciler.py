@@ -101,6 +101,7 @@ class Operator(AsyncClosing):
         self.runtimes: dict[tuple[str | None, str], KnownRuntime] = {}
         self.enabled_namespaces: set[str] = set()
         self._unused_since: dict[tuple[str, str], float] = {}  # (namespace, runtime) -> monotonic time
+        self._ever_needed: set[tuple[str, str]] = set()  # (namespace, runtime) some Predictor needed
         self._wake = asyncio.Event()
         self.fabrics = NamespaceFabrics(
             client, etcd_root=fabric.etcd_root,
@@ -367,22 +368,32 @@ class Operator(AsyncClosing):
             except runtime_pool.InvalidRuntime as error:
                 log.error("%s %s refused: %s", runtime.kind, runtime.name, error)
                 continue
-            key = (namespace, runtime.name)
-            if runtime.name in needed:
-                self._unused_since.pop(key, None)
-            else:
-                self._unused_since.setdefault(key, time.monotonic())
-            unused_for = None if runtime.name in needed else time.monotonic() - self._unused_since[key]
-            replicas = runtime_pool.desired_replicas(runtime.spec, self.config, needed=runtime.name in needed,
-                                                     unused_since_s=unused_for)
+            replicas = self._replicas(namespace, runtime, runtime.name in needed)
+            autoscaler = runtime_pool.hpa(runtime.name, namespace, runtime.annotations, self.config)
             deployment = runtime_pool.deployment(
-                runtime.name, namespace, runtime.spec, self.config, replicas=replicas,
+                runtime.name, namespace, runtime.spec, self.config,
+                # Once up, an HPA owns the replica count: applying one would fight it.
+                replicas=None if autoscaler is not None and replicas > 0 else replicas,
                 etcd_secret=self.settings.etcd_secret, meshserve_image=self.settings.image,
                 agent_args=self._agent_args(namespace, runtime), kind=runtime.kind)
             await self.kube.apply(deployment)
-            autoscaler = runtime_pool.hpa(runtime.name, namespace, runtime.annotations)
             if autoscaler is not None:
                 await self.kube.apply(autoscaler)
+
+    def _replicas(self, namespace: str, runtime: KnownRuntime, needed: bool) -> int:
+        """Replicas now: scaled to zero `scaleToZero`'s grace period after the last Predictor that
+        needed the runtime went, and at once when none has needed it since the operator started."""
+        key = (namespace, runtime.name)
+        if needed:
+            self._ever_needed.add(key)
+            self._unused_since.pop(key, None)
+            unused_for = None
+        elif key in self._ever_needed:
+            unused_for = time.monotonic() - self._unused_since.setdefault(key, time.monotonic())
+        else:
+            unused_for = None
+        return runtime_pool.desired_replicas(runtime.spec, self.config, needed=needed, unused_since_s=unused_for,
+                                             annotations=runtime.annotations)
 
     def _agent_args(self, namespace: str, runtime: KnownRuntime) -> list[str]:
         fabric = self.fabrics.fabric_name(namespace)

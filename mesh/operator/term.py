@@ -19,6 +19,7 @@ import kopf
 
 from mesh.domain.errors import MeshError
 from mesh.etcd.client import EtcdClient
+from mesh.operator import runtime_pool
 from mesh.operator.config import CONFIGMAP_NAME
 from mesh.operator.kube import KubeClient
 from mesh.operator.reconciler import Operator
@@ -151,8 +152,14 @@ class OperatorTerm:
         for kind, plural in (("ServingRuntime", "servingruntimes"), ("ClusterServingRuntime", "clusterservingruntimes")):
             @kopf.on.event(GROUP, "v1alpha1", plural, registry=registry)
             async def runtime_event(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None,
-                              _kind: str = kind, **_: Any) -> None:
-                operator.runtime_changed(_kind, None if event["type"] == "DELETED" else body, namespace, name)
+                                    _kind: str = kind, **_: Any) -> None:
+                deleted = event["type"] == "DELETED"
+                if not deleted:
+                    try:
+                        runtime_pool.check_runtime(body.get("spec") or {}, body.metadata.annotations)
+                    except runtime_pool.InvalidRuntime as error:  # say why on the object, for kubectl describe
+                        kopf.warn(body, reason="InvalidRuntime", message=str(error))
+                operator.runtime_changed(_kind, None if deleted else body, namespace, name)
 
         home = self.namespace
 

@@ -407,12 +407,16 @@ async def test_model_serving_config_applies_without_a_restart_and_an_hpa_follows
 
     world.api.put("v1/configmaps", NAMESPACE, {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model-serving-config", "namespace": NAMESPACE},
-        "data": {"config.yaml": "podsPerRuntime: 1\nnoSuchKey: true\n"}})
+        "data": {"config.yaml": "podsPerRuntime: 1\nscaleToZero:\n  gracePeriodSeconds: 1\nnoSuchKey: true\n"}})
     # A stored object is not an event: touch it through the API so the operator's watch sees it.
     await world.patch_core("configmaps", "model-serving-config", {"metadata": {"labels": {"edited": "yes"}}})
     await world.until(lambda: world.object("apps/v1/deployments", deployment)["spec"]["replicas"] == 1,
                       "the pool to follow podsPerRuntime: 1")
     assert "unknown key noSuchKey" in world.log()
+
+    await world.delete(PREDICTORS, "example-onnx-mnist")
+    await world.until(lambda: world.object("apps/v1/deployments", deployment)["spec"]["replicas"] == 0,
+                      "the pool to scale to zero once no Predictor needs it (grace period 1 s)")
 
     runtime = copy.deepcopy(MESHSERVE_RUNTIME)
     runtime["metadata"] = {"name": "meshserve-autoscaled", "annotations": {
@@ -464,3 +468,45 @@ async def test_cluster_scope_serves_labelled_namespaces_each_as_its_own_fabric(t
                               "team-b's predictor to be served once the namespace is labelled")
         finally:
             await asyncio.to_thread(world.stop_operator)
+
+
+async def test_a_modelmesh_inference_service_loads_from_its_storage_uri_and_answers_by_name(world, moto):
+    put_model(moto, "isvc/onnx-add/model.onnx", offset=5.0)
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "onnx-add", "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh",
+                                                             "serving.kserve.io/secretKey": "localMinIO"}},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"},
+                                             "storageUri": f"s3://{BUCKET}/isvc/onnx-add/model.onnx"}}}}
+    model_id = mesh_model("InferenceService", NAMESPACE, "onnx-add", isvc).model_id
+    assert model_id.startswith("onnx-add__isvc-")
+    await world.create(ISVCS, isvc)
+
+    def ready() -> bool:
+        conditions = {c["type"]: c["status"] for c in world.status(ISVCS, "onnx-add").get("conditions", [])}
+        return conditions.get("Ready") == "True" and conditions.get("PredictorReady") == "True"
+
+    await world.until(ready, "the InferenceService to be Ready")
+    status = world.status(ISVCS, "onnx-add")
+    crds.validate_status("InferenceService", status)
+    assert status["modelStatus"]["states"]["activeModelState"] == "Loaded"
+    assert status["url"] == f"grpc://modelmesh-serving.{NAMESPACE}:8033"
+    name, y = await asyncio.to_thread(infer, world.fabric.routers[0].port, "onnx-add", np.ones((1, 4), np.float32))
+    assert name == model_id
+    np.testing.assert_allclose(y, np.full((1, 4), 6.0, np.float32))
+
+
+async def test_a_runtime_with_reserved_names_is_refused_with_an_event_and_gets_no_pool(world):
+    bad = copy.deepcopy(MESHSERVE_RUNTIME)
+    bad["metadata"] = {"name": "uses-reserved-names"}
+    bad["spec"]["containers"][0]["name"] = "mm"
+    await world.create(CSR, bad)
+
+    def warned() -> list[dict]:
+        return [obj.raw for (resource, _, _), obj in world.api.emulator.objects.items()
+                if resource.plural == "events" and not obj.deleted
+                and obj.raw.get("reason") == "InvalidRuntime"
+                and obj.raw.get("involvedObject", {}).get("name") == "uses-reserved-names"]
+
+    await world.until(warned, "an InvalidRuntime event on the runtime")
+    assert "mm" in warned()[0]["message"]
+    assert world.object("apps/v1/deployments", "modelmesh-serving-uses-reserved-names") is None

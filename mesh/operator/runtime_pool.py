@@ -642,6 +642,50 @@ def _native_container(
 # -- the Service ---------------------------------------------------------------------------
 
 
+def router_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG, *, meshserve_image: str,
+                      fabric_args: Sequence[str], replicas: int = 1,
+                      etcd_secret: str = ETCD_SECRET_NAME) -> dict[str, Any]:
+    """meshserve's router for one namespace's fabric: what the `modelmesh-serving` Service selects.
+
+    In cluster scope each served namespace is its own fabric and needs its own router; the
+    chart installs the operator's own namespace's. Ports are named as the Service targets
+    them (grpc, http, prometheus); the gRPC message limit is `grpcMaxMessageSizeBytes`.
+    """
+    name = f"{config.inference_service_name}-router"
+    labels = {**ROUTER_POD_LABELS, **MANAGED_BY}
+    args = ["router", *fabric_args, "--etcd-connection-file", ETCD_CONNECTION_FILE,
+            "--port", str(config.inference_service_port),
+            "--rest-port", str(config.rest_proxy.port if config.rest_proxy.enabled else 0),
+            "--metrics-port", str(config.metrics.port if config.metrics.enabled else 0),
+            "--max-message-bytes", str(config.grpc_max_message_size_bytes)]
+    ports = [{"name": "grpc", "containerPort": config.inference_service_port}]
+    if config.rest_proxy.enabled:
+        ports.append({"name": "http", "containerPort": config.rest_proxy.port})
+    if config.metrics.enabled:
+        ports.append({"name": "prometheus", "containerPort": config.metrics.port})
+    container = {
+        "name": "router", "image": meshserve_image, "command": ["meshserve"], "args": args, "ports": ports,
+        "volumeMounts": [{"name": ETCD_VOLUME, "mountPath": ETCD_MOUNT, "readOnly": True}],
+        "securityContext": {**copy.deepcopy(_OUR_SECURITY), "readOnlyRootFilesystem": True},
+        "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(ROUTER_POD_LABELS)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [container],
+                         "volumes": [{"name": ETCD_VOLUME, "secret": {"secretName": etcd_secret}}],
+                         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}},
+            },
+        },
+    }
+
+
 def service(namespace: str, config: ServingConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """The `<inferenceServiceName>` Service of a served namespace, in front of the router.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,16 +18,16 @@ from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.etcd.client import EtcdClient
 from mesh.etcd.keys import DEFAULT_FABRIC, DEFAULT_ROOT, Keys
 
-__all__ = ["FABRIC_FLAGS_SKIP", "FabricSettings", "etcd_connection_values"]
-
-#: Settings read from the environment only: a password on a command line shows in `ps`.
-FABRIC_FLAGS_SKIP = ("etcd_password",)
+__all__ = ["FabricSettings", "etcd_connection_values"]
 
 
 class FabricSettings(BaseSettings):
     """How to reach the fabric's etcd, which fabric to join, and the fabric's timings."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="forbid")
+
+    #: Settings read from the environment only: a password on a command line shows in `ps`.
+    FLAGS_SKIP: ClassVar[tuple[str, ...]] = ("etcd_password",)
 
     etcd: str = Field("", description="etcd endpoints, comma-separated HOST:PORT (several members allowed).")
     etcd_connection_file: str = Field(

@@ -24,14 +24,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 from mesh.api.stack import ManagementStack, build_management
 from mesh.cli.process import (
     StartupError,
-    add_settings_flags,
     bind_grpc,
     configure_logging,
     parse_settings,
     run_server,
+    settings_parser,
 )
 from mesh.control.runtime_client import RuntimeClients
-from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
+from mesh.settings import FabricSettings
 from mesh.state.fabric_view import FabricView
 from protos import meshserve_version
 from router.dataplane import DataPlane
@@ -183,11 +183,7 @@ def run_workers(settings: RouterSettings, fabric: FabricSettings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshserve router",
-                                     description="Route V2 inference calls to loaded model copies.")
-    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
-    add_settings_flags(parser, RouterSettings)
-    return parser
+    return settings_parser("meshserve router", "Route V2 inference calls to loaded model copies.", FabricSettings, RouterSettings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,12 +41,12 @@ from pydantic_settings import SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
 from mesh.cli.instance import InstanceFields, advertise_address, instance_agent, instance_name
-from mesh.cli.process import StartupError, add_settings_flags, bind_grpc, configure_logging, parse_settings, run_server
+from mesh.cli.process import StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser
 from mesh.domain.placement import parse_labels
 from mesh.instance.agent import InstanceAgent
 from mesh.instance.remote import RemoteModels, RuntimeNotReady
 from mesh.instance.spi_front import AgentRuntimeServicer
-from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
+from mesh.settings import FabricSettings
 from protos import model_runtime_pb2_grpc
 from runtimes.sizes import parse_size
 
@@ -95,11 +95,7 @@ UNLOAD_AT_STOP_S = 20.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshserve agent", description="Seat a runtime that speaks the "
-                                     "model-runtime SPI in a fabric: the instance agent over the wire.")
-    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
-    add_settings_flags(parser, AgentSettings)
-    return parser
+    return settings_parser("meshserve agent", "Seat a runtime that speaks the model-runtime SPI in a fabric: the instance agent over the wire.", FabricSettings, AgentSettings)
 
 
 async def start_agent(stack: contextlib.AsyncExitStack, settings: AgentSettings, fabric: FabricSettings,

@@ -27,13 +27,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
 from mesh.api.stack import build_management
-from mesh.cli.process import StartupError, add_settings_flags, bind_grpc, configure_logging, parse_settings, run_server
+from mesh.cli.process import StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser
 from mesh.control.controller import Controller, ControllerConfig, ControllerMetrics
 from mesh.control.leadership import Leadership
 from mesh.control.runtime_client import RuntimeClients
 from mesh.etcd.client import EtcdClient
 from mesh.etcd.errors import StoreUnavailable
-from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
+from mesh.settings import FabricSettings
 from mesh.state.fabric_view import FabricView
 
 __all__ = ["ControllerSettings", "build_parser", "main", "start_controller"]
@@ -61,11 +61,7 @@ class ControllerSettings(BaseSettings):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshserve controller",
-                                     description="Management API and leader-elected background work of a fabric.")
-    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
-    add_settings_flags(parser, ControllerSettings)
-    return parser
+    return settings_parser("meshserve controller", "Management API and leader-elected background work of a fabric.", FabricSettings, ControllerSettings)
 
 
 async def wait_for_etcd(client: EtcdClient, stop: asyncio.Event, retry_s: float = 1.0) -> bool:

@@ -23,12 +23,12 @@ import socket
 import kopf
 
 from mesh.aio.tasks import TaskSupervisor
-from mesh.cli.process import StartupError, add_settings_flags, configure_logging, parse_settings, run_server
+from mesh.cli.process import StartupError, configure_logging, parse_settings, run_server, settings_parser
 from mesh.control.leadership import Leadership
 from mesh.operator.kube import KubeClient, object_path
 from mesh.operator.term import OperatorTerm
 from mesh.operator.settings import OperatorSettings
-from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings, etcd_connection_values
+from mesh.settings import FabricSettings, etcd_connection_values
 
 __all__ = ["build_parser", "main", "start_operator"]
 
@@ -39,11 +39,7 @@ SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshserve operator",
-                                     description="Kubernetes operator: Predictors and ServingRuntimes into the fabric.")
-    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
-    add_settings_flags(parser, OperatorSettings)
-    return parser
+    return settings_parser("meshserve operator", "Kubernetes operator: Predictors and ServingRuntimes into the fabric.", FabricSettings, OperatorSettings)
 
 
 def _connection_info() -> kopf.ConnectionInfo:

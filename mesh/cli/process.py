@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-__all__ = ["LEGACY_ENV_PREFIX", "StartupError", "add_settings_flags", "bind_grpc", "parse_settings", "configure_logging", "read_settings",
+__all__ = ["LEGACY_ENV_PREFIX", "StartupError", "add_settings_flags", "bind_grpc", "parse_settings", "settings_parser", "configure_logging", "read_settings",
            "run_server", "setting_error"]
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def _is_bool(annotation: Any) -> bool:
 
 def add_settings_flags(parser: argparse.ArgumentParser, cls: type[BaseSettings], *,
                        skip: Iterable[str] = ()) -> None:
-    """One `--field-name` flag per field of `cls` (but `skip`), all defaulting to None so
-    that a flag not given leaves the variable or the default in charge."""
-    skipped = set(skip)
+    """One `--field-name` flag per field of `cls` (but `skip` and the class's own
+    `FLAGS_SKIP`: settings read from the environment only), all defaulting to None so that a
+    flag not given leaves the variable or the default in charge."""
+    skipped = set(skip) | set(getattr(cls, "FLAGS_SKIP", ()))
     for name, field in cls.model_fields.items():
         if name in skipped:
             continue
@@ -83,6 +84,14 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type[BaseSettings],
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
         parser.add_argument(flag, dest=name, type=_flag_type(field.annotation), choices=choices, default=None,
                             help=help_text)
+
+
+def settings_parser(prog: str, description: str, *classes: type[BaseSettings]) -> argparse.ArgumentParser:
+    """A process's parser: the flags of each of its settings classes, in order."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for cls in classes:
+        add_settings_flags(parser, cls)
+    return parser
 
 
 def _legacy_values(cls: type[BaseSettings], given: Mapping[str, Any], environ: Mapping[str, str],

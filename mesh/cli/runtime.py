@@ -18,10 +18,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from mesh.cli.instance import InstanceFields, advertise_address, instance_agent, instance_name
-from mesh.cli.process import add_settings_flags, configure_logging, parse_settings, run_server
+from mesh.cli.process import configure_logging, parse_settings, run_server, settings_parser
 from mesh.domain.placement import parse_labels
 from mesh.instance.agent import InstanceAgent
-from mesh.settings import FABRIC_FLAGS_SKIP, FabricSettings
+from mesh.settings import FabricSettings
 from runtimes import server as runtime_server
 from runtimes.backends import BackendRegistry
 from runtimes.settings import RuntimeSettings
@@ -55,12 +55,7 @@ class InstanceSettings(InstanceFields):
 
 def build_parser() -> argparse.ArgumentParser:
     """The runtime's flags, the fabric flags and this instance's own, all from their settings."""
-    parser = argparse.ArgumentParser(prog="meshserve runtime", description="Serve many models in one process; "
-                                     "with --etcd, as an instance of a fabric.")
-    add_settings_flags(parser, ProcessRuntimeSettings)
-    add_settings_flags(parser, FabricSettings, skip=FABRIC_FLAGS_SKIP)
-    add_settings_flags(parser, InstanceSettings)
-    return parser
+    return settings_parser("meshserve runtime", "Serve many models in one process; with --etcd, as an instance of a fabric.", ProcessRuntimeSettings, FabricSettings, InstanceSettings)
 
 
 def runtime_labels(runtime: RuntimeSettings, extra: str = "") -> tuple[str, ...]:

@@ -168,11 +168,8 @@ class Operator(AsyncClosing):
             return
         fabric = await self.fabrics.get(namespace)
         await apply_model(fabric, model)
-        previous = dict(body.get("status") or {})
-        self._track(key, Tracked(kind, namespace, name, model, None, previous))
-        if status.should_load_now(previous if kind == "Predictor" else
-                                  status.predictor_status_from_inference_service(previous)):
-            self._load_soon(fabric, model.model_id)
+        # The next round loads it if its status says so (new, failed, waiting for a runtime).
+        self._track(key, Tracked(kind, namespace, name, model, None, dict(body.get("status") or {})))
 
     def _load_soon(self, fabric: NamespaceFabric, model_id: str) -> None:
         """Load the model now, as modelmesh-serving's `loadNow` does, in an owned background task."""
@@ -187,7 +184,8 @@ class Operator(AsyncClosing):
                 await fabric.view.wait_for(lambda: fabric.view.model(model_id) is not None, timeout)
                 await fabric.cache_miss.ensure_loaded(model_id, timeout)
             except (MeshError, TimeoutError) as error:
-                log.info("load of %s did not complete: %s (the status says why)", model_id, error)
+                # Retried on a later round while the status asks for it; the status says why.
+                log.debug("load of %s did not complete: %s", model_id, error)
             finally:
                 self._loading.discard(key)
                 self._wake.set()
@@ -300,14 +298,9 @@ class Operator(AsyncClosing):
         that is now up), as modelmesh-serving's `loadNow` on its next reconcile."""
         if tracked.model is None or self._context(tracked, fabric).runtime is not status.RuntimeState.UP:
             return
-        def as_predictor(resource_status: dict[str, Any]) -> dict[str, Any]:
-            if tracked.kind == "Predictor":
-                return resource_status
-            return status.predictor_status_from_inference_service(resource_status)
-
         # Upstream decides on the status it had before this reconcile (a load that waited for
         # a runtime shows as Loading/RuntimeUnhealthy there even once the runtime is up).
-        if status.should_load_now(as_predictor(tracked.status)) or status.should_load_now(as_predictor(wanted)):
+        if any(status.should_load_now(_predictor_form(tracked.kind, s)) for s in (tracked.status, wanted)):
             vmodel = fabric.view.vmodel(tracked.model.vmodel_id)
             self._load_soon(fabric, vmodel.target_model_id if vmodel else tracked.model.model_id)
 
@@ -405,3 +398,9 @@ class Operator(AsyncClosing):
                 "--lease-ttl-s", str(self.fabric_settings.lease_ttl_s),
                 "--loading-timeout-ms", str(self.fabric_settings.loading_timeout_ms)]
 
+
+def _predictor_form(kind: str, resource_status: dict[str, Any]) -> dict[str, Any]:
+    """A resource's status in the Predictor's shape (an InferenceService keeps it in modelStatus)."""
+    if kind == "Predictor":
+        return resource_status
+    return status.predictor_status_from_inference_service(resource_status)

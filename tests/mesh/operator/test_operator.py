@@ -517,3 +517,26 @@ async def test_a_runtime_with_reserved_names_is_refused_with_an_event_and_gets_n
     await world.until(warned, "an InvalidRuntime event on the runtime")
     assert "mm" in warned()[0]["message"]
     assert world.object("apps/v1/deployments", "modelmesh-serving-uses-reserved-names") is None
+
+
+async def test_without_etcd_flags_the_operator_reads_the_model_serving_etcd_secret(tmp_path, etcd_server, moto):
+    import base64
+
+    async with KubeApi(tmp_path, NAMESPACE) as api:
+        connection = json.dumps({"endpoints": f"http://{etcd_server.endpoint}", "root_prefix": "from-the-secret"})
+        api.put("v1/secrets", NAMESPACE, {"apiVersion": "v1", "kind": "Secret",
+                                          "metadata": {"name": "model-serving-etcd", "namespace": NAMESPACE},
+                                          "data": {"etcd_connection": base64.b64encode(connection.encode()).decode()}})
+        world = World(tmp_path, etcd_server, moto)
+        world.api = api
+        argv = [sys.executable, "-m", "mesh.cli", "operator", "--namespace", NAMESPACE, "--fabric", "secret-test",
+                "--lease-ttl-s", "3"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSERVE_")}
+        with open(world.operator_log, "ab") as log_file:
+            world.operator = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                                              env={**env, "KUBECONFIG": str(api.kubeconfig)})
+        try:
+            await world.until(lambda: "leading (/from-the-secret/secret-test/operator-leader)" in world.log(),
+                              "the operator to lead through the etcd the secret names")
+        finally:
+            await asyncio.to_thread(world.stop_operator)

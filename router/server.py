@@ -2,14 +2,17 @@
 
 Serves `inference.GRPCInferenceService` (and `mmesh.ModelMesh` when a management
 servicer is available) on one gRPC port, V2 REST on another, Prometheus metrics on a
-third. `--workers N` runs N processes sharing the ports (SO_REUSEPORT); each keeps its
-own watched view of the fabric. With etcd unreachable, a router keeps routing from the
-view it last had (`FabricView` keeps its state; only misses need etcd).
+third. `grpc.health.v1.Health` on the gRPC port is NOT_SERVING until the fabric view is
+ready, then SERVING, and NOT_SERVING again once the router stops. `--workers N` runs N
+processes sharing the ports (SO_REUSEPORT); each keeps its own watched view of the fabric.
+With etcd unreachable, a router keeps routing from the view it last had (`FabricView`
+keeps its state; only misses need etcd).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -19,6 +22,9 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import OVERALL_HEALTH
+from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, start_http_server
 
 from mesh.api.stack import ManagementStack, build_management
@@ -34,7 +40,7 @@ from mesh.control.runtime_client import RuntimeClients
 from mesh.settings import FabricSettings
 from mesh.state.fabric_view import FabricView
 from protos import meshserve_version
-from router.dataplane import DataPlane
+from router.dataplane import SERVICE, DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
 from router.rest import make_app
@@ -44,6 +50,10 @@ from router.settings import RouterSettings
 __all__ = ["RunningRouter", "main", "start_router"]
 
 log = logging.getLogger(__name__)
+
+#: What the health service answers for besides the whole server ("") and inference: the
+#: management API's services, when the router serves them.
+MANAGEMENT_SERVICES = ("mmesh.ModelMesh", "meshserve.admin.MeshAdmin")
 
 
 def view_ready(view: FabricView) -> Any:
@@ -61,10 +71,16 @@ class RunningRouter:
     port: int
     rest_port: int | None
     metrics_port: int | None
+    health: health_aio.HealthServicer
     _rest: web.AppRunner | None = None
     _metrics_http: Any = None
+    _serving: asyncio.Task | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._serving is not None:
+            self._serving.cancel()
+            await asyncio.wait([self._serving])
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self._rest is not None:
             await self._rest.cleanup()
@@ -95,12 +111,17 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=meshserve_version(), observer=metrics),))
     if management is not None:
         management.add_to_server(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    services = (OVERALL_HEALTH, SERVICE, *(MANAGEMENT_SERVICES if management is not None else ()))
+    for service in services:
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
         port = bind_grpc(server, settings.host, settings.port)
     except StartupError:
         await router.close()
         raise
-    running = RunningRouter(server, router, port, None, None)
+    running = RunningRouter(server, router, port, None, None, health)
     try:
         if settings.rest_port:
             runner = web.AppRunner(make_app(dataplane, ready=ready, version=meshserve_version(),
@@ -122,9 +143,17 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     except BaseException:
         await running.stop(0)
         raise
+    running._serving = asyncio.create_task(_serve_once_ready(view, health, services), name="router-health")
     log.info("router listening: gRPC %s:%d, REST %s, metrics %s", settings.host, port,
              running.rest_port or "off", running.metrics_port or "off")
     return running
+
+
+async def _serve_once_ready(view: FabricView, health: health_aio.HealthServicer, services: tuple[str, ...]) -> None:
+    """SERVING once the view has read the fabric (it stays so while etcd is away)."""
+    await view.wait_ready(None)
+    for service in services:
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
 
 async def start_fabric_router(stack: contextlib.AsyncExitStack, settings: RouterSettings, fabric: FabricSettings,

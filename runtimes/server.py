@@ -1,5 +1,6 @@
 """The runtime server: inference.GRPCInferenceService and mmesh.ModelRuntime on one gRPC
-port, Prometheus metrics on another. `start_runtime` starts one; the `meshserve runtime`
+port (with grpc.health.v1.Health: SERVING once READY, NOT_SERVING from the start of `stop`),
+Prometheus metrics on another. `start_runtime` starts one; the `meshserve runtime`
 process around it (flags, signals, joining a fabric) is `mesh.cli.runtime`.
 """
 
@@ -10,6 +11,9 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import OVERALL_HEALTH
+from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, start_http_server
 
 from protos import grpc_service_pb2_grpc, meshserve_version, model_runtime_pb2_grpc
@@ -23,6 +27,9 @@ from runtimes.settings import RuntimeSettings
 from runtimes.sizes import container_memory_limit, format_size
 
 log = logging.getLogger(__name__)
+
+#: What the health service answers for: the whole server ("") and each service on the port.
+HEALTH_SERVICES = (OVERALL_HEALTH, "inference.GRPCInferenceService", "mmesh.ModelRuntime")
 
 
 def resolve_device(setting: str) -> Device:
@@ -68,10 +75,12 @@ class RunningRuntime:
     port: int
     metrics_port: int | None
     ready: asyncio.Event
+    health: health_aio.HealthServicer
     _metrics_http: object | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         self.ready.clear()
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING, for good
         await self.server.stop(grace)
         await self.manager.close()
         await self.puller.aclose()
@@ -110,6 +119,10 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         InferenceServicer(InferenceService(manager, meshserve_version()), manager, metrics, ready), server)
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(
         ModelRuntimeServicer(manager, ready, meshserve_version(), settings.model_loading_timeout_ms), server)
+    health_servicer = health_aio.HealthServicer()
+    for service in HEALTH_SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Bind every port before serving anything: a taken port fails the start, not a runtime
     # that is already answering on one port and then dies.
     try:
@@ -136,6 +149,8 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         raise
     # A fresh process holds nothing, so it is READY at once (ModelMesh: purge before READY).
     ready.set()
+    for service in HEALTH_SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("runtime listening on %s:%d, capacity %s on %s, metrics on %s",
              settings.host, port, format_size(capacity), device.kind, metrics_port or "off")
-    return RunningRuntime(server, manager, puller, port, metrics_port, ready, metrics_http)
+    return RunningRuntime(server, manager, puller, port, metrics_port, ready, health_servicer, metrics_http)

@@ -17,6 +17,10 @@ modelmesh-runtime-adapter with Triton or MLServer, or a plain `meshserve runtime
 4. polls the runtime's V2 ModelStatistics on each publish tick (last use and request rates),
    and its runtimeStatus every `--health-interval-s`.
 
+`grpc.health.v1.Health` on `--port` (overall and `mmesh.ModelRuntime`) is SERVING once the
+runtime is READY and the agent serves the SPI and has begun registering (steps 1 to 3), and
+NOT_SERVING once the runtime is gone or the agent stops.
+
 When the runtime is gone (`--health-failures` runtimeStatus checks in a row fail or are not
 READY: killed, crashed, restarted without its models) the agent leaves the fabric and exits
 with status 1: it publishes `shutting_down`, forgets the runtime's copies (their model
@@ -35,6 +39,9 @@ import contextlib
 import logging
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import OVERALL_HEALTH
+from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -89,6 +96,9 @@ class AgentSettings(InstanceFields):
     def _size(cls, value):
         return None if value is None or value == "" else parse_size(value)
 
+
+#: What the health service answers for: the whole server ("") and the SPI it serves the fabric.
+HEALTH_SERVICES = (OVERALL_HEALTH, "mmesh.ModelRuntime")
 
 #: How long unloading every model may take when the agent stops.
 UNLOAD_AT_STOP_S = 20.0
@@ -151,20 +161,28 @@ async def start_agent(stack: contextlib.AsyncExitStack, settings: AgentSettings,
 
     stack.push_async_callback(let_go_of_the_models)
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(AgentRuntimeServicer(models, ready), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in HEALTH_SERVICES:
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     stack.push_async_callback(server.stop, 5.0)
     await agent.start()
     stack.push_async_callback(_drain, agent)
     ready.set()
+    for service in HEALTH_SERVICES:
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     async def watch_runtime() -> None:
         reason = await models.watch(settings.health_interval_s, settings.health_failures)
         log.error("the runtime at %s is gone (%s): leaving the fabric", settings.runtime_address, reason)
+        await health.enter_graceful_shutdown()
         gone.append(reason)
         stop.set()
 
-    tasks = await stack.enter_async_context(TaskSupervisor("agent-main"))  # the watch stops first
+    tasks = await stack.enter_async_context(TaskSupervisor("agent-main"))  # the watch stops first (after NOT_SERVING)
     tasks.spawn(watch_runtime(), name="runtime-health")
+    stack.push_async_callback(health.enter_graceful_shutdown)  # NOT_SERVING first on the way out
     log.info("agent %s on port %d for the runtime at %s (V2 at %s), fabric '%s', labels %s", instance_id, port,
              settings.runtime_address, models.data_address, keys.fabric, settings.labels or "(none)")
     return agent

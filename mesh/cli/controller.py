@@ -2,8 +2,10 @@
 
 Every replica serves `mmesh.ModelMesh` and `meshserve.admin.MeshAdmin` on `--port` (any
 replica answers: writes are compare-and-set in etcd), built by `mesh.api.stack` exactly as
-the router builds its own. Replicas campaign for `keys.leader` under a lease of
-`--lease-ttl-s` (`mesh.control.leadership`); the leader runs the `Controller` rounds.
+the router builds its own, with `grpc.health.v1.Health` beside them (SERVING once the
+management API is served, NOT_SERVING from the start of the stop). Replicas campaign for
+`keys.leader` under a lease of `--lease-ttl-s` (`mesh.control.leadership`); the leader
+runs the `Controller` rounds.
 
 Start-up (`mesh.cli.process`): the gRPC and metrics ports are bound first (a taken port is
 one line on stderr and exit 1); an unreachable etcd is reported and retried until it
@@ -21,6 +23,9 @@ import os
 import socket
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import OVERALL_HEALTH
+from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +44,9 @@ from mesh.state.fabric_view import FabricView
 __all__ = ["ControllerSettings", "build_parser", "main", "start_controller"]
 
 log = logging.getLogger(__name__)
+
+#: What the health service answers for: the whole server ("") and the management API's services.
+HEALTH_SERVICES = (OVERALL_HEALTH, "mmesh.ModelMesh", "meshserve.admin.MeshAdmin")
 
 #: How long a stopping leader gets to leave its term and resign before it is cancelled.
 RESIGN_GRACE_S = 5.0
@@ -99,6 +107,10 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     management.add_to_server(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for service in HEALTH_SERVICES:
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = bind_grpc(server, controller.host, controller.port)
     metrics_registry = CollectorRegistry()
     if controller.metrics_port:
@@ -110,6 +122,8 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
         stack.callback(metrics_http.shutdown)
     await server.start()
     stack.push_async_callback(server.stop, 5.0)
+    for service in HEALTH_SERVICES:
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("controller %s: management API on %s:%d, fabric %s", replica_id, controller.host, port, keys.fabric)
 
     config = ControllerConfig(interval_s=controller.interval_s, load_timeout_s=controller.load_timeout_s,
@@ -134,6 +148,7 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
         await asyncio.wait([leading], timeout=RESIGN_GRACE_S)
 
     stack.push_async_callback(let_the_leader_resign)
+    stack.push_async_callback(health.enter_graceful_shutdown)  # first on the way out
     return port
 
 

@@ -351,12 +351,11 @@ _OUR_SECURITY = {
 
 def _grpc_probes(port: int) -> dict[str, Any]:
     # Upstream's numbers for the mm container: ready quickly, killed only after 90 s + 2 misses.
-    # TCP until the processes serve grpc.health.v1 (the chart issue adds it): a grpc probe
-    # against a server without the health service never passes.
+    # grpc.health.v1 on the port: the runtime and the agent answer SERVING once READY.
     return {
-        "readinessProbe": {"tcpSocket": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 5,
+        "readinessProbe": {"grpc": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 5,
                            "timeoutSeconds": 1},
-        "livenessProbe": {"tcpSocket": {"port": port}, "initialDelaySeconds": 90, "periodSeconds": 30,
+        "livenessProbe": {"grpc": {"port": port}, "initialDelaySeconds": 90, "periodSeconds": 30,
                           "timeoutSeconds": 5, "failureThreshold": 2},
     }
 

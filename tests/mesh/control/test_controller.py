@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from mesh.control.cache_miss import CacheMiss, MissConfig
@@ -300,6 +302,26 @@ async def test_two_controller_processes_elect_one_leader_and_fail_over(etcd_serv
     finally:
         for process in procs.values():
             _stop(process)
+
+
+async def test_a_controller_answers_serving_once_it_serves_the_management_api(etcd_server, keys, tmp_path):
+    port = free_port()
+    process, log_path = _start_controller(etcd_server.endpoint, keys, tmp_path, "h", port)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def status(service: str = "") -> int:
+                return (await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status
+
+            serving = health_pb2.HealthCheckResponse.SERVING
+            await async_wait_until(lambda: _is(status, serving), 30, "the controller to answer SERVING")
+            for service in ("mmesh.ModelMesh", "meshserve.admin.MeshAdmin"):
+                assert await status(service) == serving, service
+        process.send_signal(signal.SIGTERM)
+        assert await _wait_exit(process) == 0, log_path.read_text()
+    finally:
+        _stop(process)
 
 
 async def _is(read, expected) -> bool:

@@ -10,7 +10,8 @@ for is refused at once; LRU room is made over the SPI when the runtime is full; 
 unloads the runtime and removes the instance; a killed runtime or a killed agent takes the
 instance out within the lease TTL; an agent started again beside a runtime purges what it
 held from before; a copy the runtime drops by itself leaves the record; an agent waits for
-its runtime to be READY, and says so when it gives up.
+its runtime to be READY, and says so when it gives up; its grpc.health.v1 answers SERVING
+once it is seated and stops doing so when its runtime is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from mesh.control.cache_miss import CacheMiss
@@ -42,7 +44,7 @@ from tests.support import models
 from tests.support.agent_process import AgentProcess, start_agent_process
 from tests.support.ports import free_port
 from tests.support.runtime_process import RuntimeProcess, start_runtime_process
-from tests.support.waiting import wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
@@ -297,6 +299,29 @@ async def test_an_agent_waits_for_the_runtime_and_says_why_it_cannot_start(seats
     await asyncio.to_thread(wait_until, lambda: "waiting for the runtime" in waiting.log(), WAIT, "the agent to wait")
     assert await asyncio.to_thread(waiting.stop, 10) == 0
     assert view_only.instance("a1") is None and "registered at" not in waiting.log()
+
+
+async def test_the_agent_answers_serving_once_its_runtime_is_ready_and_not_once_it_is_gone(
+        seats, view_only) -> None:
+    runtime, agent, _ = await seated(seats, view_only, 64 << 20)
+    async with grpc.aio.insecure_channel(agent.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def status(service: str = "") -> int:
+            return (await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status
+
+        for service in ("", "mmesh.ModelRuntime"):
+            assert await status(service) == health_pb2.HealthCheckResponse.SERVING, service
+
+        async def not_serving() -> bool:
+            try:
+                return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            except grpc.aio.AioRpcError as error:  # or gone with the agent
+                return error.code() == grpc.StatusCode.UNAVAILABLE
+
+        runtime.process.kill()
+        await async_wait_until(not_serving, WAIT, "the agent to stop answering SERVING")
+    assert await asyncio.to_thread(agent.process.wait, WAIT) == 1
 
 
 def test_bad_labels_are_refused_in_one_line() -> None:

@@ -136,8 +136,8 @@ def test_every_sample_becomes_a_valid_pool(file: str, doc: dict[str, Any]) -> No
     agent = containers[-1]
     assert agent["image"] == IMAGE
     assert agent["command"] == ["meshserve"] and agent["args"] == ["agent", *AGENT_ARGS]
-    assert agent["readinessProbe"]["tcpSocket"] == {"port": rp.AGENT_PORT}
-    assert agent["livenessProbe"]["tcpSocket"] == {"port": rp.AGENT_PORT}
+    assert agent["readinessProbe"]["grpc"] == {"port": rp.AGENT_PORT}
+    assert agent["livenessProbe"]["grpc"] == {"port": rp.AGENT_PORT}
     assert agent["securityContext"]["runAsNonRoot"] is True
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert agent["securityContext"]["allowPrivilegeEscalation"] is False
@@ -433,8 +433,8 @@ def test_meshserves_own_runtime_is_one_container_with_the_agent_inside() -> None
     ]
     assert runtime["ports"] == [{"name": "grpc", "containerPort": 8085},
                                 {"name": "prometheus", "containerPort": 2112}]
-    assert runtime["readinessProbe"]["tcpSocket"] == {"port": 8085}
-    assert runtime["livenessProbe"]["tcpSocket"] == {"port": 8085}
+    assert runtime["readinessProbe"]["grpc"] == {"port": 8085}
+    assert runtime["livenessProbe"]["grpc"] == {"port": 8085}
     assert runtime["securityContext"]["runAsNonRoot"] is True
     assert runtime["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert runtime["resources"] == spec["containers"][0]["resources"]

@@ -88,13 +88,14 @@ async def start_instance(stack: contextlib.AsyncExitStack, runtime: RuntimeSetti
     stack.push_async_callback(agent.close)
     stack.push_async_callback(running.stop)
     await agent.start()
-    stack.push_async_callback(_drain, agent)
+    stack.push_async_callback(_drain, agent, running)
     log.info("instance %s joining fabric '%s' through etcd at %s", instance_id, fabric.fabric, fabric.etcd)
     return agent
 
 
-async def _drain(agent: InstanceAgent) -> None:
+async def _drain(agent: InstanceAgent, running: runtime_server.RunningRuntime) -> None:
     log.info("stopping: publishing shutting_down, then draining requests in flight")
+    await running.health.enter_graceful_shutdown()  # probes see it leaving while routers are told
     await agent.drain()
 
 

@@ -351,8 +351,11 @@ _OUR_SECURITY = {
 
 def _grpc_probes(port: int) -> dict[str, Any]:
     # Upstream's numbers for the mm container: ready quickly, killed only after 90 s + 2 misses.
-    # grpc.health.v1 on the port: the runtime and the agent answer SERVING once READY.
+    # grpc.health.v1 on the port: the runtime and the agent answer SERVING once READY. The
+    # startup probe gives a slow runtime behind an agent (which waits up to 300 s for it) time
+    # before liveness may restart the pod.
     return {
+        "startupProbe": {"grpc": {"port": port}, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 66},
         "readinessProbe": {"grpc": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 5,
                            "timeoutSeconds": 1},
         "livenessProbe": {"grpc": {"port": port}, "initialDelaySeconds": 90, "periodSeconds": 30,

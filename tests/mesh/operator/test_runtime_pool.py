@@ -138,6 +138,8 @@ def test_every_sample_becomes_a_valid_pool(file: str, doc: dict[str, Any]) -> No
     assert agent["command"] == ["meshserve"] and agent["args"] == ["agent", *AGENT_ARGS]
     assert agent["readinessProbe"]["grpc"] == {"port": rp.AGENT_PORT}
     assert agent["livenessProbe"]["grpc"] == {"port": rp.AGENT_PORT}
+    startup = agent["startupProbe"]  # outlasts the agent's 300 s wait for its runtime
+    assert startup["grpc"] == {"port": rp.AGENT_PORT} and startup["periodSeconds"] * startup["failureThreshold"] > 300
     assert agent["securityContext"]["runAsNonRoot"] is True
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert agent["securityContext"]["allowPrivilegeEscalation"] is False

@@ -51,10 +51,22 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
     return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
 
-def _flag_type(annotation: Any) -> Callable[[str], Any] | None:
+def _flag_type(annotation: Any, parsed_by_the_class: bool) -> Callable[[str], Any] | None:
     """argparse's converter: exact ints and floats are checked by argparse (a clear usage
-    error); anything else goes to pydantic as text (sizes like 2GiB, paths, optionals)."""
+    error); anything else goes to pydantic as text (paths, optionals, and fields the class
+    parses itself, such as sizes like 256MiB for an int field)."""
+    if parsed_by_the_class:
+        return str
     return {int: int, float: float}.get(annotation, str)
+
+
+def _fields_parsed_before_validation(cls: type[BaseSettings]) -> set[str]:
+    """Fields with a `mode="before"` validator: they take text the plain type would refuse."""
+    found: set[str] = set()
+    for decorator in cls.__pydantic_decorators__.field_validators.values():
+        if decorator.info.mode == "before":
+            found.update(decorator.info.fields)
+    return found
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -71,6 +83,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type[BaseSettings],
     `FLAGS_SKIP`: settings read from the environment only), all defaulting to None so that a
     flag not given leaves the variable or the default in charge."""
     skipped = set(skip) | set(getattr(cls, "FLAGS_SKIP", ()))
+    parsed_by_the_class = _fields_parsed_before_validation(cls)
     for name, field in cls.model_fields.items():
         if name in skipped:
             continue
@@ -82,8 +95,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type[BaseSettings],
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
-        parser.add_argument(flag, dest=name, type=_flag_type(field.annotation), choices=choices, default=None,
-                            help=help_text)
+        parser.add_argument(flag, dest=name, type=_flag_type(field.annotation, name in parsed_by_the_class),
+                            choices=choices, default=None, help=help_text)
 
 
 def settings_parser(prog: str, description: str, *classes: type[BaseSettings]) -> argparse.ArgumentParser:

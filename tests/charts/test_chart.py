@@ -81,7 +81,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "three-members-cluster-ip": {
         "etcd": {"replicas": 3, "podAntiAffinity": "hard", "persistence": {"storageClassName": "fast"}},
         "service": {"headless": False},
-        "probes": {"grpcHealth": True},
+        "probes": {"grpcHealth": False},  # an older image without grpc.health.v1: TCP probes
         "fabric": "team-a",
         "fabricTimings": {"leaseTtlSeconds": 15, "loadingTimeoutMs": 300000, "failureExpiryMs": 600000},
         "imagePullSecrets": ["regcred"],
@@ -724,15 +724,15 @@ def test_runtime_autoscaling_becomes_the_operators_hpa(chart):
     assert labels["team"] == "ml" and labels["cost-center"] == "ai"
 
 
-def test_probes_are_tcp_until_grpc_health_is_switched_on(chart, defaults):
+def test_probes_use_grpc_health_unless_switched_off(chart, defaults):
+    assert defaults.container("router")["readinessProbe"]["grpc"] == {"port": 8033}
+    assert defaults.container("controller")["livenessProbe"]["grpc"] == {"port": 8034}
+    assert "tcpSocket" not in defaults.container("router")["livenessProbe"]
+    switched_off = render(chart, SCENARIOS["three-members-cluster-ip"])
     for component, port in (("router", "grpc"), ("controller", "grpc")):
-        container = defaults.container(component)
+        container = switched_off.container(component)
         assert container["readinessProbe"]["tcpSocket"] == {"port": port}
         assert container["livenessProbe"]["tcpSocket"] == {"port": port}
-    switched = render(chart, SCENARIOS["three-members-cluster-ip"])
-    assert switched.container("router")["readinessProbe"]["grpc"] == {"port": 8033}
-    assert switched.container("controller")["livenessProbe"]["grpc"] == {"port": 8034}
-    assert "tcpSocket" not in switched.container("router")["livenessProbe"]
 
 
 def test_test_hook_calls_the_router(scenario):

@@ -171,7 +171,7 @@ model-serving-etcd
 
 {{/*
 Readiness and liveness of a meshserve gRPC server. Call with (dict "root" $ "port" 8033 "portName" "grpc").
-TCP on the gRPC port until the image serves grpc.health.v1 (probes.grpcHealth).
+grpc.health.v1 (probes.grpcHealth, the default), else TCP on the gRPC port for an image without it.
 */}}
 {{- define "meshserve.grpcProbes" -}}
 {{- $check := "" -}}

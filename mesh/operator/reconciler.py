@@ -353,10 +353,14 @@ class Operator(AsyncClosing):
         needed = {r.name for t in self.tracked.values() if t.namespace == namespace and t.model is not None
                   for r in self.supporting(namespace, t.model.record.model_type)}
         await self.kube.apply(runtime_pool.service(namespace, self.config))
-        if namespace != self.home_namespace:  # the chart runs the home namespace's router
-            await self.kube.apply(runtime_pool.router_deployment(
-                namespace, self.config, meshserve_image=self.settings.image, etcd_secret=self.settings.etcd_secret,
-                fabric_args=["--fabric", self.fabrics.fabric_name(namespace)]))
+        if namespace != self.home_namespace:  # the chart runs the home namespace's router and controller
+            for build in (runtime_pool.router_deployment, runtime_pool.controller_deployment):
+                await self.kube.apply(build(
+                    namespace, self.config, meshserve_image=self.settings.image,
+                    etcd_secret=self.settings.etcd_secret,
+                    fabric_args=["--fabric", self.fabrics.fabric_name(namespace),
+                                 "--lease-ttl-s", str(self.fabric_settings.lease_ttl_s),
+                                 "--loading-timeout-ms", str(self.fabric_settings.loading_timeout_ms)]))
         for runtime in sorted(self.runtimes.values(), key=lambda r: (r.namespace is None, r.name)):
             if runtime.namespace not in (namespace, None) or not runtime.serves_mesh:
                 continue

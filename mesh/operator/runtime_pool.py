@@ -646,6 +646,10 @@ def _native_container(
 # -- the Service ---------------------------------------------------------------------------
 
 
+CONTROLLER_PORT = 8034
+CONTROLLER_METRICS_PORT = 2113
+
+
 def router_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG, *, meshserve_image: str,
                       fabric_args: Sequence[str], replicas: int = 1,
                       etcd_secret: str = ETCD_SECRET_NAME) -> dict[str, Any]:
@@ -655,10 +659,7 @@ def router_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG, *,
     chart installs the operator's own namespace's. Ports are named as the Service targets
     them (grpc, http, prometheus); the gRPC message limit is `grpcMaxMessageSizeBytes`.
     """
-    name = f"{config.inference_service_name}-router"
-    labels = {**ROUTER_POD_LABELS, **MANAGED_BY}
-    args = ["router", *fabric_args, "--etcd-connection-file", ETCD_CONNECTION_FILE,
-            "--port", str(config.inference_service_port),
+    args = ["--port", str(config.inference_service_port),
             "--rest-port", str(config.rest_proxy.port if config.rest_proxy.enabled else 0),
             "--metrics-port", str(config.metrics.port if config.metrics.enabled else 0),
             "--max-message-bytes", str(config.grpc_max_message_size_bytes)]
@@ -667,19 +668,49 @@ def router_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG, *,
         ports.append({"name": "http", "containerPort": config.rest_proxy.port})
     if config.metrics.enabled:
         ports.append({"name": "prometheus", "containerPort": config.metrics.port})
+    return _fabric_process("router", namespace, config, ROUTER_POD_LABELS, [*fabric_args, *args], ports,
+                           meshserve_image=meshserve_image, replicas=replicas, etcd_secret=etcd_secret)
+
+
+def controller_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG, *, meshserve_image: str,
+                          fabric_args: Sequence[str], replicas: int = 2,
+                          etcd_secret: str = ETCD_SECRET_NAME) -> dict[str, Any]:
+    """meshserve's controller for one namespace's fabric (leader-elected: 2 replicas, one acts).
+
+    In cluster scope each served namespace's fabric needs its own (vmodel transitions,
+    re-homing, scaling); the chart installs the operator's own namespace's.
+    """
+    args = ["--port", str(CONTROLLER_PORT),
+            "--metrics-port", str(CONTROLLER_METRICS_PORT if config.metrics.enabled else 0)]
+    ports = [{"name": "grpc", "containerPort": CONTROLLER_PORT}]
+    if config.metrics.enabled:
+        ports.append({"name": "prometheus", "containerPort": CONTROLLER_METRICS_PORT})
+    labels = {"app.kubernetes.io/name": "meshserve", "app.kubernetes.io/component": "controller"}
+    return _fabric_process("controller", namespace, config, labels, [*fabric_args, *args], ports,
+                           meshserve_image=meshserve_image, replicas=replicas, etcd_secret=etcd_secret)
+
+
+def _fabric_process(component: str, namespace: str, config: ServingConfig, pod_labels: Mapping[str, str],
+                    args: Sequence[str], ports: list[dict[str, Any]], *, meshserve_image: str, replicas: int,
+                    etcd_secret: str) -> dict[str, Any]:
+    """A Deployment of one meshserve process of a namespace's fabric, reading etcd from the secret."""
+    labels = {**pod_labels, **MANAGED_BY}
     container = {
-        "name": "router", "image": meshserve_image, "command": ["meshserve"], "args": args, "ports": ports,
+        "name": component, "image": meshserve_image, "command": ["meshserve"],
+        "args": [component, *args, "--etcd-connection-file", ETCD_CONNECTION_FILE], "ports": ports,
         "volumeMounts": [{"name": ETCD_VOLUME, "mountPath": ETCD_MOUNT, "readOnly": True}],
         "securityContext": {**copy.deepcopy(_OUR_SECURITY), "readOnlyRootFilesystem": True},
-        "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5},
+        **_grpc_probes(ports[0]["containerPort"]),
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     }
+    container.pop("startupProbe")  # these start in seconds; liveness waits its initial delay
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "metadata": {"name": f"{config.inference_service_name}-{component}", "namespace": namespace,
+                     "labels": dict(labels)},
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": dict(ROUTER_POD_LABELS)},
+            "selector": {"matchLabels": dict(pod_labels)},
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {"containers": [container],

@@ -25,6 +25,7 @@ import yaml
 
 from mesh.operator import crds
 from mesh.operator.predictor import mesh_model
+from mesh.cli import controller as controller_cli
 from router import server as router_server
 from tests.support import models
 from tests.support.fabric import REPO, Fabric
@@ -458,14 +459,19 @@ async def test_cluster_scope_serves_labelled_namespaces_each_as_its_own_fabric(t
                 return etcd_keys(world, "vmodels")
 
             await world.until(lambda: "example-onnx-mnist" in vmodels_of("team-a"), "team-a's fabric to get the vmodel")
-            await world.until(lambda: api.get("v1/services", "team-a", "modelmesh-serving") is not None,
-                              "team-a's modelmesh-serving Service")
+            # Cluster scope: each served namespace gets its own Service, router and controller.
+            await world.until(lambda: all(api.get(resource, "team-a", name) is not None for resource, name in (
+                ("v1/services", "modelmesh-serving"), ("apps/v1/deployments", "modelmesh-serving-router"),
+                ("apps/v1/deployments", "modelmesh-serving-controller"))), "team-a's Service, router and controller")
             router = api.get("apps/v1/deployments", "team-a", "modelmesh-serving-router")
-            assert router is not None, "cluster scope: each served namespace gets its own router"
             kubernetes_validate.validate(_without_server_fields(router), K8S_VERSION, strict=True)
             args = router["spec"]["template"]["spec"]["containers"][0]["args"]
             parsed = router_server.build_parser().parse_args(args[1:])  # meshserve's own parser takes them
             assert parsed.fabric == "team-a" and parsed.port == 8033
+            controller = api.get("apps/v1/deployments", "team-a", "modelmesh-serving-controller")
+            kubernetes_validate.validate(_without_server_fields(controller), K8S_VERSION, strict=True)
+            args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert controller_cli.build_parser().parse_args(args[1:]).fabric == "team-a"
             assert "example-onnx-mnist" not in vmodels_of("team-b")
             assert "status" not in api.get(PREDICTORS, "team-b", "example-onnx-mnist")
             assert not api.get(PREDICTORS, "team-b", "example-onnx-mnist")["metadata"].get("finalizers")

@@ -163,7 +163,14 @@ class KubeClient(AsyncClosing):
 
 
 def _difference(live: Any, wanted: Any) -> Any:
-    """The part of `wanted` that `live` does not already have (None when nothing differs)."""
+    """The part of `wanted` that `live` does not already have (None when nothing differs).
+
+    Fields only `live` has (the API server's defaults, status) do not count, in lists too: a
+    list whose items each hold what is wanted is the same list (a merge patch would replace a
+    list whole, so a differing one is sent whole)."""
+    if isinstance(wanted, list) and isinstance(live, list):
+        same = len(wanted) == len(live) and all(_difference(l, w) is None for l, w in zip(live, wanted))
+        return None if same else wanted
     if isinstance(wanted, dict) and isinstance(live, dict):
         changed = {}
         for key, value in wanted.items():

@@ -3,7 +3,7 @@ defaults. How to reach the fabric is `mesh.settings.FabricSettings` (`MESHSERVE_
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["RouterSettings"]
@@ -14,7 +14,7 @@ class RouterSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_", extra="forbid")
 
-    host: str = Field("0.0.0.0", description="Address the gRPC and REST servers bind.")
+    host: str = Field("0.0.0.0", min_length=1, description="Address the gRPC and REST servers bind.")
     port: int = Field(8033, description="gRPC port: V2 inference and the mmesh.ModelMesh management API (ModelMesh's 8033).")
     rest_port: int = Field(8008, description="REST V2 port (KServe's 8008); 0 turns REST off.")
     metrics_port: int = Field(2112, description="Prometheus /metrics port; 0 turns it off. With several workers, worker i uses metrics_port + i.")
@@ -24,10 +24,3 @@ class RouterSettings(BaseSettings):
     max_message_bytes: int = Field(16 << 20, gt=0, description="Largest gRPC message accepted from clients or sent to instances (bytes), both ways.")
     workers: int = Field(1, ge=1, description="Router processes sharing the ports (SO_REUSEPORT); 1 runs in this process.")
     log_level: str = Field("INFO", description="Python logging level.")
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        if not value:
-            raise ValueError("host must not be empty")
-        return value

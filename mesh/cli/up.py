@@ -82,7 +82,7 @@ class UpSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_UP_", extra="forbid")
 
-    host: str = Field("127.0.0.1", description="Address the router binds (0.0.0.0 to reach it from other machines); "
+    host: str = Field("127.0.0.1", min_length=1, description="Address the router binds (0.0.0.0 to reach it from other machines); "
                       "every other process binds 127.0.0.1.")
     port: int = Field(8033, ge=1, le=65535, description="Router gRPC port: V2 inference and the mmesh.ModelMesh "
                       "management API.")
@@ -110,12 +110,6 @@ class UpSettings(BaseSettings):
         parse_size(value)  # ValueError names the bad size
         return value.strip()
 
-    @field_validator("host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        if not value:
-            raise ValueError("host must not be empty")
-        return value
 
 
 class UpError(Exception):

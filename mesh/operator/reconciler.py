@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
-from mesh.domain.errors import MeshError
+from mesh.domain.errors import MeshError, PreconditionFailed
 from mesh.domain.model_status import model_status, vmodel_status
 from mesh.etcd.client import EtcdClient
 from mesh.operator import runtime_pool, status
@@ -81,6 +81,7 @@ class Tracked:
     model: MeshModel | None
     invalid: InvalidPredictorSpec | None
     status: dict[str, Any] = field(default_factory=dict)  # as last written (or found on the object)
+    owner_conflict: bool = False  # a vmodel of this name belongs to the other kind of resource
 
     @property
     def path(self) -> str:
@@ -167,9 +168,15 @@ class Operator(AsyncClosing):
             await self.model_deleted(kind, namespace, name)
             return
         fabric = await self.fabrics.get(namespace)
-        await apply_model(fabric, model)
+        previous = dict(body.get("status") or {})
+        try:
+            await apply_model(fabric, model)
+        except PreconditionFailed as error:  # a Predictor and an InferenceService of one name
+            log.warning("%s %s/%s: %s", kind, namespace, name, error)
+            self._track(key, Tracked(kind, namespace, name, model, None, previous, owner_conflict=True))
+            return
         # The next round loads it if its status says so (new, failed, waiting for a runtime).
-        self._track(key, Tracked(kind, namespace, name, model, None, dict(body.get("status") or {})))
+        self._track(key, Tracked(kind, namespace, name, model, None, previous))
 
     def _load_soon(self, fabric: NamespaceFabric, model_id: str) -> None:
         """Load the model now, as modelmesh-serving's `loadNow` does, in an owned background task."""
@@ -197,7 +204,10 @@ class Operator(AsyncClosing):
         self.tracked.pop((kind, namespace, name), None)
         self._waiting.pop((kind, namespace, name), None)
         if self.serves(namespace) or namespace in {f.namespace for f in self.fabrics.opened()}:
-            await remove_model(await self.fabrics.get(namespace), name, OWNERS[kind])
+            try:
+                await remove_model(await self.fabrics.get(namespace), name, OWNERS[kind])
+            except PreconditionFailed:
+                pass  # the vmodel of this name belongs to the other kind of resource: not ours to delete
         self._wake.set()
 
     def _track(self, key: tuple[str, str, str], tracked: Tracked) -> None:
@@ -296,7 +306,8 @@ class Operator(AsyncClosing):
     def _load_if_due(self, tracked: Tracked, fabric: NamespaceFabric, wanted: dict[str, Any]) -> None:
         """Load a model whose status says it should be (new, failed, or waiting for a runtime
         that is now up), as modelmesh-serving's `loadNow` on its next reconcile."""
-        if tracked.model is None or self._context(tracked, fabric).runtime is not status.RuntimeState.UP:
+        if (tracked.model is None or tracked.owner_conflict
+                or self._context(tracked, fabric).runtime is not status.RuntimeState.UP):
             return
         # Upstream decides on the status it had before this reconcile (a load that waited for
         # a runtime shows as Loading/RuntimeUnhealthy there even once the runtime is up).
@@ -310,6 +321,11 @@ class Operator(AsyncClosing):
         model_id = tracked.model.model_id if tracked.model else (tracked.invalid.model_id if tracked.invalid else "")
         vmodel = self._vmodel_status(fabric, tracked.name, now)
         context = self._context(tracked, fabric)
+        if tracked.owner_conflict:
+            conflict = status.owner_conflict_status(_predictor_form(tracked.kind, tracked.status))
+            if tracked.kind == "Predictor":
+                return conflict
+            return status.inference_service_status(conflict, tracked.status, now_ms=now)
         if tracked.invalid is not None:
             return status.invalid_resource_status(tracked.kind, tracked.invalid.message, model_id, context,
                                                   tracked.status, now_ms=now, vmodel=vmodel)

@@ -546,3 +546,27 @@ async def test_without_etcd_flags_the_operator_reads_the_model_serving_etcd_secr
                               "the operator to lead through the etcd the secret names")
         finally:
             await asyncio.to_thread(world.stop_operator)
+
+
+async def test_a_predictor_and_an_inference_service_of_one_name_conflict_and_the_loser_deletes_cleanly(world, moto):
+    put_model(moto, "onnx/mnist.onnx")
+    predictor = sample("example-onnx-mnist-predictor.yaml")
+    await world.create(PREDICTORS, predictor)
+    await world.until(lambda: loaded(world.status(PREDICTORS, "example-onnx-mnist")), "the predictor to load")
+    clash = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+             "metadata": {"name": "example-onnx-mnist",
+                          "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh",
+                                          "serving.kserve.io/secretKey": "localMinIO"}},
+             "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"},
+                                              "storageUri": f"s3://{BUCKET}/onnx/mnist.onnx"}}}}
+    await world.create(ISVCS, clash)
+    await world.until(lambda: (world.status(ISVCS, "example-onnx-mnist").get("modelStatus", {})
+                               .get("lastFailureInfo", {}).get("message", "")).startswith("Predictor already exists"),
+                      "the InferenceService to report the name taken by another source")
+    crds.validate_status("InferenceService", world.status(ISVCS, "example-onnx-mnist"))
+
+    await world.delete(ISVCS, "example-onnx-mnist")
+    await world.until(lambda: world.object(ISVCS, "example-onnx-mnist") is None,
+                      "the InferenceService's finalizer to be released")
+    assert "example-onnx-mnist" in etcd_keys(world, "vmodels"), "the Predictor's vmodel must stay"
+    assert loaded(world.status(PREDICTORS, "example-onnx-mnist"))

@@ -47,6 +47,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -205,17 +206,46 @@ def _port_taken(host: str, port: int) -> bool:
 
 
 def _free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open while choosing, so none repeats)."""
-    sockets = []
+    """`count` distinct free loopback ports (all held open while choosing, so none repeats).
+
+    Chosen below the kernel's ephemeral range: a port picked there (bind to port 0) can be
+    taken by any outgoing connection, the children's own to etcd included, before the child
+    that was given it binds it.
+    """
+    low = _ephemeral_low()
+    candidates = random.Random().sample(range(_PORT_FLOOR, low), k=min(low - _PORT_FLOOR, 4 * count + 64))
+    sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates:
+            if len(sockets) == count:
+                break
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
+        if len(sockets) < count:
+            raise UpError(f"found only {len(sockets)} of {count} free ports below {low}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for sock in sockets:
             sock.close()
+
+
+#: Lowest port handed to children (above the well-known and common service ports).
+_PORT_FLOOR = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            low = int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _PORT_FLOOR + 1024)
 
 
 def _connect_host(host: str) -> str:

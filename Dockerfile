@@ -35,7 +35,7 @@ COPY puller puller
 COPY mesh mesh
 COPY router router
 RUN pip wheel --no-deps -c requirements/constraints.txt --wheel-dir /wheels . \
- && pip install -c requirements/constraints.txt "$(ls /wheels/meshserve-*.whl)[torch]" \
+ && pip install -c requirements/constraints.txt "$(ls /wheels/meshserve-*.whl)[torch,classic]" \
  && pip check \
  && python -m pip uninstall --yes pip
 

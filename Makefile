@@ -15,7 +15,7 @@ QUIET_EDITABLE := PYTHONWARNINGS='ignore:Editable installation.:UserWarning'
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(QUIET_EDITABLE) $(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,torch]'
+	$(QUIET_EDITABLE) $(PIP) install --quiet -c requirements/constraints.txt -e '.[dev,torch,classic]'
 	touch $(STAMP)
 
 ## etcd for `make up` and the tests: `etcd` on PATH when there is one (CI installs Debian's

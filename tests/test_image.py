@@ -136,7 +136,7 @@ def test_the_gpu_image_takes_cuda_torch_and_only_the_gpu_onnxruntime():
     _, stages = parse("Dockerfile.gpu")
     run = stages[0].run_text()
     assert "+cpu" not in run and "/whl/cpu" not in run  # torch from PyPI: its Linux wheel is the CUDA build
-    assert re.search(r"meshserve-\*\.whl\)\[gpu,torch\]", run), run
+    assert re.search(r"meshserve-\*\.whl\)\[gpu,torch,classic\]", run), run
     assert "pip uninstall --yes onnxruntime onnxruntime-gpu" in run
     assert "pip install --no-deps -c requirements/constraints.txt onnxruntime-gpu" in run
     assert "CUDAExecutionProvider" in run

@@ -137,16 +137,29 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
 
     @mapped_errors
     async def listModels(self, request: admin.ListModelsRequest, context) -> admin.ListModelsResponse:
-        models, instances, vmodels = self._records()
-        return admin.ListModelsResponse(
-            models=summarize_models(models, instances, vmodels, self._clock(), self._loading_timeout_ms),
-            in_sync=self._view.in_sync)
+        return self.list_models()
 
     @mapped_errors
     async def fabricStatus(self, request: admin.FabricStatusRequest, context) -> admin.FabricStatus:
+        return self.fabric_status()
+
+    # The replies as plain calls (no gRPC), for other readers of the same figures (the
+    # router's dashboard), so they are the very numbers `meshserve top` and `list` print.
+    def list_models(self) -> admin.ListModelsResponse:
+        """What `listModels` answers; StoreUnavailable before the view has read etcd."""
+        return self.status_and_models()[1]
+
+    def fabric_status(self) -> admin.FabricStatus:
+        """What `fabricStatus` answers; StoreUnavailable before the view has read etcd."""
+        return self.status_and_models()[0]
+
+    def status_and_models(self) -> tuple[admin.FabricStatus, admin.ListModelsResponse]:
+        """Both replies from one state of the view and one clock reading."""
         models, instances, vmodels = self._records()
-        return summarize_fabric(models, instances, vmodels, self._clock(), self._loading_timeout_ms,
-                                in_sync=self._view.in_sync)
+        now_ms, in_sync = self._clock(), self._view.in_sync
+        return (summarize_fabric(models, instances, vmodels, now_ms, self._loading_timeout_ms, in_sync=in_sync),
+                admin.ListModelsResponse(models=summarize_models(models, instances, vmodels, now_ms,
+                                                                 self._loading_timeout_ms), in_sync=in_sync))
 
     def _records(self) -> tuple[dict[str, ModelRecord], dict[str, InstanceRecord], dict[str, VModelRecord]]:
         view = self._view

@@ -28,7 +28,7 @@ from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from mesh.domain.errors import MeshError, PreconditionFailed
 from mesh.domain.model_status import model_status, vmodel_status
 from mesh.etcd.client import EtcdClient
-from mesh.operator import runtime_pool, status
+from mesh.operator import etcd_secret, runtime_pool, status
 from mesh.operator.config import DEFAULT_CONFIG, ServingConfig, parse_config
 from mesh.operator.fabrics import NamespaceFabric, NamespaceFabrics
 from mesh.domain.placement import model_labels
@@ -370,6 +370,9 @@ class Operator(AsyncClosing):
                   for r in self.supporting(namespace, t.model.record.model_type)}
         await self.kube.apply(runtime_pool.service(namespace, self.config))
         if namespace != self.home_namespace:  # the chart runs the home namespace's router and controller
+            # Its pods read etcd from their own namespace's Secret, which the operator writes there.
+            await self.kube.apply(etcd_secret.served_namespace_secret(
+                self.settings.etcd_secret, namespace, self.home_namespace, self.fabric_settings))
             for build in (runtime_pool.router_deployment, runtime_pool.controller_deployment):
                 await self.kube.apply(build(
                     namespace, self.config, meshserve_image=self.settings.image,

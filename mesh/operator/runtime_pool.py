@@ -49,6 +49,7 @@ __all__ = [
     "ETCD_CONNECTION_FILE",
     "ETCD_SECRET_NAME",
     "NATIVE_RUNTIME_PORT",
+    "CLUSTER_SCOPE_ONLY_RBAC",
     "OPERATOR_RBAC",
     "ROUTER_POD_LABELS",
     "InvalidRuntime",
@@ -902,7 +903,12 @@ _OWN = ["get", "list", "watch", "create", "patch", "delete"]
 #: Every Kubernetes API call the operator makes, as rbac.authorization.k8s.io/v1 PolicyRules
 #: (apiGroups, resources, verbs), so the chart's ClusterRole (cluster scope) or Role (namespace
 #: scope: leave out namespaces and the cluster-scoped kinds) is derived from this one list.
-#: Resources it does not touch are not here: it creates no Secrets or ConfigMaps of its own.
+#: Resources it does not touch are not here: it creates no ConfigMaps, and Secrets only in
+#: cluster scope (`CLUSTER_SCOPE_ONLY_RBAC`, which a namespace-scoped Role leaves out).
+CLUSTER_SCOPE_ONLY_RBAC: list[dict[str, list[str]]] = [
+    # The model-serving-etcd Secret of each served namespace (mesh/operator/etcd_secret.py).
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
+]
 OPERATOR_RBAC: list[dict[str, list[str]]] = [
     # The resources it handles: kopf lists and watches them, and patches them for its progress
     # annotations and its finalizer (metadata.finalizers, through the main resource).
@@ -939,4 +945,5 @@ OPERATOR_RBAC: list[dict[str, list[str]]] = [
     # needed when the operator runs `--standalone`.
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings", "clusterkopfpeerings"],
      "verbs": ["get", "list", "watch", "patch"]},
+    *CLUSTER_SCOPE_ONLY_RBAC,
 ]

@@ -10,6 +10,7 @@ applied unchanged.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import os
@@ -26,6 +27,7 @@ import yaml
 from mesh.operator import crds
 from mesh.operator.predictor import mesh_model
 from mesh.cli import controller as controller_cli
+from mesh.settings import etcd_connection_values
 from router import server as router_server
 from tests.support import models
 from tests.support.fabric import REPO, Fabric
@@ -472,6 +474,12 @@ async def test_cluster_scope_serves_labelled_namespaces_each_as_its_own_fabric(t
             kubernetes_validate.validate(_without_server_fields(controller), K8S_VERSION, strict=True)
             args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
             assert controller_cli.build_parser().parse_args(args[1:]).fabric == "team-a"
+            # Those pods mount team-a's model-serving-etcd, which the operator writes from its own connection.
+            secret = api.get("v1/secrets", "team-a", "model-serving-etcd")
+            kubernetes_validate.validate(_without_server_fields(secret), K8S_VERSION, strict=True)
+            connection = etcd_connection_values(base64.b64decode(secret["data"]["etcd_connection"]).decode())
+            assert connection["etcd"] == etcd_server.endpoint.split("://")[-1]
+            assert api.get("v1/secrets", "team-b", "model-serving-etcd") is None
             assert "example-onnx-mnist" not in vmodels_of("team-b")
             assert "status" not in api.get(PREDICTORS, "team-b", "example-onnx-mnist")
             assert not api.get(PREDICTORS, "team-b", "example-onnx-mnist")["metadata"].get("finalizers")

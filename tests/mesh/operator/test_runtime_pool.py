@@ -709,7 +709,10 @@ def test_the_rbac_rules_cover_what_the_operator_does() -> None:
         for verb in ("get", "list", "watch", "create", "patch", "delete"):
             assert _allowed(group, resource, verb), (resource, verb)
     for resource in ("configmaps", "secrets"):
-        assert _allowed("", resource, "watch") and not _allowed("", resource, "create")
+        assert _allowed("", resource, "watch")
+    assert not _allowed("", "configmaps", "create")
+    assert _allowed("", "secrets", "create") and _allowed("", "secrets", "patch")  # cluster scope's etcd Secret
+    assert not _allowed("", "secrets", "delete")
     assert _allowed("", "events", "create")
     assert _allowed("", "namespaces", "list") and _allowed("", "namespaces", "watch")
     assert _allowed("kopf.dev", "kopfpeerings", "patch") and _allowed("kopf.dev", "clusterkopfpeerings", "patch")

@@ -469,7 +469,7 @@ def deployment(
     native = is_native(spec, meshserve_image)
     if native:
         containers = [
-            _native_container(c, spec, agent_args, labels, metrics_port, our_mounts)
+            _native_container(c, spec, agent_args, labels, metrics_port, our_mounts, config.grpc_max_message_size_bytes)
             if _repository(str(c.get("image", ""))) == _repository(meshserve_image) else c
             for c in containers
         ]
@@ -601,8 +601,10 @@ def _native_container(
     labels: Sequence[str],
     metrics_port: int,
     mounts: list[dict[str, Any]],
+    max_message_bytes: int,
 ) -> dict[str, Any]:
-    """meshserve's runtime container: `meshserve runtime` with the agent inside."""
+    """meshserve's runtime container: `meshserve runtime` with the agent inside, taking
+    messages up to `grpcMaxMessageSizeBytes` as the router in front of it does."""
     if spec.get("builtInAdapter"):
         raise InvalidRuntime("builtInAdapter does not apply to meshserve's own runtime")
     spi = _endpoint(spec, "grpcEndpoint")
@@ -624,6 +626,7 @@ def _native_container(
         "--storage-config-dir", STORAGE_MOUNT,
         "--instance-id", "$(POD_NAME)",
         "--advertise-address", f"$(POD_IP):{port}",
+        "--max-message-bytes", str(max_message_bytes),
         *(str(a) for a in container.get("args") or ()),  # the runtime's own flags, last so they win
     ]
     ports = [{"name": "grpc", "containerPort": port}]

@@ -430,7 +430,7 @@ def test_meshserves_own_runtime_is_one_container_with_the_agent_inside() -> None
         "runtime", *AGENT_ARGS,
         "--port", "8085", "--metrics-port", "2112", "--models-dir", "/models",
         "--storage-config-dir", "/storage-config", "--instance-id", "$(POD_NAME)",
-        "--advertise-address", "$(POD_IP):8085",
+        "--advertise-address", "$(POD_IP):8085", "--max-message-bytes", str(16 * 2**20),
         "--max-concurrency", "4",
     ]
     assert runtime["ports"] == [{"name": "grpc", "containerPort": 8085},
@@ -446,6 +446,19 @@ def test_meshserves_own_runtime_is_one_container_with_the_agent_inside() -> None
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["MESHSERVE_RUNTIME_LABELS"] == "mt:onnx,mt:onnx:1,mt:pytorch,pv:grpc-v2,pv:v2,rt:meshserve-1.x"
     assert _volumes(d)["models-dir"]["emptyDir"] == {"sizeLimit": str(3 * 2**30)}
+
+
+def test_grpc_max_message_size_reaches_meshserves_runtime_and_its_own_flags_still_win() -> None:
+    from mesh.cli import runtime as runtime_cli
+
+    config, _ = parse_config("grpcMaxMessageSizeBytes: 33554432\n")
+    args = _containers(_build(_native_spec(), config=config))["meshserve"]["args"]
+    assert runtime_cli.build_parser().parse_args(args[1:]).max_message_bytes == "33554432"
+    spec = _native_spec()
+    spec["containers"][0]["args"] = ["--max-message-bytes", "1048576"]
+    args = _containers(_build(spec, config=config))["meshserve"]["args"]
+    # The runtime's own args come last, so they win as for every other flag.
+    assert runtime_cli.build_parser().parse_args(args[1:]).max_message_bytes == "1048576"
 
 
 def test_the_native_rule_is_the_image_repository() -> None:

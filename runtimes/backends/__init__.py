@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.backends.base import Backend, Device, LoadedModel, Probe, TensorSpec
 from runtimes.errors import InvalidModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BackendRegistry", "Device", "LoadedModel", "TensorSpec"]
+__all__ = ["Backend", "BackendRegistry", "Device", "LoadedModel", "Probe", "TensorSpec"]
 
 
 class BackendRegistry:
@@ -38,6 +38,9 @@ class BackendRegistry:
     @property
     def model_types(self) -> list[str]:
         return sorted(self._by_type)
+
+    def backends(self) -> list[Backend]:
+        return list(self._by_type.values())
 
     def select(self, model_type: str, path: Path) -> tuple[Backend, Path]:
         """The backend and model file for a load; InvalidModel naming what was looked for."""

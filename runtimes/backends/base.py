@@ -11,8 +11,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from runtimes.backends.triton_layout import TritonModelConfig
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,27 @@ class Device:
         return self.kind == "cuda"
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A tiny model of a backend's format and a request it answers: what the runtime loads and
+    runs at start-up to measure the backend's fixed memory cost per model
+    (`runtimes.calibration`)."""
+
+    model_file: Path
+    inputs: dict[str, np.ndarray]
+
+
 class LoadedModel(ABC):
     """A model in memory. `infer` may be called from several threads at once."""
 
     platform: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    #: A model of one input that takes it under any name (as MLServer's sklearn, xgboost and
+    #: lightgbm runtimes do): the request's one tensor is checked against `inputs[0]`.
+    any_input_name: bool = False
+    #: The config.pbtxt of a Triton layout the model came from (max_batch_size, dynamic_batching).
+    triton_config: "TritonModelConfig | None" = None
 
     @abstractmethod
     def infer(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
@@ -57,8 +76,10 @@ class LoadedModel(ABC):
 
     @abstractmethod
     def size_bytes(self) -> int:
-        """Memory this model holds, measured after load; 0 when the backend cannot measure it
-        (the manager then uses bytes on disk times its size factor)."""
+        """Memory this model's own data takes (weights, trees, parameters), measured after load;
+        0 when the backend cannot measure it (the manager then uses bytes on disk times its size
+        factor). The fixed cost every model of the backend pays besides (sessions, objects,
+        buffers of a first run) is the runtime's to add: it is calibrated at start-up."""
 
     @abstractmethod
     def unload(self) -> None:
@@ -70,15 +91,30 @@ class Backend(ABC):
 
     name: str  # canonical model type, e.g. "onnx"
     file_suffixes: tuple[str, ...]
+    #: Format versions advertised as `mt:<name>:<version>`, as ServingRuntimes list them.
+    versions: tuple[str, ...] = ()
 
     @abstractmethod
     def load(self, model_file: Path, device: Device) -> LoadedModel:
         """Load `model_file`; raise InvalidModel with the backend's reason if it cannot."""
 
-    def find_model_file(self, path: Path) -> Path | None:
-        """The model file in `path` (a file, or a folder searched recursively), or None."""
+    def recognizes(self, model_file: Path) -> bool:
+        """Whether the file's content looks like this format. Formats whose suffixes others
+        share (.json, .bst, .txt) look at the first bytes; the default trusts the suffix."""
+        return True
+
+    def find_model_file(self, path: Path, sniff: bool = False) -> Path | None:
+        """The model file in `path` (a file, or a folder searched recursively), or None.
+
+        With `sniff` (no model type was named) only files this backend `recognizes` count;
+        otherwise they come first, then files named `model.*`, then path order.
+        """
         if path.is_file():
-            return path if path.name.endswith(self.file_suffixes) else None
-        candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(self.file_suffixes))
-        preferred = [p for p in candidates if p.stem == "model"]
-        return (preferred or candidates or [None])[0]
+            matches = [path] if path.name.endswith(self.file_suffixes) else []
+        else:
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(self.file_suffixes))
+        recognized = {p for p in matches if self.recognizes(p)}
+        if sniff:
+            matches = [p for p in matches if p in recognized]
+        ranked = sorted(matches, key=lambda p: (p not in recognized, p.stem != "model", p))
+        return ranked[0] if ranked else None

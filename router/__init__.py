@@ -11,5 +11,6 @@ Modules, by job:
 - `dataplane`: names (headers, vmodels) to model ids, then `Router.call` (transport-free);
 - `grpc_front`: `inference.GRPCInferenceService` as bytes in, bytes out;
 - `rest`, `rest_codec`: KServe V2 REST/JSON on aiohttp, onto the same data plane;
+- `rest_v1`, `rest_v1_codec`: KServe V1 REST (`instances` -> `predictions`) on the same app, as V2 inference;
 - `metrics`, `settings`, `server`: Prometheus metrics, settings, the `meshserve router` process.
 """

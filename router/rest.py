@@ -6,6 +6,7 @@ with the HTTP status of their gRPC code (one table, `HTTP_STATUS`).
 
 Routes: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/{name}[/versions/{v}],
 /v2/models/{name}[/versions/{v}]/ready; POST /v2/models/{name}[/versions/{v}]/infer.
+KServe V1 (/v1/models...) is served beside them by `router.rest_v1`, through the same middleware.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from protos import grpc_service_pb2 as pb
 from router.dataplane import DataPlane, method_path
 from router.errors import RouterError
 from router.rest_codec import BadTensor, metadata_to_json, request_from_json, response_to_json
+from router.rest_v1 import add_v1_routes
 
 __all__ = ["HTTP_STATUS", "make_app"]
 
@@ -106,4 +108,5 @@ def make_app(dataplane: DataPlane, *, ready: Callable[[], bool], version: str,
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_post(prefix + "/infer", infer)
+    add_v1_routes(app, dataplane)
     return app

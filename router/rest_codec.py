@@ -25,7 +25,8 @@ import numpy as np
 from protos import grpc_service_pb2 as pb
 from protos.v2_datatypes import BYTES_LENGTH, CONTENTS_FIELD, ELEMENT_SIZE, FLOAT_DATATYPES, V2_TO_NUMPY
 
-__all__ = ["BadTensor", "Decoded", "metadata_to_json", "request_from_json", "response_to_json"]
+__all__ = ["BadTensor", "Decoded", "flatten", "metadata_to_json", "output_data", "request_from_json", "response_to_json",
+           "tensor_bytes"]
 
 _TRANSPORT_PARAMETERS = frozenset({"binary_data", "binary_data_size", "binary_data_output"})
 
@@ -63,7 +64,8 @@ def _parameters(into, values: Any, where: str) -> None:
             raise BadTensor(f"{where}: parameter '{key}' must be a boolean, number or string")
 
 
-def _flatten(data: Any) -> list:
+def flatten(data: Any) -> list:
+    """Nested lists -> one flat list, row-major (a scalar -> a list of one)."""
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
@@ -87,8 +89,10 @@ def _bytes_element(item: Any, where: str) -> bytes:
     raise BadTensor(f"{where}: BYTES elements must be strings, got {type(item).__name__}")
 
 
-def _tensor_bytes(datatype: str, data: Any, count: int, where: str) -> bytes:
-    flat = _flatten(data)
+def tensor_bytes(datatype: str, data: Any, count: int, where: str) -> bytes:
+    """Raw V2 contents of `data` (nested or flat) as `count` elements of `datatype`;
+    BadTensor naming `where` when they do not fit."""
+    flat = flatten(data)
     if len(flat) != count:
         raise BadTensor(f"{where}: shape holds {count} elements but data has {len(flat)}")
     if datatype == "BYTES":
@@ -165,7 +169,7 @@ def request_from_json(model_name: str, header: bytes, binary: bytes = b"") -> De
         else:
             if "data" not in tensor:
                 raise BadTensor(f"{where}: 'data' is missing")
-            raw = _tensor_bytes(datatype, tensor["data"], count, where)
+            raw = tensor_bytes(datatype, tensor["data"], count, where)
         entry = request.inputs.add(name=name, datatype=datatype, shape=shape)
         _parameters(entry.parameters, parameters, where)
         request.raw_input_contents.append(raw)
@@ -210,6 +214,16 @@ def _output_values(datatype: str, raw: bytes) -> list:
     return array.tolist()
 
 
+def output_data(response: pb.ModelInferResponse, index: int) -> list:
+    """Output `index`'s elements as a flat JSON-ready list, sent raw or typed."""
+    tensor = response.outputs[index]
+    if index < len(response.raw_output_contents):
+        return _output_values(tensor.datatype, response.raw_output_contents[index])
+    # FP16 and BF16 have no contents field of their own: a server that sends them typed uses fp32_contents.
+    values = list(getattr(tensor.contents, CONTENTS_FIELD.get(tensor.datatype, "fp32_contents")))
+    return [v.decode("utf-8", "replace") for v in values] if tensor.datatype == "BYTES" else values
+
+
 def response_to_json(data: bytes, binary_outputs: set[str], all_binary: bool) -> tuple[bytes, bytes]:
     """(JSON bytes, binary tail) of a serialized ModelInferResponse."""
     response = pb.ModelInferResponse.FromString(data)
@@ -224,17 +238,12 @@ def response_to_json(data: bytes, binary_outputs: set[str], all_binary: bool) ->
     for index, tensor in enumerate(response.outputs):
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         parameters = {k: _parameter_value(v) for k, v in tensor.parameters.items()}
-        if index < len(response.raw_output_contents):
+        if index < len(response.raw_output_contents) and (all_binary or tensor.name in binary_outputs):
             raw = response.raw_output_contents[index]
-            if all_binary or tensor.name in binary_outputs:
-                parameters["binary_data_size"] = len(raw)
-                tail.append(raw)
-            else:
-                entry["data"] = _output_values(tensor.datatype, raw)
+            parameters["binary_data_size"] = len(raw)
+            tail.append(raw)
         else:
-            # FP16 and BF16 have no contents field of their own: a server that sends them typed uses fp32_contents.
-            values = list(getattr(tensor.contents, CONTENTS_FIELD.get(tensor.datatype, "fp32_contents")))
-            entry["data"] = [v.decode("utf-8", "replace") for v in values] if tensor.datatype == "BYTES" else values
+            entry["data"] = output_data(response, index)
         if parameters:
             entry["parameters"] = parameters
         outputs.append(entry)

@@ -38,14 +38,18 @@ from mesh.cli.process import (
 )
 from mesh.control.runtime_client import RuntimeClients
 from mesh.settings import FabricSettings
+from mesh.api.mesh_admin import MeshAdminServicer
 from mesh.state.fabric_view import FabricView
 from protos import meshserve_version
+from router.dashboard.service import Dashboard
+from router.dashboard.web import attach_dashboard
 from router.dataplane import SERVICE, DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
 from router.rest import make_app
 from router.routing import Loader, Router
 from router.settings import RouterSettings
+from router.traffic import Observers, TrafficCounters
 
 __all__ = ["RunningRouter", "main", "start_router"]
 
@@ -72,6 +76,7 @@ class RunningRouter:
     rest_port: int | None
     metrics_port: int | None
     health: health_aio.HealthServicer
+    dashboard: Dashboard | None = None  # served at /dashboard on the REST port
     _rest: web.AppRunner | None = None
     _metrics_http: Any = None
     _serving: asyncio.Task | None = None
@@ -98,8 +103,10 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     StartupError (nothing left running) when a port cannot be bound."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry)
+    traffic = TrafficCounters()  # the dashboard's reading of this router's calls and misses
+    observer = Observers(metrics, traffic)
     router = Router(view, loader, max_tries=settings.max_tries, suspect_s=settings.suspect_s,
-                    max_message_bytes=settings.max_message_bytes, observer=metrics)
+                    max_message_bytes=settings.max_message_bytes, observer=observer)
     metrics.watch_in_flight(router.in_flight)
     dataplane = DataPlane(router, view, settings.default_deadline_s)
     ready = view_ready(view)
@@ -108,7 +115,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ])
-    server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=meshserve_version(), observer=metrics),))
+    server.add_generic_rpc_handlers((InferenceFront(dataplane, ready=ready, version=meshserve_version(), observer=observer),))
     if management is not None:
         management.add_to_server(server)
     health = health_aio.HealthServicer()
@@ -124,12 +131,14 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     running = RunningRouter(server, router, port, None, None, health)
     try:
         if settings.rest_port:
-            runner = web.AppRunner(make_app(dataplane, ready=ready, version=meshserve_version(),
-                                            max_body_bytes=settings.max_message_bytes), access_log=None)
+            app = make_app(dataplane, ready=ready, version=meshserve_version(), max_body_bytes=settings.max_message_bytes)
+            figures = management.mesh_admin if management is not None else MeshAdminServicer(view)
+            running.dashboard = attach_dashboard(app, view, figures, traffic, sample_s=settings.dashboard_sample_s)
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
+            running._rest = runner  # before the bind: a failed bind still cleans up what setup started
             site = web.TCPSite(runner, settings.host, settings.rest_port, reuse_port=reuse_port or None)
             await site.start()
-            running._rest = runner
             running.rest_port = runner.addresses[0][1]
         wanted_metrics = settings.metrics_port if metrics_port is None else metrics_port
         if wanted_metrics:

@@ -98,6 +98,12 @@ class Backend(ABC):
     def load(self, model_file: Path, device: Device) -> LoadedModel:
         """Load `model_file`; raise InvalidModel with the backend's reason if it cannot."""
 
+    def write_probe(self, folder: Path) -> Probe | None:
+        """Write a tiny model of this format into `folder` (an empty folder of its own) for the
+        start-up calibration of the fixed cost per model (`runtimes.calibration`); None: this
+        backend is not calibrated (its models are charged the runtime's `model_fixed_cost`)."""
+        return None
+
     def recognizes(self, model_file: Path) -> bool:
         """Whether the file's content looks like this format. Formats whose suffixes others
         share (.json, .bst, .txt) look at the first bytes; the default trusts the suffix."""

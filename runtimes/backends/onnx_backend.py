@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.backends.base import Backend, Device, LoadedModel, Probe, TensorSpec
+from runtimes.backends.onnx_tensors import NotOnnx, constant_tensor_bytes
 from runtimes.datatypes import BF16
 from runtimes.errors import InvalidInput, InvalidModel
+
+log = logging.getLogger(__name__)
 
 _ORT_TO_V2 = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
@@ -89,10 +93,11 @@ class OnnxBackend(Backend):
     Each session gets `intra_op_threads` threads (default 1): hundreds of models
     share one process, and the runtime's own worker pool supplies the parallelism.
 
-    Size: ONNX Runtime does not report a session's memory, and resident-memory
-    growth around a load was tried and rejected (the first session in a process
-    shows ~10 MiB of one-time setup; allocator reuse hides later ones). So the
-    size is unmeasured (0) and the manager uses bytes on disk times its factor.
+    Size: ONNX Runtime does not report a session's memory, but what grows with a
+    model is its constant tensors, which a session holds as dense arrays: their bytes
+    (`onnx_tensors`, from the file's dims and types, external data included) are the
+    model's size. What every session costs besides (~110 KiB on CPU once it has run) is
+    the fixed cost the runtime calibrates at start-up with `write_probe`'s model.
     """
 
     name = "onnx"
@@ -115,4 +120,31 @@ class OnnxBackend(Backend):
             session = ort.InferenceSession(str(model_file), sess_options=options, providers=self._providers(device))
         except Exception as error:  # ORT raises its own pybind classes for every load failure
             raise InvalidModel(f"ONNX Runtime cannot load {model_file.name}: {error}") from None
-        return OnnxModel(session, 0)
+        return OnnxModel(session, _held_bytes(model_file))
+
+    def write_probe(self, folder: Path) -> Probe:
+        """y = x + c over FP32 [-1, 4]: a session with one node and one tiny initializer."""
+        import onnx  # only at start-up, to build the probe
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "c"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+            initializer=[helper.make_tensor("c", TensorProto.FLOAT, [4], [1.0, 2.0, 3.0, 4.0])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8  # what every onnxruntime since 1.10 reads
+        path = folder / "model.onnx"
+        onnx.save(model, str(path))
+        return Probe(path, {"x": np.zeros((1, 4), np.float32)})
+
+
+def _held_bytes(model_file: Path) -> int:
+    """The model's constant tensors; 0 (unmeasured: the manager falls back to bytes on disk)
+    for a file this reader cannot follow although ONNX Runtime loaded it."""
+    try:
+        return constant_tensor_bytes(model_file)
+    except (NotOnnx, OSError) as error:
+        log.warning("cannot size %s from its tensors (%s); charging its bytes on disk", model_file, error)
+        return 0

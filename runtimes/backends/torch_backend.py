@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.backends.base import Backend, Device, LoadedModel, Probe, TensorSpec
 from runtimes.datatypes import BF16
 from runtimes.errors import InvalidInput, InvalidModel
 from runtimes.sizes import disk_size
@@ -136,6 +136,12 @@ class TorchBackend(Backend):
             inputs, outputs = schema
         size = max(grown, _state_bytes(module), disk_size(model_file))
         return TorchModel(module, platform, inputs, outputs, target, size)
+
+    def write_probe(self, folder: Path) -> Probe:
+        """A TorchScript Linear(4, 2): the smallest module with parameters."""
+        path = folder / "model.pt"
+        torch.jit.script(torch.nn.Linear(4, 2).eval()).save(str(path))
+        return Probe(path, {"input": np.zeros((1, 4), np.float32)})
 
     def _load_torchscript(self, model_file: Path, target: torch.device):
         try:

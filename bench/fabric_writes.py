@@ -21,7 +21,7 @@ Phases, each `--seconds` long:
 4. miss traffic: 8 client threads calling uniformly random models among all of them
    (loads and LRU evictions on the runtimes).
 Traffic phases run 2 s of warm-up before the window; calls completing in the window count.
-Loads are the runtimes' `modelmesh_loadmodel_total{outcome="success"}`; router misses (calls
+Loads are the runtimes' `modelmesh_loadmodel_milliseconds_count` (successful loads); router misses (calls
 that waited for a load) the router's `modelmesh_cache_miss_milliseconds_count`.
 
 The verdict: a load's cost is miss traffic's writes beyond the idle rate of phase 2, per

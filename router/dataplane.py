@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mesh.state.fabric_view import FabricView
-from router.errors import InvalidRequest, ModelNotFound
+from router.errors import InvalidRequest, ModelNotFound, RouterError
 from router.routing import Reply, Router
 from router.wire import MalformedRequest, read_model_name, with_model_name
 
@@ -52,6 +52,20 @@ class DataPlane:
         if not name:
             raise InvalidRequest(f"no model name in the request and no {MODEL_HEADER} or {VMODEL_HEADER} header")
         return self.view.resolve(name)
+
+    def call_labels(self, body: bytes, model_header: str | None, vmodel_header: str | None) -> tuple[str, str]:
+        """(modelId, vModelId) of a call, for per-model metrics: the model it went to and the
+        vmodel the caller named ("" when none, or when the request names nothing valid)."""
+        try:
+            name = read_model_name(body)
+            model_id = self.target(name, model_header, vmodel_header)
+        except (MalformedRequest, RouterError):
+            return "", vmodel_header or ""
+        if vmodel_header is not None:
+            return model_id, vmodel_header
+        if model_header is None and name != model_id:
+            return model_id, name  # the request's own name was a vmodel
+        return model_id, ""
 
     async def forward(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
                       timeout: float | None, model_header: str | None = None,

@@ -51,7 +51,13 @@ def _budget(remaining: float | None) -> float | None:
 
 
 class CallObserver(Protocol):
-    def observe_call(self, method: str, code: str, seconds: float) -> None: ...
+    """Hooks for metrics (`router.metrics.RouterMetrics`); `per_model`: it wants the call's
+    model and vmodel ids (resolved once more per call, so only when asked)."""
+
+    per_model: bool
+
+    def observe_call(self, method: str, code: str, seconds: float, request_bytes: int | None = None,
+                     response_bytes: int | None = None, model_id: str = "", vmodel_id: str = "") -> None: ...
 
 
 def _split_metadata(metadata) -> tuple[object, str | None, str | None]:
@@ -106,6 +112,7 @@ class InferenceFront(grpc.GenericRpcHandler):
             # Each outcome is counted before the client can see it (an abort sends the
             # status at once), so a scrape right after a call always includes it.
             started = time.perf_counter()
+            model_header = vmodel_header = None
             try:
                 metadata, model_header, vmodel_header = _split_metadata(context.invocation_metadata())
                 if needs_name and not body and model_header is None and vmodel_header is None:
@@ -116,20 +123,20 @@ class InferenceFront(grpc.GenericRpcHandler):
                     await context.send_initial_metadata(reply.initial_metadata)
                 if reply.trailing_metadata:
                     context.set_trailing_metadata(reply.trailing_metadata)
-                self._observe(name, "OK", started)
+                self._observe_forward(name, "OK", started, body, reply.body, model_header, vmodel_header)
                 return reply.body
             except RouterError as error:
-                self._observe(name, error.code, started)
+                self._observe_forward(name, error.code, started, body, None, model_header, vmodel_header)
                 await context.abort(grpc.StatusCode[error.code], str(error), error.trailing_metadata)
             except asyncio.CancelledError:
-                self._observe(name, "CANCELLED", started)
+                self._observe_forward(name, "CANCELLED", started, body, None, model_header, vmodel_header)
                 raise
             except grpc.aio.AbortError:
                 raise
             except Exception:
                 error_id = uuid.uuid4().hex[:12]
                 log.exception("internal error %s in %s", error_id, name)
-                self._observe(name, "INTERNAL", started)
+                self._observe_forward(name, "INTERNAL", started, body, None, model_header, vmodel_header)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); see the router's log")
 
         return grpc.unary_unary_rpc_method_handler(handle)
@@ -151,6 +158,19 @@ class InferenceFront(grpc.GenericRpcHandler):
     def _observe(self, method: str, code: str, started: float) -> None:
         if self._observer is not None:
             self._observer.observe_call(method, code, time.perf_counter() - started)
+
+    def _observe_forward(self, method: str, code: str, started: float, body: bytes, reply: bytes | None,
+                         model_header: str | None, vmodel_header: str | None) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        seconds = time.perf_counter() - started
+        if observer.per_model:
+            model_id, vmodel_id = self._dataplane.call_labels(body, model_header, vmodel_header)
+            observer.observe_call(method, code, seconds, len(body), None if reply is None else len(reply),
+                                  model_id, vmodel_id)
+        else:
+            observer.observe_call(method, code, seconds, len(body), None if reply is None else len(reply))
 
     def _server_live(self) -> bytes:
         return self._live

@@ -1,8 +1,17 @@
 """The router's Prometheus metrics, on a registry passed in.
 
-- `meshserve_router_requests_total{method, code}`: calls answered, by V2 method and status;
-- `meshserve_router_request_seconds{method}`: their latency as the router sees it;
-- `modelmesh_cache_miss_milliseconds`: time spent waiting for a load (ModelMesh's name);
+ModelMesh's names (the router is the fabric's front door, where ModelMesh times its API):
+- `modelmesh_api_request_milliseconds{method, code}`: V2 gRPC calls answered, as the router
+  sees them (method: the short gRPC method name, code: the gRPC status name);
+- `modelmesh_request_size_bytes` / `modelmesh_response_size_bytes{method, code}`: payloads of
+  the forwarded calls (no response size for a call that failed);
+- `modelmesh_cache_miss_milliseconds`: a call's wait for its model to be loaded, when over
+  10 ms (as ModelMesh records it).
+With `per_model` those four also have `modelId` (the concrete model) and `vModelId` (the
+vmodel the caller named; empty otherwise), for at most `max_models` distinct values each
+(the rest share `__other__`).
+
+meshserve's own:
 - `meshserve_router_retries_total{reason}`: forwards retried on another copy
   (reason: unavailable, not_found);
 - `meshserve_router_in_flight{instance}`: requests in flight from this router per
@@ -17,40 +26,68 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from protos.metrics_exposition import MESSAGE_SIZE_BUCKETS, OTHER, TIMING_BUCKETS_MS, BoundedLabels
+
 __all__ = ["RouterMetrics"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_MISS_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000)
+#: ModelMesh records a cache miss only when the wait was longer than this (milliseconds).
+MISS_THRESHOLD_MS = 10.0
 
 
 class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry, *, max_instances: int = 50) -> None:
-        self._calls = Counter("meshserve_router_requests", "V2 calls answered by the router, by method and status code.",
-                              ["method", "code"], registry=registry)
-        self._latency = Histogram("meshserve_router_request_seconds", "Latency of V2 calls through the router (seconds).",
-                                  ["method"], buckets=_LATENCY_BUCKETS, registry=registry)
+    def __init__(self, registry: CollectorRegistry, *, max_instances: int = 50, per_model: bool = False,
+                 max_models: int = 100) -> None:
+        self.per_model = per_model
+        self._model_label = BoundedLabels(max_models)
+        self._vmodel_label = BoundedLabels(max_models)
+        model_labels = ["modelId", "vModelId"] if per_model else []
+        call_labels = ["method", "code", *model_labels]
+        self._api = Histogram("modelmesh_api_request_milliseconds", "Time of a V2 call through the router.",
+                              call_labels, buckets=TIMING_BUCKETS_MS, registry=registry)
+        self._request_size = Histogram("modelmesh_request_size_bytes", "Size of a forwarded request (bytes).",
+                                       call_labels, buckets=MESSAGE_SIZE_BUCKETS, registry=registry)
+        self._response_size = Histogram("modelmesh_response_size_bytes", "Size of a forwarded response (bytes).",
+                                        call_labels, buckets=MESSAGE_SIZE_BUCKETS, registry=registry)
         self._miss = Histogram("modelmesh_cache_miss_milliseconds",
-                               "Time a call waited for its model to be loaded (milliseconds).",
-                               buckets=_MISS_BUCKETS_MS, registry=registry)
+                               "Time a call waited for its model to be loaded (when over 10 ms).",
+                               model_labels, buckets=TIMING_BUCKETS_MS, registry=registry)
         self._retries = Counter("meshserve_router_retries", "Forwards retried on another copy, by reason.",
                                 ["reason"], registry=registry)
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        # Label lookups cost microseconds per call; keep the children (bounded by the label caps).
+        self._children: dict[tuple[str, ...], tuple[Histogram, Histogram, Histogram]] = {}
         self._in_flight_source: Callable[[], dict[str, int]] | None = None
         self.max_instances = max_instances
         registry.register(_InFlightCollector(self))
 
-    def observe_call(self, method: str, code: str, seconds: float) -> None:
-        children = self._children.get((method, code))
+    def _labels(self, model_id: str, vmodel_id: str) -> tuple[str, ...]:
+        if not self.per_model:
+            return ()
+        return (self._model_label(model_id) if model_id else "", self._vmodel_label(vmodel_id) if vmodel_id else "")
+
+    def observe_call(self, method: str, code: str, seconds: float, request_bytes: int | None = None,
+                     response_bytes: int | None = None, model_id: str = "", vmodel_id: str = "") -> None:
+        key = (method, code, *self._labels(model_id, vmodel_id))
+        children = self._children.get(key)
         if children is None:
-            children = self._children[(method, code)] = (self._calls.labels(method, code), self._latency.labels(method))
-        children[0].inc()
-        children[1].observe(seconds)
+            children = self._children[key] = (self._api.labels(*key), self._request_size.labels(*key),
+                                               self._response_size.labels(*key))
+        children[0].observe(seconds * 1000)
+        if request_bytes is not None:
+            children[1].observe(request_bytes)
+        if response_bytes is not None:
+            children[2].observe(response_bytes)
 
     def retried(self, reason: str) -> None:
         self._retries.labels(reason).inc()
 
-    def cache_miss(self, seconds: float) -> None:
-        self._miss.observe(seconds * 1000)
+    def cache_miss(self, seconds: float, model_id: str = "") -> None:
+        ms = seconds * 1000
+        if ms <= MISS_THRESHOLD_MS:
+            return
+        if self.per_model:
+            self._miss.labels(*self._labels(model_id, "")).observe(ms)
+        else:
+            self._miss.observe(ms)
 
     def watch_in_flight(self, source: Callable[[], dict[str, int]]) -> None:
         """Read in-flight counts from `source()` at scrape time (`Router.in_flight`)."""
@@ -74,5 +111,5 @@ class _InFlightCollector:
         for instance, count in counts[:limit]:
             family.add_metric([instance], count)
         if len(counts) > limit:
-            family.add_metric(["__other__"], sum(count for _, count in counts[limit:]))
+            family.add_metric([OTHER], sum(count for _, count in counts[limit:]))
         yield family

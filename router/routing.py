@@ -60,7 +60,7 @@ class Observer(Protocol):
 
     def retried(self, reason: str) -> None: ...
 
-    def cache_miss(self, seconds: float) -> None: ...
+    def cache_miss(self, seconds: float, model_id: str) -> None: ...
 
 
 class Reply(NamedTuple):
@@ -226,7 +226,7 @@ class Router(AsyncClosing):
                 raise NoCapacity(str(error) or f"no instance has room for model '{model_id}'") from None
             finally:
                 if self._observer is not None:
-                    self._observer.cache_miss(time.perf_counter() - started)
+                    self._observer.cache_miss(time.perf_counter() - started, model_id)
         usable = [h for h in self._usable(list(holders), excluded, gone) if self._view.instance(h) is not None]
         if usable:
             return usable

@@ -25,7 +25,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from mesh.api.stack import ManagementStack, build_management
 from mesh.cli.process import (
@@ -35,6 +35,7 @@ from mesh.cli.process import (
     parse_settings,
     run_server,
     settings_parser,
+    start_metrics,
 )
 from mesh.control.runtime_client import RuntimeClients
 from mesh.settings import FabricSettings
@@ -102,7 +103,8 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     served on the same port, as ModelMesh serves its management API beside inference.
     StartupError (nothing left running) when a port cannot be bound."""
     registry = registry or CollectorRegistry()
-    metrics = RouterMetrics(registry)
+    metrics = RouterMetrics(registry, per_model=settings.per_model_metrics,
+                            max_models=settings.per_model_metrics_max_models)
     traffic = TrafficCounters()  # the dashboard's reading of this router's calls and misses
     observer = Observers(metrics, traffic)
     router = Router(view, loader, max_tries=settings.max_tries, suspect_s=settings.suspect_s,
@@ -142,12 +144,10 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
             running.rest_port = runner.addresses[0][1]
         wanted_metrics = settings.metrics_port if metrics_port is None else metrics_port
         if wanted_metrics:
-            try:
-                running._metrics_http, _ = start_http_server(wanted_metrics, addr=settings.host, registry=registry)
-            except OSError as error:
-                raise StartupError(f"cannot serve metrics on {settings.host}:{wanted_metrics}: "
-                                   f"{error.strerror or error}") from None
-            running.metrics_port = running._metrics_http.server_port
+            running._metrics_http = start_metrics(registry, settings.host, wanted_metrics,
+                                                  tls_cert_file=settings.metrics_tls_cert_file,
+                                                  tls_key_file=settings.metrics_tls_key_file)
+            running.metrics_port = running._metrics_http.port
         await server.start()  # last: nothing is served unless every port is bound
     except BaseException:
         await running.stop(0)

@@ -18,6 +18,13 @@ class RouterSettings(BaseSettings):
     port: int = Field(8033, description="gRPC port: V2 inference and the mmesh.ModelMesh management API (ModelMesh's 8033).")
     rest_port: int = Field(8008, description="REST V2 port (KServe's 8008); 0 turns REST off.")
     metrics_port: int = Field(2112, description="Prometheus /metrics port; 0 turns it off. With several workers, worker i uses metrics_port + i.")
+    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
+                                       "it serves https (modelmesh-serving's default scheme), else http.")
+    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
+    per_model_metrics: bool = Field(False, description="Add modelId and vModelId labels to the request, size and "
+                                    "cache-miss histograms (ModelMesh's per-model metrics; more series).")
+    per_model_metrics_max_models: int = Field(100, ge=0, description="Distinct models (and vmodels) that get their own "
+                                              "label value with per_model_metrics; the rest share __other__.")
     default_deadline_s: float = Field(60.0, gt=0, description="Deadline of a call that brings none (seconds); bounds the wait for a load.")
     max_tries: int = Field(3, ge=1, description="Instances one call is sent to at most before it fails UNAVAILABLE (copies gone or unreachable).")
     suspect_s: float = Field(2.0, ge=0, description="Seconds an instance that failed a call is tried last by other calls.")

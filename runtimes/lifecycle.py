@@ -13,7 +13,8 @@ brought in:
   unload waits until its entry is `idle`.
 - Hooks: a room maker runs before a load reserves its bytes (the placement layer's
   instance agent evicts least recently used copies there); observers hear of every load,
-  failed load and unload (metrics, the agent's model records).
+  failed load and unload (metrics, the agent's model records); probes hear how long a load
+  waited and sizing took, and of a failed unload attempt (metrics).
 
 Subclasses say how a model is sized (`_predict`), brought in (`_bring_in`) and let go
 (`_discard` after a refusal, `_release` on unload): `runtimes.model_manager.ModelManager`
@@ -24,6 +25,7 @@ drives a runtime in another process over the model-runtime SPI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -38,7 +40,7 @@ from runtimes.stats import ModelStats
 if TYPE_CHECKING:
     from runtimes.backends import LoadedModel
 
-__all__ = ["LifecycleObserver", "ModelEntry", "ModelLifecycle", "RoomMaker", "State"]
+__all__ = ["LifecycleObserver", "LifecycleProbe", "ModelEntry", "ModelLifecycle", "RoomMaker", "State"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,19 @@ class LifecycleObserver(Protocol):
     def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None: ...
 
     def model_unloaded(self, model_id: str, seconds: float) -> None: ...
+
+
+class LifecycleProbe(Protocol):
+    """Finer hooks for metrics (`runtimes.metrics.LifecycleMetrics`); each must be quick."""
+
+    def load_queued(self, model_id: str, seconds: float) -> None:
+        """A load waited this long before it started: its turn, room, a loading slot (not sizing)."""
+
+    def model_sized(self, model_id: str, seconds: float) -> None:
+        """Predicting the model's size before its load took this long."""
+
+    def unload_failed(self, model_id: str, error: BaseException) -> None:
+        """Letting go of a model raised `error` (the unload fails with it)."""
 
 
 #: Called with (model_id, predicted_bytes) before a load reserves its room; it may unload
@@ -99,6 +114,7 @@ class ModelLifecycle:
     def __init__(self, capacity_bytes: int, observer: LifecycleObserver | None = None) -> None:
         self._capacity_bytes = capacity_bytes
         self._observers: list[LifecycleObserver] = [observer] if observer else []
+        self._probes: list[LifecycleProbe] = []
         self._make_room: RoomMaker | None = None
         self._room = asyncio.Lock()  # making room and reserving it happen as one step
         self._entries: dict[str, ModelEntry] = {}
@@ -135,6 +151,10 @@ class ModelLifecycle:
         """Also call `observer` after each load and unload (the instance agent listens here)."""
         self._observers.append(observer)
 
+    def add_probe(self, probe: LifecycleProbe) -> None:
+        """Also tell `probe` how long loads wait and sizing takes, and of failed unloads."""
+        self._probes.append(probe)
+
     def set_room_maker(self, make_room: RoomMaker | None) -> None:
         """Install the hook that frees room before each load reserves it."""
         self._make_room = make_room
@@ -161,6 +181,11 @@ class ModelLifecycle:
     def _loaded(self, entry: ModelEntry) -> None:
         """Called once an entry is LOADED, before the observers hear of it."""
 
+    def _load_slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Held while a model is brought in (a holder that bounds concurrent loads returns its
+        semaphore); the wait for it counts as the load's queueing."""
+        return contextlib.nullcontext()
+
     # -- lifecycle ----------------------------------------------------------
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._order.setdefault(model_id, asyncio.Lock())
@@ -169,19 +194,28 @@ class ModelLifecycle:
         """Load a model and return its measured size; at once if it is already loaded."""
         if not model_id:
             raise InvalidInput("modelId is empty")
+        entered = time.perf_counter()
         async with self._lock(model_id):
             entry = self._entries.get(model_id)
             if entry is not None and entry.state is State.LOADED:
                 return entry.reserved_bytes
+            sizing = time.perf_counter()
             predicted = await self._predict(model_id, model_type, model_path, model_key)
+            sized = time.perf_counter()
+            for probe in self._probes:
+                probe.model_sized(model_id, sized - sizing)
             async with self._room:
                 if self._make_room is not None:
                     await self._make_room(model_id, predicted)
                 self._reserve(model_id, predicted)
             started = time.perf_counter()
             try:
-                handle, measured = await self._bring_in(model_id, model_type, model_path, model_key)
-                await self._settle(model_id, handle, measured)
+                async with self._load_slot():
+                    started = time.perf_counter()
+                    for probe in self._probes:
+                        probe.load_queued(model_id, started - entered - (sized - sizing))
+                    handle, measured = await self._bring_in(model_id, model_type, model_path, model_key)
+                    await self._settle(model_id, handle, measured)
             except BaseException as error:
                 self._entries.pop(model_id, None)
                 for observer in self._observers:
@@ -232,7 +266,12 @@ class ModelLifecycle:
             started = time.perf_counter()
             await entry.idle.wait()
             handle, entry.model = entry.model, None
-            await self._release(model_id, handle)
+            try:
+                await self._release(model_id, handle)
+            except Exception as error:
+                for probe in self._probes:
+                    probe.unload_failed(model_id, error)
+                raise
             del self._entries[model_id]
             for observer in self._observers:
                 observer.model_unloaded(model_id, time.perf_counter() - started)

@@ -1,80 +1,96 @@
-"""Prometheus metrics of one runtime, on a registry that is passed in."""
+"""Prometheus metrics of a holder of models, under ModelMesh's names, on a registry passed in.
+
+- `LifecycleMetrics`: what every holder's lifecycle (`runtimes.lifecycle`) reports, in a
+  runtime process and in `meshserve agent` alike: `modelmesh_loadmodel_milliseconds`
+  (successful loads), `modelmesh_unloadmodel_milliseconds`,
+  `modelmesh_loading_queue_delay_milliseconds` (a load's wait for its turn, for room and for
+  a loading slot), `modelmesh_model_sizing_milliseconds` (predicting a model's size before it
+  loads), `modelmesh_loaded_model_size_bytes`, and the bare counters
+  `modelmesh_loadmodel_failure`, `modelmesh_unloadmodel_failure` and
+  `modelmesh_unloadmodel_attempt_failure` (meshserve tries an unload once; a retry is a new
+  unload, so the last two move together).
+- `RuntimeMetrics`: those plus the runtime's own requests: `modelmesh_invoke_model_milliseconds
+  {method, code}` (the call into the model, as ModelMesh times its call into the model
+  server) and `modelmesh_req_queue_delay_milliseconds` (a request's wait for one of its
+  model's concurrency slots). With `per_model` the invoke histogram also has `modelId` and
+  `vModelId` (always empty here: only the router knows the name a caller used), for at most
+  `max_models` distinct models.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 
-from runtimes.model_manager import ModelManager
+from protos.metrics_exposition import MODEL_SIZE_BUCKETS, TIMING_BUCKETS_MS, BareCounter, BoundedLabels
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-OTHER = "__other__"
+__all__ = ["LifecycleMetrics", "RuntimeMetrics"]
 
 
-class BoundedLabels:
-    """Model ids as label values, up to a limit; later models share the label `__other__`.
+class LifecycleMetrics:
+    """ModelMesh's load and unload metrics; a `LifecycleObserver` and a `LifecycleProbe`."""
 
-    Keeps the series count bounded when a runtime sees thousands of models.
-    """
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def timing(name: str, documentation: str) -> Histogram:
+            return Histogram(name, documentation, buckets=TIMING_BUCKETS_MS, registry=registry)
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._known: set[str] = set()
-
-    def __call__(self, model_id: str) -> str:
-        if model_id in self._known:
-            return model_id
-        if len(self._known) < self._limit:
-            self._known.add(model_id)
-            return model_id
-        return OTHER
-
-
-class RuntimeMetrics:
-    """Inference counts and latency per model, memory, loads and unloads."""
-
-    def __init__(self, registry: CollectorRegistry, max_model_labels: int = 100) -> None:
-        self.label = BoundedLabels(max_model_labels)
-        self._children: dict[tuple[str, str], tuple] = {}
-        self.inferences = Counter("meshserve_runtime_inference_requests", "Inference requests by model and outcome",
-                                  ["model", "code"], registry=registry)
-        self.latency = Histogram("meshserve_runtime_inference_seconds", "Inference latency by model",
-                                 ["model"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.loads = Counter("modelmesh_loadmodel", "Model loads by outcome", ["outcome"], registry=registry)
-        self.load_time = Histogram("modelmesh_loadmodel_milliseconds", "Time to load a model",
-                                   buckets=[b * 1000 for b in LOAD_BUCKETS], registry=registry)
-        self.unloads = Counter("modelmesh_unloadmodel", "Model unloads", registry=registry)
-        self.unload_time = Histogram("modelmesh_unloadmodel_milliseconds", "Time to unload a model",
-                                     buckets=[b * 1000 for b in LOAD_BUCKETS], registry=registry)
-        self.loaded = Gauge("meshserve_runtime_models_loaded", "Models loaded", registry=registry)
-        self.used = Gauge("meshserve_runtime_used_bytes", "Bytes held by loaded models and loads in progress", registry=registry)
-        self.capacity = Gauge("meshserve_runtime_capacity_bytes", "Bytes of models this runtime may hold", registry=registry)
-
-    def watch(self, manager: ModelManager) -> None:
-        """Read memory and model counts from the manager at scrape time."""
-        self.loaded.set_function(lambda: len(manager.loaded_models()))
-        self.used.set_function(lambda: manager.used_bytes)
-        self.capacity.set_function(lambda: manager.capacity_bytes)
-
-    def observe_inference(self, model_id: str, code: str, seconds: float) -> None:
-        # Label lookups cost microseconds per call; keep the children (bounded by the label cap).
-        label = self.label(model_id)
-        children = self._children.get((label, code))
-        if children is None:
-            children = (self.inferences.labels(label, code), self.latency.labels(label))
-            self._children[(label, code)] = children
-        children[0].inc()
-        if code == "OK":
-            children[1].observe(seconds)
+        self.load_time = timing("modelmesh_loadmodel_milliseconds", "Time to load a model (successful loads).")
+        self.unload_time = timing("modelmesh_unloadmodel_milliseconds", "Time to unload a model.")
+        self.loading_queue = timing("modelmesh_loading_queue_delay_milliseconds",
+                                    "Time a load waited before it started (its turn, room, a loading slot).")
+        self.sizing = timing("modelmesh_model_sizing_milliseconds", "Time to size a model before loading it.")
+        self.loaded_size = Histogram("modelmesh_loaded_model_size_bytes", "Size of each loaded copy (bytes).",
+                                     buckets=MODEL_SIZE_BUCKETS, registry=registry)
+        self.load_failures = BareCounter("modelmesh_loadmodel_failure", "Model loads that failed.", registry)
+        self.unload_failures = BareCounter("modelmesh_unloadmodel_failure", "Model unloads that failed.", registry)
+        self.unload_attempt_failures = BareCounter("modelmesh_unloadmodel_attempt_failure",
+                                                   "Unload attempts that failed.", registry)
 
     # LifecycleObserver
     def model_loaded(self, model_id: str, seconds: float, size_bytes: int) -> None:
-        self.loads.labels("success").inc()
         self.load_time.observe(seconds * 1000)
+        self.loaded_size.observe(size_bytes)
 
     def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None:
-        self.loads.labels("failure").inc()
+        self.load_failures.inc()
 
     def model_unloaded(self, model_id: str, seconds: float) -> None:
-        self.unloads.inc()
         self.unload_time.observe(seconds * 1000)
+
+    # LifecycleProbe
+    def load_queued(self, model_id: str, seconds: float) -> None:
+        self.loading_queue.observe(seconds * 1000)
+
+    def model_sized(self, model_id: str, seconds: float) -> None:
+        self.sizing.observe(seconds * 1000)
+
+    def unload_failed(self, model_id: str, error: BaseException) -> None:
+        self.unload_attempt_failures.inc()
+        self.unload_failures.inc()
+
+
+class RuntimeMetrics(LifecycleMetrics):
+    """A runtime's metrics: the lifecycle's plus its inference calls and their queueing."""
+
+    def __init__(self, registry: CollectorRegistry, *, per_model: bool = False, max_models: int = 100) -> None:
+        super().__init__(registry)
+        self.per_model = per_model
+        self._label = BoundedLabels(max_models)
+        labels = ["method", "code", "modelId", "vModelId"] if per_model else ["method", "code"]
+        self.invoke = Histogram("modelmesh_invoke_model_milliseconds",
+                                "Time of an inference call into the model that holds the copy.",
+                                labels, buckets=TIMING_BUCKETS_MS, registry=registry)
+        self.queue_delay = Histogram("modelmesh_req_queue_delay_milliseconds",
+                                     "Time a request waited for its model's concurrency slot.",
+                                     buckets=TIMING_BUCKETS_MS, registry=registry)
+        # Label lookups cost microseconds per call; keep the children (bounded by the label cap).
+        self._children: dict[tuple[str, ...], Histogram] = {}
+
+    def observe_inference(self, model_id: str, code: str, seconds: float, method: str = "ModelInfer") -> None:
+        key = (method, code, self._label(model_id), "") if self.per_model else (method, code)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.invoke.labels(*key)
+        child.observe(seconds * 1000)
+
+    def request_queued(self, seconds: float) -> None:
+        self.queue_delay.observe(seconds * 1000)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,9 @@ class ModelManager(ModelLifecycle):
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._load_pool = ThreadPoolExecutor(config.max_loading_concurrency, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(config.infer_threads, thread_name_prefix="infer")
+        #: Told how long each pooled request waited for a concurrency slot (seconds; metrics).
+        #: Inline runs take no slot and wait for none, so they are not reported.
+        self.on_request_queued: Callable[[float], None] | None = None
 
     def predict_size(self, model_type: str, model_path: str, model_key: str | None) -> int:
         """Fast, conservative: local files times the size factor; else the key's disk size or a default."""
@@ -104,8 +108,7 @@ class ModelManager(ModelLifecycle):
         """The loaded model and its size: measured by the backend, or (a backend that cannot
         measure) its bytes on disk times the size factor."""
         wanted = resolve_model_type(model_type, parse_model_key(model_key))
-        async with self._load_slots:
-            model, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
+        model, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
         return model, model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
 
     async def _fetch_and_load(self, model_id: str, model_type: str, model_path: str,
@@ -124,6 +127,9 @@ class ModelManager(ModelLifecycle):
             raise InvalidInput(str(error)) from error
         except PullError as error:
             raise LoadFailed(f"cannot fetch '{model_id}': {error}", retryable=error.retryable) from error
+
+    def _load_slot(self) -> asyncio.Semaphore:
+        return self._load_slots  # at most max_loading_concurrency loads at once
 
     def _loaded(self, entry: ModelEntry) -> None:
         entry.slots = asyncio.Semaphore(self.config.max_concurrency)
@@ -156,6 +162,8 @@ class ModelManager(ModelLifecycle):
             else:
                 async with entry.slots:
                     started = time.perf_counter_ns()
+                    if self.on_request_queued is not None:
+                        self.on_request_queued((started - queued_at) / 1e9)
                     outputs, cpu_ns, wall_ns = await asyncio.get_running_loop().run_in_executor(
                         self._infer_pool, _timed_infer, entry.model, inputs, output_names)
                     finished = time.perf_counter_ns()

@@ -14,9 +14,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from protos import grpc_service_pb2_grpc, meshserve_version, model_runtime_pb2_grpc
+from protos.metrics_exposition import MetricsServer, serve_metrics
 from puller import Puller
 from runtimes.backends import BackendRegistry, Device
 from runtimes.dataplane import InferenceService
@@ -76,7 +77,7 @@ class RunningRuntime:
     metrics_port: int | None
     ready: asyncio.Event
     health: health_aio.HealthServicer
-    _metrics_http: object | None = None
+    _metrics_http: MetricsServer | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
         self.ready.clear()
@@ -103,11 +104,13 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         device=device,
     )
     registry = registry or CollectorRegistry()
-    metrics = RuntimeMetrics(registry)
+    metrics = RuntimeMetrics(registry, per_model=settings.per_model_metrics,
+                             max_models=settings.per_model_metrics_max_models)
     puller = Puller(settings.models_dir, storage_config_dir=settings.storage_config_dir,
                     disk_budget_bytes=settings.disk_budget)
     manager = ModelManager(config, BackendRegistry.default(settings.threads_per_model), puller, observer=metrics)
-    metrics.watch(manager)
+    manager.add_probe(metrics)
+    manager.on_request_queued = metrics.request_queued
     ready = asyncio.Event()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -135,11 +138,13 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
             raise OSError(f"cannot listen on {settings.host}:{settings.port}: the port is taken or the address is wrong")
         if settings.metrics_port:
             try:
-                metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+                metrics_http = serve_metrics(registry, settings.host, settings.metrics_port,
+                                             tls_cert_file=settings.metrics_tls_cert_file,
+                                             tls_key_file=settings.metrics_tls_key_file)
             except OSError as error:
                 raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: "
                               f"{error.strerror or error}") from None
-            metrics_port = metrics_http.server_port
+            metrics_port = metrics_http.port
         await server.start()
     except BaseException:
         if metrics_http is not None:

@@ -20,6 +20,13 @@ class RuntimeSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(8085, description="gRPC port for V2 inference and the model-runtime SPI (ModelMesh's runtime port).")
     metrics_port: int = Field(2112, description="Prometheus /metrics port; 0 turns it off.")
+    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
+                                       "it serves https (modelmesh-serving's default scheme), else http.")
+    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
+    per_model_metrics: bool = Field(False, description="Add modelId and vModelId labels to the inference histogram "
+                                    "(ModelMesh's per-model metrics; more series).")
+    per_model_metrics_max_models: int = Field(100, ge=0, description="Distinct models that get their own label value "
+                                              "with per_model_metrics; the rest share __other__.")
     capacity: int | None = Field(
         None, description="Bytes of models this runtime may hold (e.g. 2GiB); unset: the container's memory limit "
         "(GPU memory on a GPU) minus capacity_buffer."

@@ -42,19 +42,21 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
 from mesh.cli.instance import InstanceFields, advertise_address, instance_agent, instance_name
-from mesh.cli.process import StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser
+from mesh.cli.process import (StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser,
+                              start_metrics)
 from mesh.domain.placement import parse_labels
 from mesh.instance.agent import InstanceAgent
 from mesh.instance.remote import RemoteModels, RuntimeNotReady
 from mesh.instance.spi_front import AgentRuntimeServicer
 from mesh.settings import FabricSettings
 from protos import model_runtime_pb2_grpc
+from runtimes.metrics import LifecycleMetrics
 from runtimes.sizes import parse_size
 
 __all__ = ["AgentSettings", "build_parser", "main", "start_agent"]
@@ -70,6 +72,9 @@ class AgentSettings(InstanceFields):
     host: str = Field("0.0.0.0", description="Address the agent's gRPC server (the model-runtime SPI for the fabric) binds.")
     port: int = Field(8089, description="The agent's gRPC port: the fabric calls loadModel/unloadModel here; 0 picks a free one.")
     metrics_port: int = Field(2112, description="Prometheus /metrics port of the agent's instance metrics; 0 turns it off.")
+    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
+                                       "it serves https (modelmesh-serving's default scheme), else http.")
+    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
     advertise_address: str = Field(
         "", description="host:port the fabric uses to reach this agent's model-runtime SPI; empty: the bind host and "
         "port (127.0.0.1 when bound to all interfaces).")
@@ -122,14 +127,16 @@ async def start_agent(stack: contextlib.AsyncExitStack, settings: AgentSettings,
     port = bind_grpc(server, settings.host, settings.port)
     registry = CollectorRegistry()
     if settings.metrics_port:
-        try:
-            metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-        except OSError as error:
-            raise StartupError(f"cannot serve metrics on port {settings.metrics_port}: {error}") from None
+        metrics_http = start_metrics(registry, settings.host, settings.metrics_port,
+                                     tls_cert_file=settings.metrics_tls_cert_file,
+                                     tls_key_file=settings.metrics_tls_key_file)
         stack.callback(metrics_http.shutdown)
 
     models = RemoteModels(settings.runtime_address, settings.runtime_data_address, capacity_bytes=settings.capacity,
                           loading_timeout_s=fabric.loading_timeout_ms / 1000, call_timeout_s=settings.call_timeout_s)
+    lifecycle_metrics = LifecycleMetrics(registry)  # the agent drives the loads, so it times them
+    models.add_observer(lifecycle_metrics)
+    models.add_probe(lifecycle_metrics)
     stack.push_async_callback(models.close)
     log.info("waiting for the runtime at %s to be READY", settings.runtime_address)
     try:

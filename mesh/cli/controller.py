@@ -26,13 +26,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
 from mesh.api.stack import build_management
-from mesh.cli.process import StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser
+from mesh.cli.process import (StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser,
+                              start_metrics)
 from mesh.control.controller import Controller, ControllerConfig, ControllerMetrics
 from mesh.control.leadership import Leadership
 from mesh.control.runtime_client import RuntimeClients
@@ -60,6 +61,9 @@ class ControllerSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the management gRPC server binds.")
     port: int = Field(8034, description="Management API (mmesh.ModelMesh) gRPC port (the router owns 8033); 0 picks a free one.")
     metrics_port: int = Field(2113, description="Prometheus /metrics port; 0 turns it off.")
+    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
+                                       "it serves https (modelmesh-serving's default scheme), else http.")
+    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
     interval_s: float = Field(5.0, description="Seconds between controller rounds when nothing changes.")
     load_timeout_s: float = Field(120.0, description="Longest the controller waits for one background load (seconds).")
     scaling: bool = Field(True, description="Add copies of hot models and trim cold ones; off: only cache misses "
@@ -114,11 +118,9 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
     port = bind_grpc(server, controller.host, controller.port)
     metrics_registry = CollectorRegistry()
     if controller.metrics_port:
-        try:
-            metrics_http, _ = start_http_server(controller.metrics_port, addr=controller.host,
-                                                registry=metrics_registry)
-        except OSError as error:
-            raise StartupError(f"cannot serve metrics on port {controller.metrics_port}: {error}") from None
+        metrics_http = start_metrics(metrics_registry, controller.host, controller.metrics_port,
+                                     tls_cert_file=controller.metrics_tls_cert_file,
+                                     tls_key_file=controller.metrics_tls_key_file)
         stack.callback(metrics_http.shutdown)
     await server.start()
     stack.push_async_callback(server.stop, 5.0)

@@ -32,8 +32,10 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from protos.metrics_exposition import MetricsServer, serve_metrics
+
 __all__ = ["LEGACY_ENV_PREFIX", "StartupError", "add_settings_flags", "bind_grpc", "parse_settings", "settings_parser", "configure_logging", "read_settings",
-           "run_server", "setting_error"]
+           "run_server", "setting_error", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,17 @@ def bind_grpc(server: Any, host: str, port: int) -> int:
     if bound == 0:
         raise StartupError(f"cannot listen on {host}:{port}: the port is taken or the address is wrong")
     return bound
+
+
+def start_metrics(registry: Any, host: str, port: int, *, tls_cert_file: str = "",
+                  tls_key_file: str = "") -> MetricsServer:
+    """`protos.metrics_exposition.serve_metrics` with its failures as StartupError naming the port."""
+    try:
+        return serve_metrics(registry, host, port, tls_cert_file=tls_cert_file, tls_key_file=tls_key_file)
+    except OSError as error:
+        raise StartupError(f"cannot serve metrics on {host}:{port}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise StartupError(str(error)) from None
 
 
 def parse_settings(parser: argparse.ArgumentParser, argv: list[str] | None, kind: str,

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 from mesh.control.cache_miss import CacheMiss
 from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity
@@ -91,22 +92,51 @@ class ControllerConfig:
 
 
 class ControllerMetrics:
-    """The leader's metrics, on a registry passed in (created once per process)."""
+    """The leader's metrics, on a registry passed in (created once per process).
+
+    The fleet-wide gauges (`modelmesh_models_{managed,loaded,with_failure}_total`, ModelMesh's
+    names) are exported only while this replica's term has set them and not closed, so one
+    process in the fleet publishes them (dashboards take `max()`). The counters are meshserve's.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.models_managed = Gauge("modelmesh_models_managed_total", "Models registered in the fabric.",
+        self.fleet: dict[str, float] | None = None  # None: not leading
+        registry.register(_FleetGauges(self))
+        self.copies_added = Counter("meshserve_controller_copies_added", "Copies added by scale-up.",
                                     registry=registry)
-        self.models_loaded = Gauge("modelmesh_models_loaded_total", "Models with at least one loaded copy.",
-                                   registry=registry)
-        self.models_with_failure = Gauge("modelmesh_models_with_failure_total",
-                                         "Models with a live load-failure record.", registry=registry)
-        self.copies_added = Counter("modelmesh_controller_copies_added", "Copies added by scale-up.",
-                                    registry=registry)
-        self.copies_removed = Counter("modelmesh_controller_copies_removed", "Copies removed (cold, or model unregistered).",
-                                      registry=registry)
-        self.copies_rehomed = Counter("modelmesh_controller_copies_rehomed",
+        self.copies_removed = Counter("meshserve_controller_copies_removed",
+                                      "Copies removed (cold, or model unregistered).", registry=registry)
+        self.copies_rehomed = Counter("meshserve_controller_copies_rehomed",
                                       "Copies loaded again after their instance left.", registry=registry)
-        self.round_errors = Counter("modelmesh_controller_errors", "Controller steps that failed.", registry=registry)
+        self.round_errors = Counter("meshserve_controller_errors", "Controller steps that failed.", registry=registry)
+
+    def set_fleet(self, managed: int, loaded: int, with_failure: int) -> None:
+        self.fleet = {"managed": managed, "loaded": loaded, "with_failure": with_failure}
+
+    def stop_leading(self) -> None:
+        self.fleet = None
+
+
+_FLEET_GAUGES = {
+    "managed": ("modelmesh_models_managed_total", "Models registered in the fabric."),
+    "loaded": ("modelmesh_models_loaded_total", "Models with at least one loaded copy."),
+    "with_failure": ("modelmesh_models_with_failure_total", "Models with a live load-failure record."),
+}
+
+
+class _FleetGauges:
+    def __init__(self, metrics: ControllerMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self):
+        return [GaugeMetricFamily(name, doc) for name, doc in _FLEET_GAUGES.values()]
+
+    def collect(self):
+        fleet = self._metrics.fleet
+        if fleet is None:
+            return
+        for key, (name, doc) in _FLEET_GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=fleet[key])
 
 
 @dataclass
@@ -162,6 +192,8 @@ class Controller(AsyncClosing):
         self.totals: Tally[str] = Tally()
 
     async def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stop_leading()  # the next leader publishes the fleet gauges
         self._unsubscribe()
         await self._tasks.close()
 
@@ -464,11 +496,9 @@ class Controller(AsyncClosing):
         if self._metrics is None:
             return
         ids = self._view.model_ids()
-        self._metrics.models_managed.set(len(ids))
-        self._metrics.models_loaded.set(sum(1 for m in ids if self._view.loaded_on(m)))
         failed = 0
         for m in ids:
             record = self._view.model(m)
             if record is not None and record.live_failures(now):
                 failed += 1
-        self._metrics.models_with_failure.set(failed)
+        self._metrics.set_fleet(len(ids), sum(1 for m in ids if self._view.loaded_on(m)), failed)

@@ -1,17 +1,18 @@
 """`AgentMetrics`: ModelMesh's instance metrics, registered on a registry that is passed in.
 
 Guarantees: the metric names, types and buckets are ModelMesh's, so its dashboards read
-them unchanged; nothing here reads the manager (the owners set the values).
+them unchanged; nothing here reads the manager (the owners set the values). Evictions are
+counted by `modelmesh_age_at_eviction_milliseconds_count`, as in ModelMesh (no counter).
+`meshserve_instance_loads_in_progress` is meshserve's own: ModelMesh has no gauge of it.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-__all__ = ["EVICTION_AGE_BUCKETS_MS", "AgentMetrics"]
+from protos.metrics_exposition import AGE_BUCKETS_MS
 
-#: Buckets of the age of a copy when it was evicted (milliseconds: 1 s .. 1 day).
-EVICTION_AGE_BUCKETS_MS = (1_000, 10_000, 60_000, 300_000, 900_000, 3_600_000, 4 * 3_600_000, 86_400_000)
+__all__ = ["AGE_BUCKETS_MS", "AgentMetrics"]
 
 
 class AgentMetrics:
@@ -26,12 +27,23 @@ class AgentMetrics:
                               registry=registry)
         self.used = Gauge("modelmesh_instance_used_bytes",
                           "Bytes held by loaded models and reserved by loads in progress", registry=registry)
+        self.used_bps = Gauge("modelmesh_instance_used_bps", "Used bytes over capacity, in basis points (0-10000)",
+                              registry=registry)
+        self.lru = Gauge("modelmesh_instance_lru_seconds",
+                         "Last use of the least recently used loaded model (epoch seconds; 0 when none)",
+                         registry=registry)
         self.lru_age = Gauge("modelmesh_instance_lru_age_seconds",
-                             "Seconds since the least recently used loaded model was last used", registry=registry)
+                             "Seconds since the least recently used loaded model was last used (0 when none)",
+                             registry=registry)
         self.models = Gauge("modelmesh_instance_models_total", "Models loaded or loading on this instance",
                             registry=registry)
-        self.evictions = Counter("modelmesh_evictions", "Copies unloaded to make room for a load",
-                                 registry=registry)
+        self.loading = Gauge("meshserve_instance_loads_in_progress", "Models being loaded on this instance",
+                             registry=registry)
         self.age_at_eviction = Histogram("modelmesh_age_at_eviction_milliseconds",
                                          "Time since a copy's last use when it was evicted",
-                                         buckets=EVICTION_AGE_BUCKETS_MS, registry=registry)
+                                         buckets=AGE_BUCKETS_MS, registry=registry)
+
+    def set_usage(self, capacity_bytes: int, used_bytes: int) -> None:
+        self.capacity.set(capacity_bytes)
+        self.used.set(used_bytes)
+        self.used_bps.set(min(10_000, used_bytes * 10_000 // capacity_bytes) if capacity_bytes > 0 else 0)

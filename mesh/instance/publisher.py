@@ -101,10 +101,11 @@ class RecordBuilder:
         """Set the instance gauges from the manager's entries (read now unless given)."""
         now_ms = self._clock() if now_ms is None else now_ms
         entries = self._manager.entries() if entries is None else entries
-        self._metrics.capacity.set(self._manager.capacity_bytes)
-        self._metrics.used.set(sum(e.reserved_bytes for e in entries.values()))
+        self._metrics.set_usage(self._manager.capacity_bytes, sum(e.reserved_bytes for e in entries.values()))
         self._metrics.models.set(len(entries))
+        self._metrics.loading.set(sum(1 for e in entries.values() if e.state is State.LOADING))
         loaded = [e.last_used_ms for e in entries.values() if e.state is State.LOADED]
+        self._metrics.lru.set(min(loaded) / 1000 if loaded else 0)
         self._metrics.lru_age.set(max(0, now_ms - min(loaded)) / 1000 if loaded else 0)
 
     def _update_rates(self, entries: dict[str, ModelEntry]) -> dict[str, float]:

@@ -121,7 +121,6 @@ class LruRoomMaker:
             entry = entries.get(victim)
             last_used = entry.last_used_ms if entry is not None else now_ms
             age_ms = max(0, now_ms - last_used)
-            self._metrics.evictions.inc()
             self._metrics.age_at_eviction.observe(age_ms)
             log.info("evicting %s (%d bytes, last used %.1fs ago) to load %s", victim,
                      entry.reserved_bytes if entry is not None else 0, age_ms / 1000, model_id)

@@ -277,7 +277,7 @@ async def test_miss_loads_through_the_loader_then_routes(routed, fabric):
     again = await asyncio.to_thread(_infer_sync, _address(running), "add10", x)
     np.testing.assert_array_equal(again.as_numpy("y"), x + 10)
     assert loader.calls == ["add10"]  # the second call was a hit
-    assert registry.get_sample_value("modelmesh_cache_miss_milliseconds_count") == 1
+    # (the miss histogram keeps only waits over 10 ms, as ModelMesh: tests/router/test_metrics.py)
 
 
 async def test_metrics_count_calls(routed):
@@ -285,8 +285,12 @@ async def test_metrics_count_calls(routed):
     await asyncio.to_thread(_infer_sync, _address(running), "add", _x())
     with pytest.raises(InferenceServerException):
         await asyncio.to_thread(_infer_sync, _address(running), "no-such-model", _x())
-    assert registry.get_sample_value("meshserve_router_requests_total", {"method": "ModelInfer", "code": "OK"}) == 1
-    assert registry.get_sample_value("meshserve_router_requests_total",
-                                     {"method": "ModelInfer", "code": "NOT_FOUND"}) == 1
-    assert registry.get_sample_value("meshserve_router_request_seconds_count", {"method": "ModelInfer"}) == 2
+    calls = "modelmesh_api_request_milliseconds_count"
+    assert registry.get_sample_value(calls, {"method": "ModelInfer", "code": "OK"}) == 1
+    assert registry.get_sample_value(calls, {"method": "ModelInfer", "code": "NOT_FOUND"}) == 1
+    sizes = {"method": "ModelInfer", "code": "OK"}
+    assert registry.get_sample_value("modelmesh_request_size_bytes_sum", sizes) > 0
+    assert registry.get_sample_value("modelmesh_response_size_bytes_sum", sizes) > 0
+    assert registry.get_sample_value("modelmesh_response_size_bytes_count",
+                                     {"method": "ModelInfer", "code": "NOT_FOUND"}) == 0  # no response to measure
     assert registry.get_sample_value("meshserve_router_in_flight", {"instance": "i0"}) == 0

@@ -48,7 +48,7 @@ async def _call_failing(error: Exception) -> tuple[grpc.aio.AioRpcError, Collect
 
 
 def _counted(registry: CollectorRegistry, code: str) -> float | None:
-    return registry.get_sample_value("meshserve_runtime_inference_requests_total", {"model": "m", "code": code})
+    return registry.get_sample_value("modelmesh_invoke_model_milliseconds_count", {"method": "ModelInfer", "code": code})
 
 
 async def test_our_error_gets_its_status_and_is_counted_under_it():

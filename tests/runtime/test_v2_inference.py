@@ -180,11 +180,14 @@ def test_metrics_count_inferences(client, loaded):
     with pytest.raises(InferenceServerException, match="shape"):
         client.infer("add", [_input("x", np.zeros((1, 5), np.float32), "FP32")])
     text = urllib.request.urlopen(f"http://127.0.0.1:{loaded.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'meshserve_runtime_inference_requests_total{code="OK",model="add"}' in text
-    refused = re.search(r'meshserve_runtime_inference_requests_total\{code="INVALID_ARGUMENT",model="add"\} (\S+)', text)
+    assert re.search(r'^modelmesh_invoke_model_milliseconds_count\{code="OK",method="ModelInfer"\} [1-9]', text, re.M)
+    refused = re.search(r'modelmesh_invoke_model_milliseconds_count\{code="INVALID_ARGUMENT",method="ModelInfer"\} (\S+)',
+                        text)
     assert refused and float(refused.group(1)) >= 1, "a refused request is counted under its status"
-    assert "meshserve_runtime_capacity_bytes 5.36870912e+08" in text
-    assert "modelmesh_loadmodel_milliseconds_count" in text
+    assert re.search(r"^modelmesh_loadmodel_milliseconds_count [1-9]", text, re.M)
+    assert re.search(r"^modelmesh_loaded_model_size_bytes_count [1-9]", text, re.M)
+    assert "# TYPE modelmesh_loadmodel_failure counter\nmodelmesh_loadmodel_failure 0" in text  # ModelMesh's bare name
+    assert "_created" not in text
 
 
 def test_runtime_status_reports_capacity_and_injection(loaded):

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 def loads_done(runtime: RuntimeProcess) -> float:
     """Successful loads so far, from one runtime's Prometheus metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
-    match = re.search(r'^modelmesh_loadmodel_total\{outcome="success"\} (\S+)$', text, re.MULTILINE)
+    match = re.search(r'^modelmesh_loadmodel_milliseconds_count (\S+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 

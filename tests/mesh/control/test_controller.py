@@ -121,7 +121,7 @@ async def test_copies_on_a_dead_instance_are_rehomed_and_claims_dropped(fabric):
     assert fabric.view.loaded_on("hot") == ["i2"] and i2.loads == ["hot"]
     assert "i1" not in fabric.view.model("hot").copies and fabric.view.model("cold").copies == {}
     assert fabric.view.loaded_on("cold") == []  # not used recently: loads on demand
-    assert fabric.metric("modelmesh_controller_copies_rehomed_total") == 1
+    assert fabric.metric("meshserve_controller_copies_rehomed_total") == 1
     again = await fabric.round()
     assert again.rehomes_started == 0 and i2.loads == ["hot"]  # one-shot
 
@@ -148,7 +148,7 @@ async def test_hot_model_gets_another_copy(fabric):
     report = await fabric.round()
     assert report.adds_started == 1
     assert sorted(fabric.view.loaded_on("m")) == ["i1", "i2"] and i2.loads == ["m"]
-    assert fabric.metric("modelmesh_controller_copies_added_total") == 1
+    assert fabric.metric("meshserve_controller_copies_added_total") == 1
     assert fabric.metric("modelmesh_models_loaded_total") == 1
 
 
@@ -177,7 +177,7 @@ async def test_cold_copy_removed_when_space_is_short(fabric):
     report = await fabric.round()
     assert report.removes_started == 1  # one is enough to leave 10% free
     assert len(fabric.view.copies_of("m")) == 1 and i1.unloads + i2.unloads == ["m"]
-    assert fabric.metric("modelmesh_controller_copies_removed_total") == 1
+    assert fabric.metric("meshserve_controller_copies_removed_total") == 1
 
 
 async def test_copies_of_unregistered_models_are_unloaded_after_two_rounds(fabric):
@@ -246,7 +246,7 @@ async def test_one_failing_item_does_not_stop_the_round(etcd, keys):
         second = await fabric.round()
         assert second.orphans_unloaded == 1  # later steps ran despite the failure
         assert (await fabric.vmodels.get("fine"))[0].active_model_id == "b2"
-        assert fabric.metric("modelmesh_controller_errors_total") == 2
+        assert fabric.metric("meshserve_controller_errors_total") == 2
 
 
 async def test_vmodel_refs_are_repaired(fabric):

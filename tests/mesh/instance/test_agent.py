@@ -217,11 +217,11 @@ async def test_lru_eviction_takes_least_recently_used_and_never_exceeds_capacity
                             and not any(claim(view, m) for m in ("m0", "m1")), WAIT)
         assert view.model("m0").last_used_ms >= view.model("m1").last_used_ms > 0
         metrics = agent.metrics_registry
-        assert metrics.get_sample_value("modelmesh_evictions_total") == 2
-        assert metrics.get_sample_value("modelmesh_age_at_eviction_milliseconds_count") == 2
+        assert metrics.get_sample_value("modelmesh_age_at_eviction_milliseconds_count") == 2  # evictions, as ModelMesh counts them
         exposition = generate_latest(metrics).decode()
-        for name in ("modelmesh_instance_used_bytes", "modelmesh_instance_lru_age_seconds",
-                     "modelmesh_instance_models_total", "modelmesh_loadmodel_milliseconds_count"):
+        for name in ("modelmesh_instance_used_bytes", "modelmesh_instance_used_bps", "modelmesh_instance_lru_seconds",
+                     "modelmesh_instance_lru_age_seconds", "modelmesh_instance_models_total",
+                     "meshserve_instance_loads_in_progress", "modelmesh_loadmodel_milliseconds_count"):
             assert name in exposition
     assert sampled, "no instance record was observed"
     for record in sampled:

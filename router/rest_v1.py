@@ -14,7 +14,9 @@ Routes (KServe's V1 data plane):
 
 V1 has no datatypes or shapes, so a predict needs the model's V2 metadata: one
 ModelMetadata call, kept in `SignatureCache` while the model's registration stays the
-same. Errors are `{"error": "..."}` with the status of `router.rest.HTTP_STATUS`, like
+same; a body a kept signature refuses is checked once more against fresh metadata
+before it is answered 400, and an instance refusing a request (INVALID_ARGUMENT) drops
+the entry, so a model replaced under the same registration is not served a stale shape. Errors are `{"error": "..."}` with the status of `router.rest.HTTP_STATUS`, like
 V2 (the REST app's middleware maps them).
 """
 
@@ -29,6 +31,7 @@ from mesh.state.fabric_view import FabricView
 from protos import grpc_service_pb2 as pb
 from router.dataplane import DataPlane, method_path
 from router.errors import Unimplemented, UpstreamError
+from router.rest_codec import BadTensor
 from router.rest_v1_codec import Signature, predict_request, predictions_json, read_instances
 
 __all__ = ["SignatureCache", "add_v1_routes", "model_names"]
@@ -103,13 +106,26 @@ def add_v1_routes(app: web.Application, dataplane: DataPlane, signatures: Signat
         loop = asyncio.get_running_loop()
         deadline = loop.time() + dataplane.default_deadline_s
         model_id = dataplane.target(name)  # requests name the concrete id: signature and call agree
-        signature = cache.get(model_id)
-        if signature is None:
+
+        async def fetch() -> Signature:
             reply = await dataplane.forward(_METADATA, pb.ModelMetadataRequest(name=model_id).SerializeToString(),
                                             None, max(deadline - loop.time(), 0.0))
-            signature = Signature.from_metadata(reply.body)
-            cache.put(model_id, signature)
-        body = predict_request(model_id, instances, signature).SerializeToString()
+            fetched = Signature.from_metadata(reply.body)
+            cache.put(model_id, fetched)
+            return fetched
+
+        cached = cache.get(model_id)
+        signature = cached or await fetch()
+        try:
+            infer_request = predict_request(model_id, instances, signature)
+        except BadTensor:
+            if cached is None:
+                raise
+            # Refused by a kept signature: ask the model once more before blaming the caller
+            # (the model may have been replaced under the same registration).
+            signature = await fetch()
+            infer_request = predict_request(model_id, instances, signature)
+        body = infer_request.SerializeToString()
         try:
             reply = await dataplane.forward(_INFER, body, None, max(deadline - loop.time(), 0.0))
         except UpstreamError as error:

@@ -1,7 +1,9 @@
 """KServe V1 JSON (`{"instances": [...]}` -> `{"predictions": [...]}`) <-> V2 protobuf (no I/O).
 
 V1 carries no names, datatypes or shapes: they come from the model's V2 metadata
-(`Signature`). As KServe's own servers read V1 (`kserve.utils.get_predict_input`),
+(`Signature`); an input whose metadata names no datatype (scikit-learn models take what
+they are given) gets the JSON values' own: strings BYTES, booleans BOOL, integers
+INT64, other numbers FP64. As KServe's own servers read V1 (`kserve.utils.get_predict_input`),
 `inputs` is taken when present, else `instances`; either is a list with one entry per
 instance. A model with one input gets one tensor: the instances stacked, so the batch
 dimension is `len(instances)` and the rest must be rectangular and fit the input's
@@ -117,14 +119,27 @@ def _check_shape(spec: TensorSpec, dims: list[int], model: str) -> None:
                         f"the instances make {dims} (each instance {dims[1:]})")
 
 
+def _datatype_of(flat: list) -> str:
+    """For an input whose model names no datatype (a scikit-learn model takes what it is
+    given): what JSON's values are, as numpy would read them."""
+    if flat and isinstance(flat[0], str):
+        return "BYTES"
+    if flat and all(isinstance(value, bool) for value in flat):
+        return "BOOL"
+    if all(isinstance(value, int) for value in flat):
+        return "INT64"
+    return "FP64"
+
+
 def _tensor(request: pb.ModelInferRequest, spec: TensorSpec, data: list, model: str) -> None:
-    if spec.datatype not in V2_TO_NUMPY:
+    if spec.datatype and spec.datatype not in V2_TO_NUMPY:
         raise BadTensor(f"model '{model}' input '{spec.name}' has datatype {spec.datatype!r}, which V1 cannot fill")
     where = f"input '{spec.name}'"
     dims, flat = _dims_and_flat(data, where)
     _check_shape(spec, dims, model)
-    raw = tensor_bytes(spec.datatype, flat, math.prod(dims), where)
-    request.inputs.add(name=spec.name, datatype=spec.datatype, shape=dims)
+    datatype = spec.datatype or _datatype_of(flat)
+    raw = tensor_bytes(datatype, flat, math.prod(dims), where)
+    request.inputs.add(name=spec.name, datatype=datatype, shape=dims)
     request.raw_input_contents.append(raw)
 
 

@@ -8,7 +8,6 @@ V1 answers are compared with V2 REST inference of the same model in the same fab
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.error
 import urllib.request
@@ -19,12 +18,32 @@ import pytest
 import onnx
 from onnx import TensorProto, helper
 
+from mesh.domain.records import ModelRecord
+from protos import grpc_service_pb2 as pb
 from protos import model_mesh_pb2 as mm
+from router.rest_codec import BadTensor
+from router.rest_v1 import SignatureCache
+from router.rest_v1_codec import Signature, TensorSpec, predict_request, predictions_json
 from tests.support.fabric import Fabric
 from tests.support.models import add_onnx, identity_onnx
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
-HAS_SKLEARN_BACKEND = importlib.util.find_spec("runtimes.backends.sklearn_backend") is not None
+
+
+def _runtime_serves(model_type: str) -> bool:
+    """Whether this tree's runtime knows the model type (the sklearn backend is issue #14's)."""
+    from runtimes.errors import InvalidInput
+    from runtimes.model_type import resolve_model_type
+
+    try:
+        resolve_model_type(model_type, {})
+    except InvalidInput:
+        return False
+    return True
+
+
+HAS_SKLEARN_BACKEND = _runtime_serves("sklearn")
 
 
 def pair_onnx(path: Path) -> Path:
@@ -209,8 +228,8 @@ def test_strings_go_as_bytes(http):
     assert status == 400 and "BYTES elements must be strings" in body["error"]
 
 
-@pytest.mark.skipif(not HAS_SKLEARN_BACKEND, reason="needs the sklearn backend (runtimes/backends/sklearn_backend.py, "
-                                                    "issue #14), not in this tree yet")
+@pytest.mark.skipif(not HAS_SKLEARN_BACKEND, reason="the runtime does not serve model type 'sklearn' yet "
+                                                    "(issue #14's backend, runtimes/backends/sklearn_backend.py)")
 def test_an_sklearn_model_as_in_kserves_quick_start(fabric, http):
     import joblib
     from sklearn import datasets, svm
@@ -225,3 +244,93 @@ def test_an_sklearn_model_as_in_kserves_quick_start(fabric, http):
     status, body = http.call("POST", "/v1/models/sklearn-iris:predict", {"instances": instances})
     assert status == 200, body
     assert body == {"predictions": model.predict(np.array(instances)).tolist()}
+
+
+def test_a_model_replaced_under_the_same_registration_is_not_served_its_old_signature(fabric, http):
+    # Same id, type and path, other files: the router's kept signature matches the
+    # registration, so only its second look (fresh metadata before a 400) can tell.
+    router = fabric.routers[0]
+    folder = add_onnx(fabric.store / "swap" / "model.onnx").parent
+    register(router, "swap", folder)
+    assert http.call("POST", "/v1/models/swap:predict", {"instances": [[1.0, 2.0, 3.0, 4.0]]})[0] == 200
+    router.mesh.unregisterModel(mm.UnregisterModelRequest(modelId="swap"), timeout=30)
+    wait_until(lambda: not fabric.holders("swap"), 30, "the old 'swap' to be unloaded")
+    add_onnx(folder / "model.onnx", width=3)
+    register(router, "swap", folder)
+    wait_until(lambda: http.call("GET", "/v2/models/swap")[1].get("inputs", [{}])[0].get("shape") == [-1, 3],
+               60, "the new 'swap' to answer its metadata")
+    status, body = http.call("POST", "/v1/models/swap:predict", {"instances": [[1.0, 2.0, 3.0]]})
+    assert (status, body) == (200, {"predictions": [[2.0, 3.0, 4.0]]})
+
+
+class _View:
+    """Stands in for the router's FabricView: only the registration records the cache reads."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, ModelRecord] = {}
+
+    def model(self, model_id: str) -> ModelRecord | None:
+        return self.records.get(model_id)
+
+
+def _signature(width: int) -> Signature:
+    return Signature((TensorSpec("x", "FP32", (-1, width)),), (TensorSpec("y", "FP32", (-1, width)),))
+
+
+def test_signature_cache_holds_per_registration_and_is_bounded():
+    view = _View()
+    cache = SignatureCache(view, max_entries=2)
+    view.records["m"] = ModelRecord("m", "onnx", "/models/m-1")
+    cache.put("m", _signature(4))
+    assert cache.get("m") == _signature(4)
+    view.records["m"] = ModelRecord("m", "onnx", "/models/m-2")  # registered again elsewhere
+    assert cache.get("m") is None
+    cache.put("m", _signature(3))
+    cache.put("a", _signature(1))
+    assert cache.get("m") == _signature(3)  # used last: "a" goes first
+    cache.put("b", _signature(2))
+    assert cache.get("a") is None and cache.get("m") == _signature(3) and cache.get("b") == _signature(2)
+    cache.drop("m")
+    assert cache.get("m") is None
+
+
+def test_prediction_output_is_predict_else_the_first():
+    assert _signature(2).prediction_output == "y"
+    both = Signature((), (TensorSpec("label", "INT64", (-1,)), TensorSpec("predict", "INT64", (-1,))))
+    assert both.prediction_output == "predict"
+    assert Signature((), ()).prediction_output is None
+
+
+def test_predictions_nest_typed_and_raw_outputs_by_their_shape():
+    response = pb.ModelInferResponse(model_name="m")
+    response.outputs.add(name="y", datatype="INT32", shape=[2, 2, 2]).contents.int_contents.extend(range(8))
+    assert json.loads(predictions_json(response.SerializeToString(), _signature(2))) == {
+        "predictions": [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]}
+    raw = pb.ModelInferResponse(model_name="m")
+    raw.outputs.add(name="z", datatype="BOOL", shape=[3])
+    raw.outputs.add(name="y", datatype="FP64", shape=[1, 2])
+    raw.raw_output_contents.extend([b"\x01\x00\x01", np.array([0.5, -2.0]).tobytes()])
+    assert json.loads(predictions_json(raw.SerializeToString(), _signature(2))) == {"predictions": [[0.5, -2.0]]}
+
+
+def test_predict_request_asks_for_the_prediction_output_with_the_models_datatype():
+    signature = Signature((TensorSpec("x", "INT8", (-1, 2)),), (TensorSpec("a", "FP32", ()), TensorSpec("predict", "INT8", ())))
+    request = predict_request("m", [[1, -2], [3, 4]], signature)
+    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [("x", "INT8", [2, 2])]
+    assert request.raw_input_contents[0] == np.array([1, -2, 3, 4], dtype=np.int8).tobytes()
+    assert [o.name for o in request.outputs] == ["predict"]
+    with pytest.raises(BadTensor, match="do not fit INT8"):
+        predict_request("m", [[1, 300]], signature)
+
+
+@pytest.mark.parametrize("instances, datatype, raw", [
+    ([[1, 2]], "INT64", np.array([1, 2], dtype=np.int64).tobytes()),
+    ([[1, 2.5]], "FP64", np.array([1.0, 2.5]).tobytes()),
+    ([[True, False]], "BOOL", b"\x01\x00"),
+    ([["ab", ""]], "BYTES", b"\x02\x00\x00\x00ab\x00\x00\x00\x00"),
+])
+def test_an_input_without_a_datatype_takes_the_values_own(instances, datatype, raw):
+    signature = Signature((TensorSpec("input-0", "", (-1, -1)),), ())
+    request = predict_request("m", instances, signature)
+    assert request.inputs[0].datatype == datatype and request.raw_input_contents[0] == raw
+    assert not request.outputs  # none listed: the model answers with what it has

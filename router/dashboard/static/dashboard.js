@@ -146,28 +146,50 @@
   ];
   const W = 320, H = 110, PAD = 4;
 
-  function chart(spec, samples, nowMs) {
+  // The x axis spans the samples there are (at least a minute), up to the hour the router keeps.
+  function span(samples, nowMs, windowMs) {
+    if (!samples.length) return windowMs;
+    return Math.min(windowMs, Math.max(60 * 1000, nowMs - samples[0].time_ms));
+  }
+
+  function minutes(ms) {
+    const m = ms / 60000;
+    return m >= 1 ? `-${Math.round(m)} min` : `-${Math.round(ms / 1000)} s`;
+  }
+
+  function chart(spec, samples, nowMs, windowMs) {
     const box = el("figure", "chart");
     box.append(el("figcaption", "", spec.title));
     const values = spec.series.map(([, pick]) => samples.map((s) => Number(pick(s)) || 0));
-    const top = spec.max || Math.max(1, ...values.flat());
-    const area = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+    const top = spec.max || Math.max(1, ...values.flat()) * 1.1;
+    const area = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
     area.append(svg("rect", { x: 0, y: 0, width: W, height: H, class: "chart-bg" }));
-    const start = nowMs - 3600 * 1000;
-    const x = (t) => PAD + ((W - 2 * PAD) * Math.max(0, t - start)) / (3600 * 1000);
+    for (const share of [0.25, 0.5, 0.75]) {
+      area.append(svg("line", { x1: 0, x2: W, y1: H * share, y2: H * share, class: "grid" }));
+    }
+    const shown = span(samples, nowMs, windowMs);
+    const start = nowMs - shown;
+    const x = (t) => PAD + ((W - 2 * PAD) * Math.max(0, t - start)) / shown;
     const y = (v) => H - PAD - ((H - 2 * PAD) * Math.min(v, top)) / top;
     values.forEach((series, index) => {
       if (!series.length) return;
       const points = series.map((v, k) => `${x(samples[k].time_ms).toFixed(1)},${y(v).toFixed(1)}`);
+      if (index === 0) {
+        const first = x(samples[0].time_ms).toFixed(1), last = x(samples[samples.length - 1].time_ms).toFixed(1);
+        area.append(svg("polygon", { points: `${first},${H - PAD} ${points.join(" ")} ${last},${H - PAD}`, class: "fill" }));
+      }
       area.append(svg("polyline", { points: points.join(" "), class: `line line-${index}` }));
     });
     box.append(area);
+    const axis = el("div", "axis");
+    axis.append(el("span", "", minutes(shown)), el("span", "", "now"));
+    box.append(axis);
     const legend = el("div", "legend");
     spec.series.forEach(([name], index) => {
       const last = values[index].length ? values[index][values[index].length - 1] : 0;
       legend.append(el("span", `key key-${index}`, `${name} ${rate(last)}`));
     });
-    legend.append(el("span", "muted", `max ${rate(top)}`));
+    legend.append(el("span", "muted", `max ${rate(Math.max(0, ...values.flat()))}`));
     box.append(legend);
     return box;
   }
@@ -176,7 +198,8 @@
     const samples = doc.history.samples;
     document.getElementById("sample-note").textContent =
       `(${samples.length} of ${doc.history.length} samples, one every ${doc.history.sample_s}s)`;
-    replaceChildren(document.getElementById("charts"), CHARTS.map((spec) => chart(spec, samples, doc.time_ms)));
+    const windowMs = doc.history.length * doc.history.sample_s * 1000;
+    replaceChildren(document.getElementById("charts"), CHARTS.map((spec) => chart(spec, samples, doc.time_ms, windowMs)));
   }
 
   // -- model table -----------------------------------------------------------------------------

@@ -16,8 +16,10 @@ V1 has no datatypes or shapes, so a predict needs the model's V2 metadata: one
 ModelMetadata call, kept in `SignatureCache` while the model's registration stays the
 same; a body a kept signature refuses is checked once more against fresh metadata
 before it is answered 400, and an instance refusing a request (INVALID_ARGUMENT) drops
-the entry, so a model replaced under the same registration is not served a stale shape. Errors are `{"error": "..."}` with the status of `router.rest.HTTP_STATUS`, like
-V2 (the REST app's middleware maps them).
+the entry, so a model replaced under the same registration is not served a stale shape.
+
+Errors are `{"error": "..."}` with the status of `router.rest.HTTP_STATUS`, like V2 (the
+REST app's middleware maps them).
 """
 
 from __future__ import annotations

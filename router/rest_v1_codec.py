@@ -100,7 +100,8 @@ def _dims_and_flat(data: list, where: str) -> tuple[list[int], list]:
         for index, item in enumerate(level):
             if not isinstance(item, list) or len(item) != size:
                 got = _count(len(item)) if isinstance(item, list) else f"the single value {item!r}"
-                at, first = (f"instance {index}", "instance 0") if len(dims) == 1 else (f"a list at depth {len(dims)}", "the first")
+                at, first = ((f"instance {index}", "instance 0") if len(dims) == 1
+                             else (f"a list at depth {len(dims)}", "the first"))
                 raise BadTensor(f"{where}: ragged instances: {at} has {got} where {first} has {_count(size)}")
         dims.append(size)
         level = [value for item in level for value in item]

@@ -314,7 +314,8 @@ def test_predictions_nest_typed_and_raw_outputs_by_their_shape():
 
 
 def test_predict_request_asks_for_the_prediction_output_with_the_models_datatype():
-    signature = Signature((TensorSpec("x", "INT8", (-1, 2)),), (TensorSpec("a", "FP32", ()), TensorSpec("predict", "INT8", ())))
+    outputs = (TensorSpec("a", "FP32", ()), TensorSpec("predict", "INT8", ()))
+    signature = Signature((TensorSpec("x", "INT8", (-1, 2)),), outputs)
     request = predict_request("m", [[1, -2], [3, 4]], signature)
     assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [("x", "INT8", [2, 2])]
     assert request.raw_input_contents[0] == np.array([1, -2, 3, 4], dtype=np.int8).tobytes()

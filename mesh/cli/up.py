@@ -6,7 +6,8 @@ It starts, as child processes of itself:
 - one controller (`meshserve controller`), serving the management API;
 - `--runtimes` runtime instances (`meshserve runtime --etcd ...`), each with its own
   ports and model cache under `<workdir>/runtimes/<id>/`;
-- the router on `--host`:`--port` (gRPC) and `--rest-port` (REST);
+- the router on `--host`:`--port` (gRPC) and `--rest-port` (REST, with the web dashboard at
+  `/dashboard`, whose address the banner prints);
 then builds the example models (`mesh.cli.examples`, in a child process) into
 `<workdir>/models/` and registers and loads them through the router's management API.
 
@@ -657,6 +658,8 @@ class Up:
         metrics = f"  metrics http://{host}:{s.metrics_port}/metrics" if s.metrics_port else ""
         lines.append(f"  router       gRPC {host}:{s.port} (V2 inference + mmesh.ModelMesh){rest}{metrics}"
                      f"  pid {router.pid}")
+        if s.rest_port:
+            lines.append(f"  dashboard    http://{host}:{s.rest_port}/dashboard  (live, in a browser; JSON at /dashboard/api/snapshot)")
         c = self.controller
         lines.append(f"  controller   gRPC 127.0.0.1:{c.ports['grpc']} (mmesh.ModelMesh)  metrics "
                      f"http://127.0.0.1:{c.ports['metrics']}/metrics  pid {c.pid}")

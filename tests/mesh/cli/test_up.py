@@ -214,6 +214,17 @@ def test_rest_infer_on_iris(up):
     assert abs(sum(outputs["probabilities"]["data"]) - 1.0) < 1e-5
 
 
+def test_the_banner_names_the_dashboard_and_it_shows_the_examples(up):
+    [url] = re.findall(r"^  dashboard +(http://\S+/dashboard)\b", up.text(), re.MULTILINE)
+    assert url == f"http://127.0.0.1:{up.rest_port}/dashboard"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200 and "dashboard.js" in response.read().decode()
+    with urllib.request.urlopen(url + "/api/snapshot", timeout=30) as response:
+        document = json.loads(response.read())
+    assert len(document["instances"]) == 2
+    assert set(ONNX_EXAMPLES) <= {m["id"] for m in document["models"]}
+
+
 def _try_it_lines(banner: str) -> list[str]:
     block = banner.split("Try it:\n", 1)[1].split("\n\n", 1)[0]
     return [line.strip() for line in block.splitlines() if line.strip()]

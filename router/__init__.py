@@ -12,5 +12,7 @@ Modules, by job:
 - `grpc_front`: `inference.GRPCInferenceService` as bytes in, bytes out;
 - `rest`, `rest_codec`: KServe V2 REST/JSON on aiohttp, onto the same data plane;
 - `rest_v1`, `rest_v1_codec`: KServe V1 REST (`instances` -> `predictions`) on the same app, as V2 inference;
+- `traffic`: running totals of the calls and misses this router saw, for in-process readers;
+- `dashboard/`: the built-in web dashboard at `/dashboard` on the REST port (live, offline);
 - `metrics`, `settings`, `server`: Prometheus metrics, settings, the `meshserve router` process.
 """

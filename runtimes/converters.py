@@ -104,12 +104,16 @@ def _config_datatype(datatype: str) -> int:
     return config_pb.DataType.Value(name)
 
 
+# Platforms whose backend in a ModelConfig is their own name (ONNX and PyTorch are Triton's names).
+_CONFIG_BACKENDS = {"sklearn": "sklearn", "xgboost": "xgboost", "lightgbm": "lightgbm"}
+
+
 def config_to_proto(signature: ModelSignature) -> pb.ModelConfigResponse:
     """A ModelConfig with name, platform, inputs and outputs: what perf_analyzer reads.
 
     max_batch_size is 0: the dims are the full shapes, batch dimension included.
     """
-    backend = "onnxruntime" if signature.platform.startswith("onnx") else "pytorch"
+    backend = "onnxruntime" if signature.platform.startswith("onnx") else _CONFIG_BACKENDS.get(signature.platform, "pytorch")
     config = config_pb.ModelConfig(name=signature.name, platform=signature.platform, backend=backend, max_batch_size=0)
     for spec in signature.inputs:
         config.input.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=list(spec.shape))

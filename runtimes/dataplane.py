@@ -74,10 +74,14 @@ class SignatureIndex:
     def __init__(self, model: LoadedModel) -> None:
         self.inputs = {spec.name: spec for spec in model.inputs}
         self.outputs = frozenset(spec.name for spec in model.outputs)
+        # A model that takes its one input under any name: that spec checks whatever comes.
+        self.any_name = model.inputs[0] if model.any_input_name and len(model.inputs) == 1 else None
 
     def check_inputs(self, model_id: str, inputs: list[InferInput]) -> None:
         """InvalidInput naming the input and what was expected, for the first mismatch."""
         by_name = self.inputs
+        if self.any_name is not None and len(inputs) == 1:
+            by_name = {inputs[0].name: self.any_name}
         seen = set()
         for tensor in inputs:
             spec = by_name.get(tensor.name)

@@ -115,7 +115,7 @@ class ModelManager(ModelLifecycle):
                               model_key: str | None) -> tuple[LoadedModel, int]:
         """The loaded model and the bytes its files take on disk."""
         pulled = await self._pull(model_id, model_path, model_key)
-        backend, model_file = self._backends.select(model_type, Path(pulled.local_path))
+        backend, model_file = self._backends.select(model_type, Path(pulled.local_path), parse_model_key(model_key))
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(self._load_pool, backend.load, model_file, self.config.device)
         return model, disk_size(model_file)

@@ -4,7 +4,8 @@ In order: the `modelKey` JSON's `model_type` {name, version}, as ModelMesh sends
 else the `mt:<format>[:<version>]` label of a `modelType` label expression
 ("mt:onnx|pv:grpc-v2", as modelmesh-serving writes a model's type; `rt:` and `pv:` labels
 say where the model goes, not what it is); else a plain `modelType` ("onnx",
-"pytorch", optionally ":version"). No format at all ("rt:triton-2.x" alone): the files tell.
+"pytorch", "sklearn", "xgboost", "lightgbm", "triton", optionally ":version"; as ModelMesh and
+KServe spell them). No format at all ("rt:triton-2.x" alone): the files tell.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ _ALIASES = {
     "torchscript": "pytorch",
     "pytorch_libtorch": "pytorch",
     "pt2": "pytorch",
+    "sklearn": "sklearn",
+    "scikit-learn": "sklearn",
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "triton": "triton",  # a Triton model folder: its config.pbtxt or files say onnx or pytorch
 }
 
 
 @dataclass(frozen=True)
 class ModelType:
-    name: str  # canonical: "onnx" or "pytorch"; "" when the files must tell
+    name: str  # canonical: "onnx", "pytorch", "sklearn", "xgboost", "lightgbm", "triton"; "" when the files must tell
     version: str = ""
 
 

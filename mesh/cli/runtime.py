@@ -59,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def runtime_labels(runtime: RuntimeSettings, extra: str = "") -> tuple[str, ...]:
-    """What this runtime advertises: `mt:<format>` per backend, the protocol it speaks, `extra`."""
-    formats = BackendRegistry.default(runtime.threads_per_model).model_types
-    return parse_labels(",".join([*(f"mt:{t}" for t in formats), "pv:grpc-v2", extra]))
+    """What this runtime advertises: `mt:<format>` and `mt:<format>:<version>` per backend (so
+    Predictors naming a version place, as on ModelMesh), the protocol it speaks, `extra`."""
+    formats = BackendRegistry.default(runtime.threads_per_model).formats()
+    labels = [label for name, versions in sorted(formats.items())
+              for label in (f"mt:{name}", *(f"mt:{name}:{v}" for v in versions))]
+    return parse_labels(",".join([*labels, "pv:grpc-v2", extra]))
 
 
 async def start_plain_runtime(stack: contextlib.AsyncExitStack, runtime: RuntimeSettings) -> None:

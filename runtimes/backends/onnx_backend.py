@@ -102,6 +102,7 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     file_suffixes = (".onnx",)
+    versions = ("1",)  # as ModelMesh's and KServe's runtimes list ONNX
 
     def __init__(self, intra_op_threads: int = 1) -> None:
         self._intra_op_threads = intra_op_threads

@@ -115,6 +115,7 @@ class TorchBackend(Backend):
 
     name = "pytorch"
     file_suffixes = (".pt2", ".pt", ".torchscript")
+    versions = ("1", "2")  # "1" as ModelMesh's and KServe's runtimes list PyTorch; "2" for torch.export
 
     def __init__(self, threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))

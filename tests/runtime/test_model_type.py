@@ -36,9 +36,9 @@ def test_the_format_comes_from_the_key_then_the_mt_label_then_the_plain_type(mod
     assert resolve_model_type(model_type, parse_model_key(key)) == expected
 
 
-@pytest.mark.parametrize("model_type, key", [("mt:sklearn|pv:grpc-v2", ""), ("rt:x", '{"model_type": {"name": "xgboost"}}')])
+@pytest.mark.parametrize("model_type, key", [("mt:tensorflow|pv:grpc-v2", ""), ("rt:x", '{"model_type": {"name": "pmml"}}')])
 def test_an_unsupported_format_is_refused_naming_it(model_type, key):
-    with pytest.raises(InvalidInput, match="unsupported model type '(sklearn|xgboost)'"):
+    with pytest.raises(InvalidInput, match="unsupported model type '(tensorflow|pmml)'"):
         resolve_model_type(model_type, parse_model_key(key))
 
 
@@ -54,8 +54,8 @@ def test_a_runtime_loads_a_model_whose_type_is_a_label_expression(runtime, model
             tensor.set_data_from_numpy(x)
             np.testing.assert_array_equal(client.infer(name, [tensor]).as_numpy("y"), x + 1)
     with pytest.raises(grpc.RpcError) as refused:
-        runtime.spi.predictModelSize(rt.PredictModelSizeRequest(modelId="sk", modelType="mt:sklearn|pv:grpc-v2",
+        runtime.spi.predictModelSize(rt.PredictModelSizeRequest(modelId="tf", modelType="mt:tensorflow|pv:grpc-v2",
                                                                 modelPath=str(model_store["add"])), timeout=10)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sklearn" in refused.value.details()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tensorflow" in refused.value.details()
     for name in ("add-labelled", "add-keyed"):
         runtime.unload(name)

@@ -1,0 +1,80 @@
+"""scikit-learn backend: an estimator or Pipeline saved with joblib or pickle.
+
+Files: `model.joblib`, `model.pkl`, `model.pickle` (joblib.load reads both kinds).
+Loading one runs code from the file: model storage must be trusted (as KServe and
+MLServer say of theirs).
+
+Signature, as MLServer's sklearn runtime has it: one input, taken under any name
+(metadata calls it `input-0`), 2-D `[rows, n_features_in_]`; outputs `predict`, and
+`predict_proba` when the estimator has it and the request names it (a request that names
+no output gets `predict` only, as MLServer answers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.datatypes import v2_datatype_of
+from runtimes.errors import InvalidInput, InvalidModel
+
+INPUT_NAME = "input-0"
+PREDICT = "predict"
+PREDICT_PROBA = "predict_proba"
+
+
+class SklearnModel(LoadedModel):
+    platform = "sklearn"
+    any_input_name = True
+
+    def __init__(self, estimator) -> None:
+        self._estimator = estimator
+        features = getattr(estimator, "n_features_in_", None)
+        self.inputs = [TensorSpec(INPUT_NAME, "", (-1, int(features) if features else -1))]
+        classes = getattr(estimator, "classes_", None)
+        label_type = v2_datatype_of(np.asarray(classes)) if classes is not None and np.ndim(classes) == 1 else ""
+        targets = getattr(estimator, "n_outputs_", 1)
+        self.outputs = [TensorSpec(PREDICT, label_type, (-1,) if targets == 1 else (-1, int(targets)))]
+        if hasattr(estimator, PREDICT_PROBA):
+            width = len(classes) if classes is not None and np.ndim(classes) == 1 else -1
+            self.outputs.append(TensorSpec(PREDICT_PROBA, "FP64", (-1, width)))
+
+    def infer(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        (features,) = inputs.values()
+        results = {}
+        for name in output_names or [PREDICT]:
+            try:
+                results[name] = np.asarray(getattr(self._estimator, name)(features))
+            except (ValueError, TypeError) as error:
+                raise InvalidInput(f"the model rejected the inputs: {error}") from None
+        return results
+
+    def size_bytes(self) -> int:
+        return 0  # unmeasured: the manager charges bytes on disk times its size factor
+
+    def unload(self) -> None:
+        self._estimator = None
+
+
+class SklearnBackend(Backend):
+    """Loads joblib/pickle files holding anything with `predict` (estimators, Pipelines)."""
+
+    name = "sklearn"
+    file_suffixes = (".joblib", ".pkl", ".pickle")
+    versions = ("0", "1")  # scikit-learn 0.x and 1.x, as ModelMesh's and KServe's runtimes list them
+
+    def __init__(self, threads: int = 1) -> None:
+        pass  # an estimator keeps the n_jobs it was saved with
+
+    def load(self, model_file: Path, device: Device) -> SklearnModel:
+        import joblib  # on first use: importing scikit-learn costs a second at every process start
+
+        try:
+            estimator = joblib.load(model_file)
+        except Exception as error:  # unpickling raises whatever the bytes lead to
+            raise InvalidModel(f"joblib cannot load {model_file.name}: {type(error).__name__}: {error}") from None
+        if not callable(getattr(estimator, PREDICT, None)):
+            raise InvalidModel(f"{model_file.name} holds a {type(estimator).__name__}, which has no predict()")
+        return SklearnModel(estimator)

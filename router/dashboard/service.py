@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
@@ -52,7 +52,8 @@ class DashboardClosed(Exception):
 class Dashboard(AsyncClosing):
     def __init__(self, view: FabricView, source: StatusSource, traffic: TrafficCounters, *, sample_s: float = 10.0,
                  window_s: float = 3600.0, min_push_s: float = 0.25,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._view = view
         self._source = source
         self._traffic = traffic
@@ -60,6 +61,7 @@ class Dashboard(AsyncClosing):
         self._min_push_s = min_push_s
         self._clock = clock
         self._monotonic = monotonic
+        self._pause = pause  # between pushes (tests hold it to see the coalescing)
         self.history = History(history_length(sample_s, window_s))
         self._tasks = TaskSupervisor("dashboard")
         self._stale = asyncio.Event()
@@ -98,9 +100,9 @@ class Dashboard(AsyncClosing):
                                  length=self.history.length, version=self._version)
 
     def current(self) -> tuple[int, bytes]:
-        """(version, JSON) of a document built now; waiting streams get it too."""
-        self._publish()
-        return self._version, self._encoded
+        """(version, JSON) of a document built now for one reader (streams are not woken:
+        a script polling the JSON does not make every open page redraw)."""
+        return self._version, _encode(self.document())
 
     async def next_document(self, seen: int, timeout: float | None) -> tuple[int, bytes] | None:
         """The first document newer than version `seen`; None after `timeout` seconds
@@ -123,6 +125,9 @@ class Dashboard(AsyncClosing):
     # -- keeping it current ---------------------------------------------------------------
     def _on_change(self) -> None:
         after = self._view.all_instances()
+        if not self._view.is_ready():  # the first read of the fabric: what is there is not news
+            self._instances = after
+            return
         loads, evictions = copy_churn(self._instances, after, lambda m: self._view.model(m) is not None)
         self._instances = after
         self._loads += loads
@@ -133,7 +138,7 @@ class Dashboard(AsyncClosing):
         document = self.document()
         self._version += 1
         document["version"] = self._version
-        self._encoded = json.dumps(document, separators=(",", ":")).encode()
+        self._encoded = _encode(document)
         self._wake()
 
     def _wake(self) -> None:
@@ -150,7 +155,7 @@ class Dashboard(AsyncClosing):
                     self._publish()
                 except Exception:  # noqa: BLE001 - one bad build must not end the live view
                     log.exception("dashboard: building the live document failed")
-            await asyncio.sleep(self._min_push_s)  # coalesces the changes that arrive meanwhile
+            await self._pause(self._min_push_s)  # coalesces the changes that arrive meanwhile
 
     async def _sample(self) -> None:
         await self._view.wait_ready(None)
@@ -168,3 +173,7 @@ class Dashboard(AsyncClosing):
                                              loads, evictions))
             before, started = after, now
             self._stale.set()
+
+
+def _encode(document: dict) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()  # one line: an SSE data field

@@ -20,7 +20,9 @@ import tritonclient.grpc.aio as aioclient
 from mesh.api.mesh_admin import MeshAdminServicer
 from mesh.domain.records import ModelRecord, to_document
 from mesh.state.fabric_view import FabricView
+from router.dashboard.service import Dashboard
 from router.dashboard.web import CONTENT_SECURITY_POLICY
+from router.traffic import TrafficCounters
 from tests.router.conftest import StubLoader
 from tests.support.waiting import async_wait_until
 
@@ -190,3 +192,33 @@ async def test_before_the_first_read_of_etcd_both_endpoints_answer_503(etcd, key
                 assert response.status == 200  # the page itself retries until the router is ready
     finally:
         await view.close()
+
+
+async def test_changes_during_the_pause_between_pushes_become_one_push(fabric):
+    paused, release = asyncio.Event(), asyncio.Event()
+
+    async def held_pause(seconds: float) -> None:
+        paused.set()
+        await release.wait()
+        release.clear()
+
+    dashboard = Dashboard(fabric.view, MeshAdminServicer(fabric.view), TrafficCounters(), sample_s=600, pause=held_pause)
+    await dashboard.start()
+    try:
+        version, _ = dashboard.current()
+        waiting = asyncio.ensure_future(dashboard.next_document(version, 30))
+        await asyncio.sleep(0)  # let the waiter register, so the pusher builds for it
+        await _register(fabric, "first")
+        version, _ = await waiting  # the first push after a change (the view's own wake-ups may come first)
+        await asyncio.wait_for(paused.wait(), 10)  # then the pusher pauses
+        waiting = asyncio.ensure_future(dashboard.next_document(version, 30))
+        for model_id in ("second", "third", "fourth"):
+            await _register(fabric, model_id)
+        assert not waiting.done()  # nothing is pushed during the pause
+        release.set()
+        newer, body = await waiting
+        assert newer == version + 1  # one push for the three changes
+        assert {m["id"] for m in json.loads(body)["models"]} == {"first", "second", "third", "fourth"}
+    finally:
+        release.set()
+        await dashboard.close()

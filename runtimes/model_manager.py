@@ -5,10 +5,13 @@ Guarantees:
   agent's remote holder): the bytes of loaded models plus the reservations of loads in
   progress never exceed `capacity_bytes`; a load reserves its predicted size first
   (bytes on disk x `size_factor`, the key's `disk_size_bytes`, or `default_model_size`),
-  the measured size replaces it, and a model that turns out not to fit is unloaded again
-  and refused (CapacityExhausted). Deciding what to evict belongs to the placement
-  layer, not here. Loads and unloads of one model id run one at a time, in order;
-  different ids run in parallel (up to `max_loading_concurrency` loads).
+  the measured size replaces it (what the backend holds for the model, else bytes on disk x
+  `size_factor`); both add the backend's fixed cost per model (`fixed_costs`, calibrated
+  at start-up by `runtimes.calibration`, else `model_fixed_cost`), and a model that turns
+  out not to fit is unloaded again and refused (CapacityExhausted). Deciding what to
+  evict belongs to the placement layer, not here. Loads and unloads of one model id run
+  one at a time, in order; different ids run in parallel (up to `max_loading_concurrency`
+  loads).
 - In flight: a model being unloaded takes no new requests, and its unload
   waits for the requests already running.
 - Concurrency: each model runs at most `max_concurrency` requests at once;
@@ -36,7 +39,7 @@ from typing import Protocol
 import numpy as np
 
 from puller.errors import InvalidStorageUri, PullError, UnsafePath
-from runtimes.backends import BackendRegistry, Device, LoadedModel
+from runtimes.backends import Backend, BackendRegistry, Device, LoadedModel
 from runtimes.errors import Busy, InvalidInput, LoadFailed
 from runtimes.lifecycle import LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
 from runtimes.model_type import parse_model_key, resolve_model_type
@@ -68,6 +71,7 @@ class ManagerConfig:
     inline_after: int = 16
     inline_max_bytes: int = 64 << 10
     inline_backoff: int = 100
+    model_fixed_cost: int = 0  # charged to each model of a backend absent from ModelManager.fixed_costs
 
 
 class ModelManager(ModelLifecycle):
@@ -85,19 +89,29 @@ class ModelManager(ModelLifecycle):
         #: Told how long each pooled request waited for a concurrency slot (seconds; metrics).
         #: Inline runs take no slot and wait for none, so they are not reported.
         self.on_request_queued: Callable[[float], None] | None = None
+        #: Bytes each model of a backend costs besides its own data, by backend name: a
+        #: session, objects, first-run buffers (`runtimes.calibration` measures them).
+        self.fixed_costs: dict[str, int] = {}
+
+    def fixed_cost(self, backend: str) -> int:
+        """The fixed cost of one model of `backend`; the largest known when the type is not named."""
+        if not backend:
+            return max([*self.fixed_costs.values(), self.config.model_fixed_cost])
+        return self.fixed_costs.get(backend, self.config.model_fixed_cost)
 
     def predict_size(self, model_type: str, model_path: str, model_key: str | None) -> int:
-        """Fast, conservative: local files times the size factor; else the key's disk size or a default."""
+        """Fast, conservative: local files times the size factor, else the key's disk size or a
+        default; plus the backend's fixed cost."""
         key = parse_model_key(model_key)
-        resolve_model_type(model_type, key)  # an unsupported type fails here, before any work
+        fixed = self.fixed_cost(resolve_model_type(model_type, key).name)  # an unsupported type fails here
         local = Path(model_path) if model_path and "://" not in model_path else None
         if local is not None and local.exists():
             on_disk = disk_size(local)
         else:
             on_disk = int(key.get("disk_size_bytes") or 0)
         if not on_disk:
-            return self.config.default_model_size
-        return max(int(on_disk * self.config.size_factor), 1)
+            return fixed + self.config.default_model_size
+        return fixed + max(int(on_disk * self.config.size_factor), 1)
 
     # -- the lifecycle's steps, in this process ------------------------------------
     async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
@@ -105,20 +119,21 @@ class ModelManager(ModelLifecycle):
 
     async def _bring_in(self, model_id: str, model_type: str, model_path: str,
                         model_key: str | None) -> tuple[LoadedModel, int]:
-        """The loaded model and its size: measured by the backend, or (a backend that cannot
-        measure) its bytes on disk times the size factor."""
+        """The loaded model and its size: the backend's fixed cost plus what the backend measured
+        (a backend that cannot measure: bytes on disk times the size factor)."""
         wanted = resolve_model_type(model_type, parse_model_key(model_key))
-        model, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
-        return model, model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
+        model, backend, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
+        own = model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
+        return model, self.fixed_cost(backend.name) + own
 
     async def _fetch_and_load(self, model_id: str, model_type: str, model_path: str,
-                              model_key: str | None) -> tuple[LoadedModel, int]:
-        """The loaded model and the bytes its files take on disk."""
+                              model_key: str | None) -> tuple[LoadedModel, Backend, int]:
+        """The loaded model, the backend that loaded it and the bytes its files take on disk."""
         pulled = await self._pull(model_id, model_path, model_key)
         backend, model_file = self._backends.select(model_type, Path(pulled.local_path), parse_model_key(model_key))
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(self._load_pool, backend.load, model_file, self.config.device)
-        return model, disk_size(model_file)
+        return model, backend, disk_size(model_file)
 
     async def _pull(self, model_id: str, model_path: str, model_key: str | None):
         try:

@@ -20,6 +20,7 @@ from protos import grpc_service_pb2_grpc, meshserve_version, model_runtime_pb2_g
 from protos.metrics_exposition import MetricsServer, serve_metrics
 from puller import Puller
 from runtimes.backends import BackendRegistry, Device
+from runtimes.calibration import calibrate
 from runtimes.dataplane import InferenceService
 from runtimes.grpc_servicers import InferenceServicer, ModelRuntimeServicer
 from runtimes.metrics import RuntimeMetrics
@@ -66,6 +67,20 @@ def resolve_capacity(settings: RuntimeSettings, device: Device) -> int:
     return max(total - settings.capacity_buffer, 0)
 
 
+async def calibrate_sizes(manager: ModelManager, backends: BackendRegistry, settings: RuntimeSettings) -> None:
+    """Set each backend's fixed cost per model (`runtimes.calibration`), unless the settings fix
+    one or the models live on a GPU (whose memory RSS does not show)."""
+    if settings.model_fixed_cost is not None:
+        log.info("size calibration off: every model is charged %s besides its own data",
+                 format_size(settings.model_fixed_cost))
+        return
+    if manager.config.device.is_gpu:
+        log.info("size calibration off on a GPU: models are charged what their backend measures")
+        return
+    costs = await calibrate(manager, backends.backends())
+    manager.fixed_costs = {name: cost.per_model_bytes for name, cost in costs.items()}
+
+
 @dataclass
 class RunningRuntime:
     """A started runtime; `stop` drains it."""
@@ -102,13 +117,22 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         max_loading_concurrency=settings.max_loading_concurrency,
         infer_threads=settings.infer_threads,
         device=device,
+        model_fixed_cost=settings.model_fixed_cost or 0,
     )
     registry = registry or CollectorRegistry()
     metrics = RuntimeMetrics(registry, per_model=settings.per_model_metrics,
                              max_models=settings.per_model_metrics_max_models)
     puller = Puller(settings.models_dir, storage_config_dir=settings.storage_config_dir,
                     disk_budget_bytes=settings.disk_budget)
-    manager = ModelManager(config, BackendRegistry.default(settings.threads_per_model), puller, observer=metrics)
+    backends = BackendRegistry.default(settings.threads_per_model)
+    manager = ModelManager(config, backends, puller)
+    try:  # before the observers: the probes are nobody's loads
+        await calibrate_sizes(manager, backends, settings)
+    except BaseException:
+        await manager.close()
+        await puller.aclose()
+        raise
+    manager.add_observer(metrics)
     manager.add_probe(metrics)
     manager.on_request_queued = metrics.request_queued
     ready = asyncio.Event()

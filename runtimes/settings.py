@@ -37,6 +37,9 @@ class RuntimeSettings(BaseSettings):
     disk_budget: int | None = Field(None, description="Bytes the model cache may use on disk; unset: no limit.")
     size_factor: float = Field(1.25, description="Predicted in-memory size = bytes on disk times this, before a model is loaded.")
     default_model_size: int = Field(1 << 20, description="Predicted size when nothing is known of a model's files (bytes).")
+    model_fixed_cost: int | None = Field(
+        None, description="Bytes charged to every model besides its own data (weights, trees), e.g. 100KiB; unset: "
+        "measured per backend at start-up by loading probe models (CPU only; a GPU runtime charges 0).")
     max_concurrency: int = Field(8, description="Requests one model runs at once; more wait in its queue.")
     max_queue: int = Field(256, description="Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.")
     max_loading_concurrency: int = Field(2, description="Loads that run at once.")
@@ -49,7 +52,8 @@ class RuntimeSettings(BaseSettings):
     max_message_bytes: int = Field(64 << 20, description="Largest gRPC message accepted or sent.")
     log_level: str = Field("INFO", description="Python logging level.")
 
-    @field_validator("capacity", "capacity_buffer", "disk_budget", "default_model_size", "max_message_bytes", mode="before")
+    @field_validator("capacity", "capacity_buffer", "disk_budget", "default_model_size", "model_fixed_cost",
+                     "max_message_bytes", mode="before")
     @classmethod
     def _sizes(cls, value):
         return None if value is None or value == "" else parse_size(value)

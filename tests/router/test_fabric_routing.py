@@ -22,6 +22,8 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from protos import model_mesh_pb2 as mm
+from runtimes.backends.onnx_tensors import constant_tensor_bytes
+from runtimes.sizes import disk_size
 from tests.support.fabric import Fabric
 from tests.support.models import add_onnx
 from tests.support.waiting import wait_until
@@ -55,9 +57,11 @@ def fabric(tmp_path_factory):
     try:
         fabric.start_etcd()
         probe = model_dir(workdir / "probe", "probe", 0.0)
-        size = int(sum(f.stat().st_size for f in probe.iterdir()) * 1.25) + 1
+        # Each model is charged its tensors' bytes alone and predicted at its bytes on disk (a
+        # few bytes more), so that room for five is five, whatever a model's fixed cost measures.
+        size = max(constant_tensor_bytes(probe / "model.onnx"), disk_size(probe)) + 1
         for n in range(3):
-            fabric.add_runtime(f"rt{n}", str(PER_INSTANCE * size + 1024))
+            fabric.add_runtime(f"rt{n}", str(PER_INSTANCE * size + 1024), "--model-fixed-cost", "0", "--size-factor", "1.0")
         fabric.add_controller()
         router = fabric.add_router()
         for n in range(MODELS):

@@ -73,8 +73,9 @@ async def fabric(etcd_server, etcd, keys, tmp_path):
     async with AsyncExitStack() as stack:
         agents = {}
         for n in range(3):
+            # Models are charged their tensors' bytes alone (no fixed cost), so 64 KiB holds three.
             settings = RuntimeSettings(host="127.0.0.1", port=0, metrics_port=0, capacity="64KiB",
-                                       models_dir=tmp_path / f"cache-{n}", size_factor=1.0)
+                                       models_dir=tmp_path / f"cache-{n}", size_factor=1.0, model_fixed_cost=0)
             running = await start_runtime(settings)
             stack.push_async_callback(running.stop)
             running.manager.add_observer(counter)

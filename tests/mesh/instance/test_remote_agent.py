@@ -39,7 +39,7 @@ from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
 from router.server import RunningRouter, start_router
 from router.settings import RouterSettings
-from runtimes.sizes import disk_size
+from runtimes.backends.onnx_tensors import constant_tensor_bytes
 from tests.support import models
 from tests.support.agent_process import AgentProcess, start_agent_process
 from tests.support.ports import free_port
@@ -62,9 +62,14 @@ def onnx_models(tmp_path_factory) -> dict[str, Path]:
             for i in range(4)}
 
 
+#: What each model is charged besides its tensors: fixed here (not calibrated at start-up),
+#: so that a model's size is known before the runtime starts.
+FIXED_COST = 64 << 10
+
+
 def charged(path: Path) -> int:
-    """What the runtime charges for one of these models (ONNX Runtime cannot measure: disk x 1.25)."""
-    return int(disk_size(path / "model.onnx") * 1.25)
+    """What the runtime charges for one of these models: the fixed cost and its tensors' bytes."""
+    return FIXED_COST + constant_tensor_bytes(path / "model.onnx")
 
 
 @dataclass
@@ -78,7 +83,8 @@ class Seats:
 
     def runtime(self, capacity: int) -> RuntimeProcess:
         """A plain runtime: no etcd, no agent inside."""
-        runtime = start_runtime_process(self.workdir / f"runtime-{len(self.runtimes)}", capacity=str(capacity))
+        runtime = start_runtime_process(self.workdir / f"runtime-{len(self.runtimes)}",
+                                        "--model-fixed-cost", str(FIXED_COST), capacity=str(capacity))
         self.runtimes.append(runtime)
         return runtime
 

@@ -1,0 +1,152 @@
+"""The fixed memory cost of one model, per backend, measured by the runtime itself at start-up.
+
+A model costs the process more than its weights: an ONNX Runtime session, a scikit-learn
+estimator's Python objects, the buffers of its first run, the runtime's own records. For
+tiny models that fixed part is nearly everything (an ONNX session that has run once holds
+~110 KiB for a 32-byte initializer), and charging file size instead under-counts by 10-20x,
+which is how a "full" runtime runs out of memory.
+
+So at start-up, for each backend that can write a probe model (`Backend.write_probe`), the
+runtime loads probes through its own model manager (the path a real load takes: puller,
+backend, records) and runs each once, and reads its resident memory (/proc/self/statm):
+
+- warm-up: two probes first. The first pays the backend's one-time setup (ONNX Runtime's
+  environment and thread pools, ~10 MiB; torch's JIT); that is the process's baseline, paid
+  before any model is loaded, not a cost of each model.
+- then `count` more, kept loaded together, so freed memory cannot be reused between them:
+  their growth, less the bytes their backend measured for them, divided by `count`, is the
+  fixed cost of each model (`BackendCost.per_model_bytes`), added to every model's size.
+- glibc's malloc keeps freed memory mapped: `malloc_trim(0)` before each reading returns it
+  to the system, so the readings count live memory, and after the probes are unloaded, so
+  their freed pages do not hide the first real models' growth.
+
+It runs before the server binds its ports (nothing else allocates meanwhile) and takes a
+fraction of a second per backend. Off (`model_fixed_cost` set) or impossible (no /proc, a
+GPU device, whose memory is not the host's RSS), models of a backend are charged
+`model_fixed_cost` (default 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtimes.backends.base import Backend, Probe
+from runtimes.model_manager import ModelManager
+from runtimes.sizes import format_size
+
+__all__ = ["BackendCost", "PROBE_PREFIX", "calibrate", "resident_bytes"]
+
+log = logging.getLogger(__name__)
+
+#: Model ids of the probes, which no client sees (they are gone before the server starts).
+PROBE_PREFIX = "__size_probe__"
+WARM_UPS = 2
+PROBES = 24
+#: A backend whose probes load slowly stops early, with no fewer than MIN_PROBES.
+TIME_BUDGET_S = 1.0
+MIN_PROBES = 4
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_STATM = Path("/proc/self/statm")
+
+
+@dataclass(frozen=True)
+class BackendCost:
+    """What calibration found for one backend."""
+
+    backend: str
+    per_model_bytes: int  # the fixed cost charged to each model of this backend
+    one_time_bytes: int  # the first model's cost beyond that: the backend's setup, paid once
+    probes: int
+    seconds: float
+
+
+def resident_bytes() -> int:
+    """This process's resident memory."""
+    return int(_STATM.read_text().split()[1]) * _PAGE
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; musl and others have none
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the memory malloc holds free back to the system (glibc), so RSS counts live memory."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def _settled_rss() -> int:
+    release_free_memory()
+    return resident_bytes()
+
+
+async def calibrate(manager: ModelManager, backends: list[Backend], count: int = PROBES) -> dict[str, BackendCost]:
+    """Measure each backend's fixed cost per model (module docstring) and return what was found;
+    a backend without a probe, or whose probes fail to load or run, is left out (logged)."""
+    if not _STATM.exists():
+        log.info("size calibration off: no /proc/self/statm to read resident memory from")
+        return {}
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="meshserve-probes-") as folder:
+        for backend in backends:
+            probe_dir = Path(folder) / backend.name
+            probe_dir.mkdir()
+            try:
+                probe = await asyncio.to_thread(backend.write_probe, probe_dir)
+                if probe is None:
+                    log.info("size calibration: backend %s has no probe model; its models are charged %s each",
+                             backend.name, format_size(manager.config.model_fixed_cost))
+                    continue
+                found[backend.name] = await _calibrate_backend(manager, backend.name, probe, count)
+            except Exception as error:  # third-party code: a failed calibration must not stop the runtime
+                log.warning("size calibration of backend %s failed (%s); its models are charged %s each",
+                            backend.name, error, format_size(manager.config.model_fixed_cost))
+                continue
+            cost = found[backend.name]
+            log.info("size calibration: backend %s costs %s per model (%d probes), %s once, in %.2fs",
+                     cost.backend, format_size(cost.per_model_bytes), cost.probes,
+                     format_size(cost.one_time_bytes), cost.seconds)
+    return found
+
+
+async def _calibrate_backend(manager: ModelManager, backend: str, probe: Probe, count: int) -> BackendCost:
+    started = time.perf_counter()
+    ids: list[str] = []
+
+    async def load_and_run(name: str) -> int:
+        model_id = f"{PROBE_PREFIX}{backend}/{name}"
+        ids.append(model_id)
+        size = await manager.load(model_id, backend, str(probe.model_file))
+        await manager.run(model_id, probe.inputs, [])
+        return size
+
+    try:
+        before = _settled_rss()
+        warm_sizes = [await load_and_run(f"warm{i}") for i in range(WARM_UPS)]
+        warm = _settled_rss()
+        sizes = []
+        deadline = started + TIME_BUDGET_S
+        while len(sizes) < count and (len(sizes) < MIN_PROBES or time.perf_counter() < deadline):
+            sizes.append(await load_and_run(str(len(sizes))))
+        grown = _settled_rss() - warm
+    finally:
+        for model_id in ids:
+            await manager.unload(model_id)
+        release_free_memory()
+    per_model = max((grown - sum(sizes)) // len(sizes), 0)
+    one_time = max(warm - before - WARM_UPS * per_model - sum(warm_sizes), 0)
+    return BackendCost(backend, per_model, one_time, len(sizes), time.perf_counter() - started)

@@ -95,6 +95,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "servingConfig": {"extra": {"runtimePodLabels": {"cost-center": "ai"}, "allowAnyPVC": True}},
         "topologySpread": {"enabled": False},
     },
+    "grafana-dashboard": {"dashboards": {"grafana": {"enabled": True, "annotations": {"grafana_folder": "Serving"}}}},
     "digest-and-no-tests": {
         "image": {"digest": "sha256:" + "ab" * 32},
         "tests": {"enabled": False},
@@ -941,3 +942,29 @@ def test_rendered_controller_and_router_serve_and_the_test_hook_passes(defaults,
         finally:
             for kind, process, log in reversed(processes):
                 assert stop_process(process, kind, 20, log=log.read_text) == 0, log.read_text()[-3000:]
+
+
+# -- the Grafana dashboard -------------------------------------------------------------------------
+
+
+def _dashboard_config_maps(rendered: Rendered) -> list[dict[str, Any]]:
+    return [o for o in rendered.of("ConfigMap") if "meshserve.json" in o.get("data", {})]
+
+
+def test_the_grafana_dashboard_is_off_by_default(defaults):
+    assert _dashboard_config_maps(defaults) == []
+
+
+def test_the_grafana_dashboard_config_map_holds_the_docs_dashboard_for_the_sidecar(chart):
+    rendered = render(chart, SCENARIOS["grafana-dashboard"])
+    (config_map,) = _dashboard_config_maps(rendered)
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # what the sidecar watches
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Serving"}
+    assert config_map["metadata"]["namespace"] == NAMESPACE
+    docs = Path(__file__).resolve().parents[2] / "docs" / "dashboards" / "meshserve.json"
+    assert json.loads(config_map["data"]["meshserve.json"]) == json.loads(docs.read_text())
+    elsewhere = render(chart, {"dashboards": {"grafana": {"enabled": True, "namespace": "monitoring",
+                                                          "labels": {"grafana_dashboard": "meshserve"}}}})
+    (moved,) = _dashboard_config_maps(elsewhere)
+    assert moved["metadata"]["namespace"] == "monitoring"
+    assert moved["metadata"]["labels"]["grafana_dashboard"] == "meshserve"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.backends.base import Backend, Device, LoadedModel, Probe, TensorSpec
 from runtimes.errors import InvalidInput, InvalidModel
 
 INPUT_NAME = "input-0"
@@ -81,3 +81,13 @@ class LightGBMBackend(Backend):
         except (lgb.basic.LightGBMError, ValueError, OSError) as error:
             raise InvalidModel(f"LightGBM cannot load {model_file.name}: {error}") from None
         return LightGBMModel(booster, self._threads)
+
+    def write_probe(self, folder: Path) -> Probe:
+        """A booster of two trees on four features, saved as LightGBM's text model."""
+        lgb = _lightgbm()
+        x = np.arange(64, dtype=np.float64).reshape(16, 4) % 5
+        params = {"objective": "binary", "verbose": -1, "min_data_in_leaf": 1, "num_threads": 1}
+        booster = lgb.train(params, lgb.Dataset(x, label=np.arange(16) % 2), num_boost_round=2)
+        path = folder / "model.txt"
+        booster.save_model(str(path))
+        return Probe(path, {INPUT_NAME: np.zeros((1, 4))})

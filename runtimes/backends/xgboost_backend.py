@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.backends.base import Backend, Device, LoadedModel, Probe, TensorSpec
 from runtimes.errors import InvalidInput, InvalidModel
 
 INPUT_NAME = "input-0"
@@ -111,6 +111,15 @@ class XGBoostBackend(Backend):
             return XGBoostModel(booster)
         except (xgb.core.XGBoostError, ValueError, KeyError) as error:
             raise InvalidModel(f"XGBoost cannot load {model_file.name}: {xgboost_reason(error)}") from None
+
+    def write_probe(self, folder: Path) -> Probe:
+        """A booster of two depth-2 trees on four features, saved as JSON."""
+        xgb = _xgboost()
+        x = np.arange(32, dtype=np.float32).reshape(8, 4) % 5
+        booster = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(x, label=np.arange(8) % 2), num_boost_round=2)
+        path = folder / "model.json"
+        booster.save_model(str(path))
+        return Probe(path, {INPUT_NAME: np.zeros((1, 4), np.float32)})
 
 
 def _head(path: Path, size: int = 256) -> bytes:

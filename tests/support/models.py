@@ -63,6 +63,19 @@ def add_onnx(path: Path, width: int = 4, offset: float = 1.0, weights: int = 0) 
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def dense_onnx(path: Path, inputs: int, outputs: int, seed: int = 0) -> Path:
+    """y = x @ W (FP32 [-1, inputs] -> [-1, outputs]): a session holds all of W, inputs x outputs
+    floats (add_onnx's ballast is folded away by ONNX Runtime, so it holds none of it)."""
+    weights = np.random.default_rng(seed).random((inputs, outputs), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, outputs])],
+        initializer=[numpy_helper.from_array(weights, "W")],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def torchscript_linear(path: Path, in_features: int = 4, out_features: int = 2) -> tuple[Path, object]:
     """A TorchScript Linear(in, out) with fixed weights; returns the path and the module."""
     import torch

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "dashboards" / "meshserve.json"
@@ -76,3 +79,16 @@ def test_the_panels_users_know_and_the_new_ones_are_there():
     assert any(row.get("repeat") == "deployment" for row in rows)
     ids = [panel["id"] for panel in _panels(_dashboard())]
     assert len(ids) == len(set(ids))
+
+
+def test_the_alert_suggestions_in_operations_md_are_valid_rules(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool (Debian's prometheus package has it)")
+    text = (REPO / "docs" / "operations.md").read_text()
+    rules = text.split("## Alert suggestions", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rules.yml"
+    path.write_text(rules)
+    checked = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 7 rules found" in checked.stdout

@@ -15,7 +15,7 @@ anything unexpected is INTERNAL with an id that is in the log (`mapped_errors`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from mesh.api.status import mapped_errors
 from mesh.domain.model_status import model_status
@@ -97,14 +97,20 @@ def _instance(record: InstanceRecord, now_ms: int) -> admin.InstanceStatus:
 
 def summarize_fabric(models: Mapping[str, ModelRecord], instances: Mapping[str, InstanceRecord],
                      vmodels: Mapping[str, VModelRecord], now_ms: int,
-                     loading_timeout_ms: int = DEFAULT_TIMINGS.loading_timeout_ms, *, in_sync: bool = True) -> admin.FabricStatus:
+                     loading_timeout_ms: int = DEFAULT_TIMINGS.loading_timeout_ms, *, in_sync: bool = True,
+                     summaries: Sequence[admin.ModelSummary] | None = None) -> admin.FabricStatus:
     """The fabric's `FabricStatus`: each instance (sorted by id) and the fabric-wide figures.
+
+    `summaries`: `summarize_models` of the same arguments, when the caller has them already
+    (the model counts are taken from them instead of computing them again).
 
     The global LRU age is the age of the least recently used loaded copy on any instance
     that is not shutting down (its copies are leaving anyway); 0 when nothing is loaded.
     Ages never go negative when a clock is behind another.
     """
-    states = [s.state for s in summarize_models(models, instances, vmodels, now_ms, loading_timeout_ms)]
+    if summaries is None:
+        summaries = summarize_models(models, instances, vmodels, now_ms, loading_timeout_ms)
+    states = [s.state for s in summaries]
     oldest = [r.lru_last_used_ms for r in instances.values() if not r.shutting_down and r.lru_last_used_ms is not None]
     return admin.FabricStatus(
         instances=[_instance(instances[i], now_ms) for i in sorted(instances)],
@@ -147,19 +153,25 @@ class MeshAdminServicer(admin_grpc.MeshAdminServicer):
     # router's dashboard), so they are the very numbers `meshserve top` and `list` print.
     def list_models(self) -> admin.ListModelsResponse:
         """What `listModels` answers; StoreUnavailable before the view has read etcd."""
-        return self.status_and_models()[1]
+        models, instances, vmodels = self._records()
+        return admin.ListModelsResponse(
+            models=summarize_models(models, instances, vmodels, self._clock(), self._loading_timeout_ms),
+            in_sync=self._view.in_sync)
 
     def fabric_status(self) -> admin.FabricStatus:
         """What `fabricStatus` answers; StoreUnavailable before the view has read etcd."""
-        return self.status_and_models()[0]
+        models, instances, vmodels = self._records()
+        return summarize_fabric(models, instances, vmodels, self._clock(), self._loading_timeout_ms,
+                                in_sync=self._view.in_sync)
 
     def status_and_models(self) -> tuple[admin.FabricStatus, admin.ListModelsResponse]:
-        """Both replies from one state of the view and one clock reading."""
+        """Both replies from one state of the view and one clock reading (the models summarized once)."""
         models, instances, vmodels = self._records()
         now_ms, in_sync = self._clock(), self._view.in_sync
-        return (summarize_fabric(models, instances, vmodels, now_ms, self._loading_timeout_ms, in_sync=in_sync),
-                admin.ListModelsResponse(models=summarize_models(models, instances, vmodels, now_ms,
-                                                                 self._loading_timeout_ms), in_sync=in_sync))
+        summaries = summarize_models(models, instances, vmodels, now_ms, self._loading_timeout_ms)
+        status = summarize_fabric(models, instances, vmodels, now_ms, self._loading_timeout_ms, in_sync=in_sync,
+                                  summaries=summaries)
+        return status, admin.ListModelsResponse(models=summaries, in_sync=in_sync)
 
     def _records(self) -> tuple[dict[str, ModelRecord], dict[str, InstanceRecord], dict[str, VModelRecord]]:
         view = self._view

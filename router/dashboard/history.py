@@ -48,20 +48,24 @@ def history_length(sample_s: float, window_s: float = 3600.0) -> int:
 
 
 class History:
-    """The newest `length` samples, oldest first."""
+    """The newest `length` samples, oldest first (each also kept as its JSON object, made
+    once when it is added, since every pushed document carries the whole hour)."""
 
     def __init__(self, length: int) -> None:
-        self._samples: deque[Sample] = deque(maxlen=length)
+        self._samples: deque[tuple[Sample, dict]] = deque(maxlen=length)
 
     @property
     def length(self) -> int:
         return self._samples.maxlen or 0
 
     def add(self, sample: Sample) -> None:
-        self._samples.append(sample)
+        self._samples.append((sample, sample.to_json()))
 
     def samples(self) -> list[Sample]:
-        return list(self._samples)
+        return [sample for sample, _ in self._samples]
+
+    def as_json(self) -> list[dict]:
+        return [document for _, document in self._samples]
 
 
 def make_sample(time_ms: int, elapsed_s: float, status: admin.FabricStatus, before: TrafficTotals,

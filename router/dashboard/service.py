@@ -6,9 +6,10 @@ reads etcd and never scrapes metrics.
 
 - Live: a listener on the view marks the snapshot stale after each batch of watched
   changes (and counts loads and evictions from the instance records that changed); a
-  pusher task builds one new document for all waiting streams, then pauses `min_push_s`,
-  so a burst of changes becomes one push (at most 1 / `min_push_s` per second). Nothing is
-  built while nobody waits.
+  pusher task builds one new document for all waiting streams, then pauses `min_push_s`
+  (or four times what the build took, if longer), so a burst of changes becomes one push
+  (at most 1 / `min_push_s` per second) and a big fabric's pushes leave the router's loop
+  mostly to requests. Nothing is built while nobody waits.
 - History: a sampler task takes one `Sample` every `sample_s` seconds into a ring buffer
   of an hour, and marks the snapshot stale (ages and charts move even in a quiet fabric).
 
@@ -37,6 +38,9 @@ from router.traffic import TrafficCounters
 __all__ = ["Dashboard", "DashboardClosed", "StatusSource"]
 
 log = logging.getLogger(__name__)
+
+#: The pause after a push is at least this many times what building it took.
+BUSY_FACTOR = 4.0
 
 
 class StatusSource(Protocol):
@@ -96,7 +100,7 @@ class Dashboard(AsyncClosing):
     def document(self) -> dict:
         """A fresh document (StoreUnavailable before the view has read etcd)."""
         status, models = self._source.status_and_models()
-        return snapshot_document(status, models, self.history.samples(), sample_s=self.sample_s,
+        return snapshot_document(status, models, self.history.as_json(), sample_s=self.sample_s,
                                  length=self.history.length, version=self._version)
 
     def current(self) -> tuple[int, bytes]:
@@ -150,12 +154,17 @@ class Dashboard(AsyncClosing):
         while True:
             await self._stale.wait()
             self._stale.clear()
+            took = 0.0
             if self._waiting:
+                started = time.perf_counter()
                 try:
                     self._publish()
                 except Exception:  # noqa: BLE001 - one bad build must not end the live view
                     log.exception("dashboard: building the live document failed")
-            await self._pause(self._min_push_s)  # coalesces the changes that arrive meanwhile
+                took = time.perf_counter() - started
+            # Coalesces the changes that arrive meanwhile; a big fabric's document (tens of
+            # ms per thousand models) waits longer, so pushes take at most ~1/5 of the loop.
+            await self._pause(max(self._min_push_s, BUSY_FACTOR * took))
 
     async def _sample(self) -> None:
         await self._view.wait_ready(None)

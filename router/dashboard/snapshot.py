@@ -24,7 +24,6 @@ from collections.abc import Sequence
 
 from protos import mesh_admin_pb2 as admin
 from protos import model_mesh_pb2 as mm
-from router.dashboard.history import Sample
 
 __all__ = ["snapshot_document", "state_name"]
 
@@ -56,9 +55,10 @@ def _instance(i: admin.InstanceStatus, held: list[dict]) -> dict:
     }
 
 
-def snapshot_document(status: admin.FabricStatus, models: admin.ListModelsResponse, samples: Sequence[Sample],
+def snapshot_document(status: admin.FabricStatus, models: admin.ListModelsResponse, samples: Sequence[dict],
                       *, sample_s: float, length: int, version: int = 0) -> dict:
-    """The whole document; `version` grows with each document a router pushes."""
+    """The whole document; `samples` are `Sample.to_json()` objects (`History.as_json`);
+    `version` grows with each document a router pushes."""
     held: dict[str, list[dict]] = {i.id: [] for i in status.instances}
     for m in models.models:
         for copy in m.copies:
@@ -84,5 +84,5 @@ def snapshot_document(status: admin.FabricStatus, models: admin.ListModelsRespon
         },
         "instances": [_instance(i, held[i.id]) for i in status.instances],
         "models": [_model(m) for m in models.models],
-        "history": {"sample_s": sample_s, "length": length, "samples": [s.to_json() for s in samples]},
+        "history": {"sample_s": sample_s, "length": length, "samples": list(samples)},
     }

@@ -20,6 +20,7 @@ def test_history_keeps_the_newest_samples_of_one_window():
     for t in range(5):
         history.add(Sample(t, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
     assert [s.time_ms for s in history.samples()] == [2, 3, 4] and history.length == 3
+    assert [d["time_ms"] for d in history.as_json()] == [2, 3, 4] and history.as_json()[0] == history.samples()[0].to_json()
 
 
 def test_a_sample_is_the_difference_of_two_readings():

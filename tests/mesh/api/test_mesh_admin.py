@@ -149,6 +149,11 @@ async def test_servicer_answers_from_the_watched_view(served):
     assert list(listed.models) == summarize_models(models, instances, vmodels, NOW)
     status = await served.stub.fabricStatus(admin.FabricStatusRequest())
     assert status == summarize_fabric(models, instances, vmodels, NOW)
+    # The plain calls (the router's dashboard reads these) are the same replies, and the
+    # pair from one view state agrees with each of them.
+    servicer = MeshAdminServicer(served.view, clock=lambda: NOW)
+    assert servicer.fabric_status() == status and servicer.list_models() == listed
+    assert servicer.status_and_models() == (status, listed)
     # A change in etcd shows in the next answer (the view follows its watch).
     await served.client.delete(served.keys.model("bad"))
     await served.view.wait_for(lambda: served.view.model("bad") is None, 10)

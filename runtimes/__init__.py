@@ -3,7 +3,8 @@ ModelMesh's model-runtime SPI.
 
 Layers, from the pure core out:
 - `datatypes`, `model_type`, `sizes`, `errors`: pure definitions (numpy only).
-- `backends`: one class per model format (ONNX Runtime, PyTorch) behind `Backend`.
+- `backends`: one class per model format (ONNX Runtime, PyTorch, scikit-learn, XGBoost,
+  LightGBM) behind `Backend`, and Triton model folders read around them.
 - `lifecycle`: what every holder of models shares: capacity accounting (loads in
   progress count), per-model ordering of load/unload, the room-maker and observer hooks.
 - `model_manager`: the models of this process on that lifecycle: pulling, backends,

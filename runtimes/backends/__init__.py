@@ -82,9 +82,6 @@ class BackendRegistry:
         """Every backend registered (the start-up size calibration probes each)."""
         return list(self._by_type.values())
 
-    def backends(self) -> list[Backend]:
-        return list(self._by_type.values())
-
     def formats(self) -> dict[str, tuple[str, ...]]:
         """Each model type served and the format versions it advertises (`mt:<type>:<version>`)."""
         formats = {name: backend.versions for name, backend in self._by_type.items()}

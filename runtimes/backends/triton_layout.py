@@ -70,6 +70,7 @@ class TritonModelConfig:
     default_model_filename: str
     version: str
     version_folder: Path
+    from_file: bool = True  # False: the folder has version folders but no config.pbtxt
 
     def exposed_shape(self, tensor: ConfigTensor) -> tuple[int, ...]:
         """The full shape clients see: a variable batch dimension first when max_batch_size > 0."""
@@ -84,7 +85,8 @@ def is_triton_layout(path: Path) -> bool:
 def read_layout(folder: Path, model_key: dict) -> TritonModelConfig:
     """The config (empty when there is no config.pbtxt) with the version folder chosen;
     InvalidModel naming what is wrong with the config or the versions."""
-    message = _parse(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else config_pb.ModelConfig()
+    from_file = (folder / CONFIG_FILE).is_file()
+    message = _parse(folder / CONFIG_FILE) if from_file else config_pb.ModelConfig()
     _refuse_unsupported(message)
     version = _choose_version(folder, message, str(model_key.get(VERSION_KEY) or "").strip())
     batching = None
@@ -102,6 +104,7 @@ def read_layout(folder: Path, model_key: dict) -> TritonModelConfig:
         default_model_filename=message.default_model_filename,
         version=version,
         version_folder=folder / version,
+        from_file=from_file,
     )
 
 

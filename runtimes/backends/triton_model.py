@@ -70,6 +70,8 @@ class TritonLayoutBackend(Backend):
 
     def load(self, model_file: Path, device: Device) -> LoadedModel:
         model = self.inner.load(model_file, device)
+        if not self.config.from_file:
+            return model  # version folders alone: nothing to apply, and no wrapper on the hot path
         try:
             return configure(model, self.config)
         except InvalidModel:

@@ -94,6 +94,7 @@ def test_version_folders_without_config_serve_the_highest_too(registry, tmp_path
     assert model_file.parent.name == "2"
     np.testing.assert_array_equal(model.infer({"x": _x()}, ["y"])["y"], _x() + 2)
     assert [s.shape for s in model.inputs] == [(-1, 4)]  # the model's own signature
+    assert model.triton_config is None  # no config.pbtxt: nothing to keep
 
 
 def test_a_config_without_version_folders_fails(registry, tmp_path):

@@ -3,6 +3,8 @@ through tritonclient, and compared with XGBoost's own predict / predict_proba.""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import numpy as np
 import pytest
@@ -116,3 +118,22 @@ def test_unreadable_files_fail_the_load_with_xgboosts_reason(served, store, case
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in refused.value.details()
     assert "Stack trace" not in refused.value.details() and len(refused.value.details().splitlines()) == 1
+
+
+def test_concurrent_requests_each_get_their_own_answer(served, store):
+    """Eight clients at once on one model (the runtime runs them on its worker threads)."""
+    _, model = store["built"]["multi_ubj"]
+    batches = [_rows(100 + n).astype(np.float32) for n in range(8)]
+
+    def ask(x):
+        predict = [grpcclient.InferRequestedOutput("predict")]
+        with grpcclient.InferenceServerClient(served.address) as client:
+            return [client.infer("xgb-multi_ubj", [_input(x, datatype="FP32")], outputs=predict).as_numpy("predict")
+                    for _ in range(10)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, batches))
+    for x, replies in zip(batches, answers):
+        expected = model.predict(x)
+        for reply in replies:
+            np.testing.assert_allclose(reply, expected, rtol=1e-6)

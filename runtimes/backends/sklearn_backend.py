@@ -79,7 +79,21 @@ class SklearnBackend(Backend):
             raise InvalidModel(f"joblib cannot load {model_file.name}: {type(error).__name__}: {error}") from None
         if not callable(getattr(estimator, PREDICT, None)):
             raise InvalidModel(f"{model_file.name} holds a {type(estimator).__name__}, which has no predict()")
+        _check_fitted(model_file, estimator)
         return SklearnModel(estimator)
+
+
+def _check_fitted(model_file: Path, estimator) -> None:
+    """InvalidModel for an estimator saved before `fit` (else every request would fail as if its input were wrong)."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as error:
+        raise InvalidModel(f"{model_file.name}: {error}") from None
+    except TypeError:
+        pass  # not a scikit-learn estimator, only something with predict(): nothing to check
 
     def write_probe(self, folder: Path) -> Probe:
         """A LogisticRegression on four features, the commonest small scikit-learn model."""

@@ -16,6 +16,8 @@ from tests.support import classic_models, models
 
 pytest.importorskip("sklearn")
 
+from sklearn.linear_model import LogisticRegression  # noqa: E402  (after the skip)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -32,9 +34,13 @@ def store(tmp_path_factory):
     not_an_estimator = root / "dict" / "model.pkl"
     not_an_estimator.parent.mkdir()
     not_an_estimator.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    unfitted = root / "unfitted" / "model.joblib"
+    unfitted.parent.mkdir()
+    unfitted.write_bytes(pickle.dumps(LogisticRegression()))
     onnx_named_joblib = models.add_onnx(root / "onnx" / "model.onnx")
     onnx_named_joblib = onnx_named_joblib.rename(onnx_named_joblib.with_suffix(".joblib"))
-    return {"built": built, "corrupt": corrupt.parent, "dict": not_an_estimator.parent, "onnx": onnx_named_joblib.parent}
+    return {"built": built, "corrupt": corrupt.parent, "dict": not_an_estimator.parent, "unfitted": unfitted.parent,
+            "onnx": onnx_named_joblib.parent}
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +138,7 @@ def test_the_type_may_come_from_the_files_a_label_or_the_key(served, store, clie
 @pytest.mark.parametrize("case, reason", [
     ("corrupt", "joblib cannot load model.joblib: EOFError"),
     ("dict", "model.pkl holds a dict, which has no predict()"),
+    ("unfitted", "model.joblib: This LogisticRegression instance is not fitted yet"),
     ("onnx", "joblib cannot load model.joblib"),
 ])
 def test_files_that_are_not_estimators_fail_the_load_with_the_reason(served, store, case, reason):

@@ -685,12 +685,14 @@ def test_default_runtime(defaults):
     spec = csr["spec"]
     assert csr["metadata"]["name"] == "meshserve-1.x"
     assert spec["multiModel"] is True and spec["grpcEndpoint"] == spec["grpcDataEndpoint"] == "port:8085"
-    assert [(f["name"], f["autoSelect"]) for f in spec["supportedModelFormats"]] == [("onnx", True), ("pytorch", True)]
+    assert [(f["name"], f["autoSelect"]) for f in spec["supportedModelFormats"]] == [
+        ("onnx", True), ("pytorch", True), ("sklearn", True), ("xgboost", True), ("lightgbm", True)]
     (container,) = spec["containers"]
     assert rp.is_native(spec, _flag(_operator_args(defaults), "--image"))
     assert container["resources"]["limits"]["memory"] == "4Gi"
     assert rp.runtime_labels(spec, "meshserve-1.x") == (
-        "mt:onnx", "mt:onnx:1", "mt:pytorch", "mt:pytorch:1", "pv:grpc-v2", "pv:v2", "rt:meshserve-1.x")
+        "mt:lightgbm", "mt:lightgbm:3", "mt:onnx", "mt:onnx:1", "mt:pytorch", "mt:pytorch:1", "mt:sklearn",
+        "mt:sklearn:0", "mt:xgboost", "mt:xgboost:1", "pv:grpc-v2", "pv:v2", "rt:meshserve-1.x")
     assert "replicas" not in spec  # podsPerRuntime decides
     assert _runtime_deployment(defaults)["spec"]["replicas"] == 2
 

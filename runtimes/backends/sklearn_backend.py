@@ -82,6 +82,16 @@ class SklearnBackend(Backend):
         _check_fitted(model_file, estimator)
         return SklearnModel(estimator)
 
+    def write_probe(self, folder: Path) -> Probe:
+        """A LogisticRegression on four features, the commonest small scikit-learn model."""
+        import joblib
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.arange(32, dtype=np.float64).reshape(8, 4) % 5
+        path = folder / "model.joblib"
+        joblib.dump(LogisticRegression().fit(x, np.arange(8) % 2), path)
+        return Probe(path, {INPUT_NAME: np.zeros((1, 4))})
+
 
 def _check_fitted(model_file: Path, estimator) -> None:
     """InvalidModel for an estimator saved before `fit` (else every request would fail as if its input were wrong)."""
@@ -94,13 +104,3 @@ def _check_fitted(model_file: Path, estimator) -> None:
         raise InvalidModel(f"{model_file.name}: {error}") from None
     except TypeError:
         pass  # not a scikit-learn estimator, only something with predict(): nothing to check
-
-    def write_probe(self, folder: Path) -> Probe:
-        """A LogisticRegression on four features, the commonest small scikit-learn model."""
-        import joblib
-        from sklearn.linear_model import LogisticRegression
-
-        x = np.arange(32, dtype=np.float64).reshape(8, 4) % 5
-        path = folder / "model.joblib"
-        joblib.dump(LogisticRegression().fit(x, np.arange(8) % 2), path)
-        return Probe(path, {INPUT_NAME: np.zeros((1, 4))})

@@ -26,6 +26,7 @@ from router import server as router_server
 from router.settings import RouterSettings
 from tests.support.fabric import REPO
 from tests.support.ports import free_port
+from tests.support.tls import self_signed
 
 
 class Example(BaseSettings):
@@ -127,6 +128,20 @@ def test_a_runtime_whose_metrics_port_is_taken_exits_1_with_one_line(tmp_path):
                       "--metrics-port", str(port), "--models-dir", str(tmp_path))
     assert result.returncode == 1, result.stderr
     assert _last_line(result).startswith(f"meshserve runtime: cannot start: cannot serve metrics on 127.0.0.1:{port}")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_metrics_certificate_without_its_key_exits_1_with_one_line(tmp_path):
+    cert, key = self_signed(tmp_path / "tls")
+    base = ("runtime", "--host", "127.0.0.1", "--port", str(free_port()), "--metrics-port", str(free_port()),
+            "--models-dir", str(tmp_path))
+    result = _run(*base, "--metrics-tls-cert-file", str(cert))
+    assert result.returncode == 1, result.stderr
+    assert _last_line(result) == ("meshserve runtime: cannot start: metrics TLS needs both a certificate file and "
+                                  "a key file (or neither)")
+    result = _run(*base, "--metrics-tls-cert-file", str(cert), "--metrics-tls-key-file", str(tmp_path / "missing.key"))
+    assert result.returncode == 1, result.stderr
+    assert _last_line(result).startswith(f"meshserve runtime: cannot start: cannot load the metrics certificate {cert}")
     assert "Traceback" not in result.stderr
 
 

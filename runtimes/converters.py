@@ -92,7 +92,7 @@ def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadat
 def metadata_to_proto(signature: ModelSignature) -> pb.ModelMetadataResponse:
     return pb.ModelMetadataResponse(
         name=signature.name,
-        versions=["1"],
+        versions=[signature.version],
         platform=signature.platform,
         inputs=[_tensor_metadata(s) for s in signature.inputs],
         outputs=[_tensor_metadata(s) for s in signature.outputs],

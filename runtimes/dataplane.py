@@ -62,6 +62,7 @@ class ModelSignature:
     platform: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    version: str = "1"  # a Triton folder's version served; "1" for a plain model
 
 
 class SignatureIndex:
@@ -125,7 +126,8 @@ class InferenceService:
 
     def signature(self, model_id: str) -> ModelSignature:
         model = self._manager.get(model_id).model
-        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs))
+        version = model.triton_config.version if model.triton_config is not None else "1"
+        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs), version)
 
     def statistics(self, model_id: str) -> list[tuple[str, ModelEntry]]:
         if model_id:

@@ -72,6 +72,7 @@ def test_the_model_key_names_the_version(runtime, tmp_path):
         tensor = grpcclient.InferInput("x", [2, 4], "FP32")
         tensor.set_data_from_numpy(_x())
         np.testing.assert_array_equal(client.infer("tri-v2", [tensor]).as_numpy("y"), _x() + 2)
+        assert client.get_model_metadata("tri-v2").versions == ["2"]
     runtime.unload("tri-v2")
     with pytest.raises(grpc.RpcError) as refused:
         runtime.load("tri-v7", folder, "triton", key=json.dumps({"version": "7"}))

@@ -17,6 +17,7 @@ once it is seated and stops doing so when its runtime is gone.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class Seats:
         agent = start_agent_process(self.workdir / f"agent-{len(self.agents)}", runtime.address, *self.fabric_flags,
                                     "--instance-id", instance_id, "--labels", LABELS, "--health-interval-s", "0.2",
                                     "--health-failures", "2", "--publish-min-interval-s", "0.02",
-                                    "--publish-max-interval-s", "0.3")
+                                    "--publish-max-interval-s", "0.3", metrics=True)
         self.agents.append(agent)
         return agent
 
@@ -250,6 +251,13 @@ async def test_room_is_made_by_lru_over_the_spi_when_the_runtime_is_full(seats, 
     record = view.instance("a1")
     assert record.used_bytes + record.loading_bytes <= record.capacity_bytes
     assert "evicting m1" in agent.log()
+    # The agent drives the loads, so it times them and counts the eviction, under ModelMesh's names.
+    text = agent.metrics()
+    assert float(re.search(r"^modelmesh_loadmodel_milliseconds_count (\S+)$", text, re.M).group(1)) == 4
+    assert float(re.search(r"^modelmesh_age_at_eviction_milliseconds_count (\S+)$", text, re.M).group(1)) == 1
+    assert float(re.search(r"^modelmesh_model_sizing_milliseconds_count (\S+)$", text, re.M).group(1)) == 4
+    assert re.search(r"^modelmesh_loadmodel_failure 0", text, re.M)
+    assert re.search(r"^modelmesh_instance_capacity_bytes \S+$", text, re.M)
 
 
 async def seated_with_a_copy(seats: Seats, fabric, etcd, keys, path: Path) -> tuple[RuntimeProcess, AgentProcess]:

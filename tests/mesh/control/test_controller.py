@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from mesh.control.cache_miss import CacheMiss, MissConfig
 from mesh.domain.timings import FabricTimings
@@ -138,6 +138,11 @@ async def test_expired_failures_and_stale_loading_claims_are_removed(fabric):
     assert set(record.failures) == {"i2"} and record.copies == {}
     assert fabric.metric("modelmesh_models_with_failure_total") == 1
     assert fabric.metric("modelmesh_models_managed_total") == 1
+    # The fleet gauges are the term's: once it closes, this replica stops exporting them
+    # (the next leader does), so one process in the fleet publishes them.
+    await fabric.controller.close()
+    assert fabric.metric("modelmesh_models_managed_total") is None
+    assert "modelmesh_models_managed_total" not in generate_latest(fabric.metrics).decode()
 
 
 async def test_hot_model_gets_another_copy(fabric):

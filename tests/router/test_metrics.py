@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from protos import grpc_service_pb2 as pb
+from router.dataplane import DataPlane
 from router.metrics import RouterMetrics
 
 
@@ -44,3 +46,30 @@ def test_per_model_labels_are_capped_and_the_rest_share_other():
     metrics.observe_call("ModelInfer", "OK", 0.001, 10, 10, model_id="a", vmodel_id="stable")
     assert registry.get_sample_value("modelmesh_api_request_milliseconds_count",
                                      {"method": "ModelInfer", "code": "OK", "modelId": "a", "vModelId": "stable"}) == 1
+
+
+class _Vmodel:
+    def __init__(self, active: str) -> None:
+        self.active_model_id = active
+
+
+class _View:
+    """The two FabricView reads `DataPlane.call_labels` makes: one vmodel `stable` -> `m-v2`."""
+
+    def vmodel(self, vmodel_id: str):
+        return _Vmodel("m-v2") if vmodel_id == "stable" else None
+
+    def resolve(self, name: str) -> str:
+        return "m-v2" if name == "stable" else name
+
+
+def test_call_labels_name_the_model_called_and_the_vmodel_the_caller_named():
+    dataplane = DataPlane(router=None, view=_View(), default_deadline_s=1)
+    body = pb.ModelInferRequest(model_name="stable").SerializeToString()
+    assert dataplane.call_labels(body, None, None) == ("m-v2", "stable")  # the request's own name was a vmodel
+    plain = pb.ModelInferRequest(model_name="m-v1").SerializeToString()
+    assert dataplane.call_labels(plain, None, None) == ("m-v1", "")
+    assert dataplane.call_labels(plain, None, "stable") == ("m-v2", "stable")  # mm-vmodel-id header
+    assert dataplane.call_labels(plain, "m-v3", None) == ("m-v3", "")  # mm-model-id header
+    assert dataplane.call_labels(plain, None, "nope") == ("", "nope")  # an undefined vmodel: no model
+    assert dataplane.call_labels(b"\xff\xff", None, None) == ("", "")  # a request that does not parse

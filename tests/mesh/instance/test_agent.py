@@ -401,8 +401,9 @@ async def test_process_sigterm_publishes_shutting_down_then_removes_record(
         async with fabric_view(etcd, keys) as view:
             record = await view.wait_for(lambda: view.instance("p1"), WAIT)
             assert record.address == runtime.address
-            # mt:<format> per backend, the protocol it speaks, then --labels (folded, once).
-            assert record.labels[0] == "mt:onnx" and record.labels[-2:] == ("pv:grpc-v2", "rt:meshserve-1.x")
+            # mt:<format> and mt:<format>:<version> per backend, the protocol it speaks, then --labels (folded, once).
+            assert {"mt:onnx", "mt:onnx:1", "mt:triton", "mt:triton:2"} <= set(record.labels)
+            assert record.labels[-2:] == ("pv:grpc-v2", "rt:meshserve-1.x")
             await asyncio.to_thread(runtime.load, "m0", onnx_models["m0"], "onnx")
             await view.wait_for(lambda: claim(view, "m0", "p1"), WAIT)
 

@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 
 from runtimes.backends.base import Backend, Device, LoadedModel, Probe, TensorSpec
-from runtimes.backends.triton_layout import is_triton_layout, read_layout
+from runtimes.backends.triton_layout import find_layout, read_layout
 from runtimes.backends.triton_model import TritonLayoutBackend
 from runtimes.errors import InvalidModel
 
@@ -92,15 +92,17 @@ class BackendRegistry:
     def select(self, model_type: str, path: Path, model_key: dict | None = None) -> tuple[Backend, Path]:
         """The backend and model file for a load; InvalidModel naming what was looked for.
 
-        A Triton layout (`path` holds config.pbtxt or version folders) gets one version
-        folder looked at, and a backend that applies the config after its load.
+        A Triton layout (`path` holds config.pbtxt or version folders, or is a repository of
+        one such model) gets one version folder looked at, and a backend that applies the
+        config after its load.
         """
         if model_type and model_type != TRITON and model_type not in self._by_type:
             raise InvalidModel(f"model type '{model_type}' is not served here (install the extra for it)")
         if not path.exists():
             raise InvalidModel(f"model path {path} does not exist")
-        if is_triton_layout(path):
-            return self._select_in_layout(model_type, path, model_key or {})
+        layout = find_layout(path)
+        if layout is not None:
+            return self._select_in_layout(model_type, layout, model_key or {})
         if model_type == TRITON:
             raise InvalidModel(f"model type 'triton' needs a Triton model folder ({path.name} has no config.pbtxt "
                                "and no version folder such as 1/)")

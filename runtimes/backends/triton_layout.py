@@ -82,6 +82,20 @@ def is_triton_layout(path: Path) -> bool:
     return path.is_dir() and ((path / CONFIG_FILE).is_file() or bool(_versions(path)))
 
 
+def find_layout(path: Path) -> Path | None:
+    """The Triton model folder at `path`, or the one model folder of a Triton repository
+    there (`<repository>/<model>/config.pbtxt`, as KServe's Triton storage URIs point at);
+    None when `path` is neither."""
+    if is_triton_layout(path):
+        return path
+    if not path.is_dir():
+        return None
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and (entries[0] / CONFIG_FILE).is_file():
+        return entries[0]
+    return None
+
+
 def read_layout(folder: Path, model_key: dict) -> TritonModelConfig:
     """The config (empty when there is no config.pbtxt) with the version folder chosen;
     InvalidModel naming what is wrong with the config or the versions."""

@@ -98,6 +98,13 @@ def test_version_folders_without_config_serve_the_highest_too(registry, tmp_path
     assert model.triton_config is None  # no config.pbtxt: nothing to keep
 
 
+def test_a_repository_of_one_model_is_read_as_that_model(registry, tmp_path):
+    """KServe's Triton storage URIs name the repository: <repository>/<model>/config.pbtxt."""
+    layout(tmp_path / "repository", "add", ADD_CONFIG, versions=(1, 3))
+    model, model_file = load(registry, tmp_path / "repository", "triton")
+    assert model_file.parent.name == "3" and model.triton_config.name == "add"
+
+
 def test_a_config_without_version_folders_fails(registry, tmp_path):
     folder = tmp_path / "flat"
     models.add_onnx(folder / "model.onnx")

@@ -7,15 +7,20 @@ tiny models that fixed part is nearly everything (an ONNX session that has run o
 which is how a "full" runtime runs out of memory.
 
 So at start-up, for each backend that can write a probe model (`Backend.write_probe`), the
-runtime loads probes through its own model manager (the path a real load takes: puller,
-backend, records) and runs each once, and reads its resident memory (/proc/self/statm):
+runtime loads probes through its own model manager and runs each once through its own V2
+inference service (the path a real model takes: puller, backend, records, the signature
+index of its first request), and reads its resident memory (/proc/self/statm):
 
 - warm-up: two probes first. The first pays the backend's one-time setup (ONNX Runtime's
   environment and thread pools, ~10 MiB; torch's JIT); that is the process's baseline, paid
-  before any model is loaded, not a cost of each model.
-- then `count` more, kept loaded together, so freed memory cannot be reused between them:
-  their growth, less the bytes their backend measured for them, divided by `count`, is the
-  fixed cost of each model (`BackendCost.per_model_bytes`), added to every model's size.
+  before any model is loaded, not a cost of each model. The second gives a first figure of
+  the cost per model, which sets how many probes follow: enough for `TARGET_GROWTH` bytes
+  (page-sized readings are then ~1% apart), between MIN_PROBES and `count`. Memory a probe
+  leaves behind is reused by later models, so fewer probes of a costly backend (LightGBM,
+  ~650 KiB) mean less of it.
+- then those probes, kept loaded together, so freed memory cannot be reused between them:
+  their growth, less the bytes their backend measured for them, divided by their number, is
+  the fixed cost of each model (`BackendCost.per_model_bytes`), added to every model's size.
 - glibc's malloc keeps freed memory mapped: `malloc_trim(0)` before each reading returns it
   to the system, so the readings count live memory, and after the probes are unloaded, so
   their freed pages do not hide the first real models' growth.
@@ -38,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtimes.backends.base import Backend, Probe
+from runtimes.dataplane import InferenceService, InferInput, InferRequest
+from runtimes.datatypes import v2_datatype_of
 from runtimes.model_manager import ModelManager
 from runtimes.sizes import format_size
 
@@ -49,6 +56,9 @@ log = logging.getLogger(__name__)
 PROBE_PREFIX = "__size_probe__"
 WARM_UPS = 2
 PROBES = 24
+TARGET_GROWTH = 2 << 20
+#: A probe that grew memory by this much more than most did paid a one-off (see _split_one_offs).
+ONE_OFF_FLOOR = 256 << 10
 #: A backend whose probes load slowly stops early, with no fewer than MIN_PROBES.
 TIME_BUDGET_S = 1.0
 MIN_PROBES = 4
@@ -94,7 +104,8 @@ def _settled_rss() -> int:
     return resident_bytes()
 
 
-async def calibrate(manager: ModelManager, backends: list[Backend], count: int = PROBES) -> dict[str, BackendCost]:
+async def calibrate(manager: ModelManager, service: InferenceService, backends: list[Backend],
+                    count: int = PROBES) -> dict[str, BackendCost]:
     """Measure each backend's fixed cost per model (module docstring) and return what was found;
     a backend without a probe, or whose probes fail to load or run, is left out (logged)."""
     if not _STATM.exists():
@@ -111,7 +122,7 @@ async def calibrate(manager: ModelManager, backends: list[Backend], count: int =
                     log.info("size calibration: backend %s has no probe model; its models are charged %s each",
                              backend.name, format_size(manager.config.model_fixed_cost))
                     continue
-                found[backend.name] = await _calibrate_backend(manager, backend.name, probe, count)
+                found[backend.name] = await _calibrate_backend(manager, service, backend.name, probe, count)
             except Exception as error:  # third-party code: a failed calibration must not stop the runtime
                 log.warning("size calibration of backend %s failed (%s); its models are charged %s each",
                             backend.name, error, format_size(manager.config.model_fixed_cost))
@@ -123,30 +134,45 @@ async def calibrate(manager: ModelManager, backends: list[Backend], count: int =
     return found
 
 
-async def _calibrate_backend(manager: ModelManager, backend: str, probe: Probe, count: int) -> BackendCost:
+async def _calibrate_backend(manager: ModelManager, service: InferenceService, backend: str, probe: Probe,
+                             count: int) -> BackendCost:
     started = time.perf_counter()
     ids: list[str] = []
+    inputs = [InferInput(name, v2_datatype_of(array), list(array.shape), array) for name, array in probe.inputs.items()]
 
-    async def load_and_run(name: str) -> int:
-        model_id = f"{PROBE_PREFIX}{backend}/{name}"
+    async def load_and_run() -> int:
+        model_id = f"{PROBE_PREFIX}{backend}/{len(ids)}"
         ids.append(model_id)
         size = await manager.load(model_id, backend, str(probe.model_file))
-        await manager.run(model_id, probe.inputs, [])
+        await service.infer(InferRequest(model_id, inputs))
         return size
 
+    steps: list[tuple[int, int]] = []  # (RSS growth, bytes the backend measured) of each probe
     try:
         before = _settled_rss()
-        warm_sizes = [await load_and_run(f"warm{i}") for i in range(WARM_UPS)]
-        warm = _settled_rss()
-        sizes = []
+        for _ in range(WARM_UPS):
+            await load_and_run()
+        last = warm = _settled_rss()
         deadline = started + TIME_BUDGET_S
-        while len(sizes) < count and (len(sizes) < MIN_PROBES or time.perf_counter() < deadline):
-            sizes.append(await load_and_run(str(len(sizes))))
-        grown = _settled_rss() - warm
+        while len(steps) < count and (len(steps) < MIN_PROBES or (
+                time.perf_counter() < deadline and last - warm < TARGET_GROWTH)):
+            size = await load_and_run()
+            now = _settled_rss()
+            steps.append((now - last, size))
+            last = now
     finally:
         for model_id in ids:
             await manager.unload(model_id)
         release_free_memory()
-    per_model = max((grown - sum(sizes)) // len(sizes), 0)
-    one_time = max(warm - before - WARM_UPS * per_model - sum(warm_sizes), 0)
-    return BackendCost(backend, per_model, one_time, len(sizes), time.perf_counter() - started)
+    usual, one_offs = _split_one_offs(steps)
+    per_model = max(sum(grown - size for grown, size in usual) // len(usual), 0)
+    one_time = max(warm - before - WARM_UPS * per_model, 0) + sum(grown - per_model for grown, _ in one_offs)
+    return BackendCost(backend, per_model, one_time, len(usual), time.perf_counter() - started)
+
+
+def _split_one_offs(steps: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The probes that grew memory as most did, and those that also paid a one-off: a library's
+    setup for one more thread (LightGBM's first call on another worker thread: ~16 MiB)."""
+    median = sorted(grown for grown, _ in steps)[len(steps) // 2]
+    limit = median + max(3 * median, ONE_OFF_FLOOR)
+    return [s for s in steps if s[0] <= limit], [s for s in steps if s[0] > limit]

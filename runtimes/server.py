@@ -67,7 +67,8 @@ def resolve_capacity(settings: RuntimeSettings, device: Device) -> int:
     return max(total - settings.capacity_buffer, 0)
 
 
-async def calibrate_sizes(manager: ModelManager, backends: BackendRegistry, settings: RuntimeSettings) -> None:
+async def calibrate_sizes(manager: ModelManager, service: InferenceService, backends: BackendRegistry,
+                          settings: RuntimeSettings) -> None:
     """Set each backend's fixed cost per model (`runtimes.calibration`), unless the settings fix
     one or the models live on a GPU (whose memory RSS does not show)."""
     if settings.model_fixed_cost is not None:
@@ -77,7 +78,7 @@ async def calibrate_sizes(manager: ModelManager, backends: BackendRegistry, sett
     if manager.config.device.is_gpu:
         log.info("size calibration off on a GPU: models are charged what their backend measures")
         return
-    costs = await calibrate(manager, backends.backends())
+    costs = await calibrate(manager, service, backends.backends())
     manager.fixed_costs = {name: cost.per_model_bytes for name, cost in costs.items()}
 
 
@@ -126,8 +127,9 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
                     disk_budget_bytes=settings.disk_budget)
     backends = BackendRegistry.default(settings.threads_per_model)
     manager = ModelManager(config, backends, puller)
+    service = InferenceService(manager, meshserve_version())
     try:  # before the observers: the probes are nobody's loads
-        await calibrate_sizes(manager, backends, settings)
+        await calibrate_sizes(manager, service, backends, settings)
     except BaseException:
         await manager.close()
         await puller.aclose()
@@ -143,7 +145,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     ]
     server = grpc.aio.server(options=options)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(InferenceService(manager, meshserve_version()), manager, metrics, ready), server)
+        InferenceServicer(service, manager, metrics, ready), server)
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(
         ModelRuntimeServicer(manager, ready, meshserve_version(), settings.model_loading_timeout_ms), server)
     health_servicer = health_aio.HealthServicer()

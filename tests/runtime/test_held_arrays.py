@@ -69,7 +69,7 @@ def test_the_sklearn_backend_reports_the_arrays_as_the_models_size(tmp_path):
     assert loaded.size_bytes() > (tmp_path / "model.joblib").stat().st_size
 
 
-@pytest.mark.parametrize("backend_name", ["sklearn", "xgboost", "lightgbm"])
+@pytest.mark.parametrize("backend_name", ["sklearn", "xgboost"])
 def test_classic_probes_load_and_answer(tmp_path, backend_name):
     from runtimes.backends import BackendRegistry, Device
 

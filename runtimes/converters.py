@@ -111,15 +111,31 @@ _CONFIG_BACKENDS = {"sklearn": "sklearn", "xgboost": "xgboost", "lightgbm": "lig
 def config_to_proto(signature: ModelSignature) -> pb.ModelConfigResponse:
     """A ModelConfig with name, platform, inputs and outputs: what perf_analyzer reads.
 
-    max_batch_size is 0: the dims are the full shapes, batch dimension included.
+    max_batch_size is 0 (the dims are the full shapes, batch dimension included) unless the
+    model's config.pbtxt set one: then the dims leave the batch dimension out, as Triton's do,
+    and its dynamic_batching is passed on.
     """
     backend = "onnxruntime" if signature.platform.startswith("onnx") else _CONFIG_BACKENDS.get(signature.platform, "pytorch")
-    config = config_pb.ModelConfig(name=signature.name, platform=signature.platform, backend=backend, max_batch_size=0)
+    batched = signature.max_batch_size > 0
+    config = config_pb.ModelConfig(name=signature.name, platform=signature.platform, backend=backend,
+                                   max_batch_size=signature.max_batch_size)
     for spec in signature.inputs:
-        config.input.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=list(spec.shape))
+        config.input.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=_dims(spec.shape, batched))
     for spec in signature.outputs:
-        config.output.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=list(spec.shape))
+        config.output.add(name=spec.name, data_type=_config_datatype(spec.datatype), dims=_dims(spec.shape, batched))
+    batching = signature.dynamic_batching
+    if batching is not None:
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+        config.dynamic_batching.preserve_ordering = batching.preserve_ordering
+        config.dynamic_batching.priority_levels = batching.priority_levels
+        config.dynamic_batching.default_priority_level = batching.default_priority_level
     return pb.ModelConfigResponse(config=config)
+
+
+def _dims(shape: tuple[int, ...], batched: bool) -> list[int]:
+    return list(shape[1:] if batched and shape else shape)
 
 
 def statistics_to_proto(entries: list[tuple[str, ModelEntry]]) -> pb.ModelStatisticsResponse:

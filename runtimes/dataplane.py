@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtimes.backends import LoadedModel, TensorSpec
+from runtimes.backends.triton_layout import DynamicBatching
 from runtimes.datatypes import v2_datatype_of
 from runtimes.errors import InvalidInput
 from runtimes.model_manager import ModelEntry, ModelManager, State
@@ -63,6 +64,8 @@ class ModelSignature:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     version: str = "1"  # a Triton folder's version served; "1" for a plain model
+    max_batch_size: int = 0  # config.pbtxt's; 0: shapes include the batch dimension
+    dynamic_batching: DynamicBatching | None = None
 
 
 class SignatureIndex:
@@ -126,8 +129,11 @@ class InferenceService:
 
     def signature(self, model_id: str) -> ModelSignature:
         model = self._manager.get(model_id).model
-        version = model.triton_config.version if model.triton_config is not None else "1"
-        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs), version)
+        config = model.triton_config
+        if config is None:
+            return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs))
+        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs), config.version,
+                              config.max_batch_size, config.dynamic_batching)
 
     def statistics(self, model_id: str) -> list[tuple[str, ModelEntry]]:
         if model_id:

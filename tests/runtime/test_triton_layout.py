@@ -132,7 +132,19 @@ def test_max_batch_size_puts_a_variable_batch_dimension_first(runtime, tmp_path)
         tensor = grpcclient.InferInput("x", [8, 4], "FP32")
         tensor.set_data_from_numpy(_x(8))
         np.testing.assert_array_equal(client.infer("tri-batch", [tensor]).as_numpy("z"), _x(8) * 2)
+        config = client.get_model_config("tri-batch").config  # as Triton answers it: dims without the batch
+        assert config.max_batch_size == 8 and [list(t.dims) for t in config.input] == [[4]]
+        assert not config.HasField("dynamic_batching")
     runtime.unload("tri-batch")
+
+
+def test_model_config_passes_dynamic_batching_on(runtime, tmp_path):
+    config = ADD_CONFIG + "dynamic_batching { preferred_batch_size: [ 2, 4 ] max_queue_delay_microseconds: 100 }\n"
+    runtime.load("tri-dyn", layout(tmp_path, "add", config), "triton")
+    with grpcclient.InferenceServerClient(runtime.address) as client:
+        batching = client.get_model_config("tri-dyn").config.dynamic_batching
+        assert list(batching.preferred_batch_size) == [2, 4] and batching.max_queue_delay_microseconds == 100
+    runtime.unload("tri-dyn")
 
 
 def test_max_batch_size_zero_means_full_shapes(registry, tmp_path):

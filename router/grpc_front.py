@@ -18,13 +18,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
 
 import grpc
 
 from protos import grpc_service_pb2 as pb
 from router.dataplane import MODEL_HEADER, VMODEL_HEADER, DataPlane, method_path
 from router.errors import InvalidRequest, RouterError, Unimplemented
+from router.observed import CallObserver, observe_forward
 
 __all__ = ["FORWARDED_METHODS", "InferenceFront", "CallObserver"]
 
@@ -48,16 +48,6 @@ def _budget(remaining: float | None) -> float | None:
     if remaining is None:
         return None
     return max(remaining - min(_ANSWER_MARGIN_S, remaining * 0.1), 0.0)
-
-
-class CallObserver(Protocol):
-    """Hooks for metrics (`router.metrics.RouterMetrics`); `per_model`: it wants the call's
-    model and vmodel ids (resolved once more per call, so only when asked)."""
-
-    per_model: bool
-
-    def observe_call(self, method: str, code: str, seconds: float, request_bytes: int | None = None,
-                     response_bytes: int | None = None, model_id: str = "", vmodel_id: str = "") -> None: ...
 
 
 def _split_metadata(metadata) -> tuple[object, str | None, str | None]:
@@ -161,16 +151,9 @@ class InferenceFront(grpc.GenericRpcHandler):
 
     def _observe_forward(self, method: str, code: str, started: float, body: bytes, reply: bytes | None,
                          model_header: str | None, vmodel_header: str | None) -> None:
-        observer = self._observer
-        if observer is None:
-            return
-        seconds = time.perf_counter() - started
-        if observer.per_model:
-            model_id, vmodel_id = self._dataplane.call_labels(body, model_header, vmodel_header)
-            observer.observe_call(method, code, seconds, len(body), None if reply is None else len(reply),
-                                  model_id, vmodel_id)
-        else:
-            observer.observe_call(method, code, seconds, len(body), None if reply is None else len(reply))
+        if self._observer is not None:
+            observe_forward(self._observer, self._dataplane, method, code, started, body, reply, model_header,
+                            vmodel_header)
 
     def _server_live(self) -> bytes:
         return self._live

@@ -47,6 +47,7 @@ from router.dashboard.web import attach_dashboard
 from router.dataplane import SERVICE, DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
+from router.observed import ObservedDataPlane
 from router.rest import make_app
 from router.routing import Loader, Router
 from router.settings import RouterSettings
@@ -78,6 +79,7 @@ class RunningRouter:
     metrics_port: int | None
     health: health_aio.HealthServicer
     dashboard: Dashboard | None = None  # served at /dashboard on the REST port
+    traffic: TrafficCounters | None = None  # this router's calls and misses, as the dashboard reads them
     _rest: web.AppRunner | None = None
     _metrics_http: Any = None
     _serving: asyncio.Task | None = None
@@ -130,10 +132,11 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     except StartupError:
         await router.close()
         raise
-    running = RunningRouter(server, router, port, None, None, health)
+    running = RunningRouter(server, router, port, None, None, health, traffic=traffic)
     try:
         if settings.rest_port:
-            app = make_app(dataplane, ready=ready, version=meshserve_version(), max_body_bytes=settings.max_message_bytes)
+            # REST calls count as the V2 calls they become, in the metrics and the dashboard alike.
+            app = make_app(ObservedDataPlane(dataplane, observer), ready=ready, version=meshserve_version(), max_body_bytes=settings.max_message_bytes)
             figures = management.mesh_admin if management is not None else MeshAdminServicer(view)
             running.dashboard = attach_dashboard(app, view, figures, traffic, sample_s=settings.dashboard_sample_s)
             runner = web.AppRunner(app, access_log=None)

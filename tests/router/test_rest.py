@@ -136,3 +136,28 @@ def test_codec_datatypes(datatype, data, expected):
 def test_codec_rejects_values_that_do_not_fit(datatype, data):
     with pytest.raises(BadTensor):
         request_from_json("m", json.dumps(_body(data, shape=(2,), datatype=datatype)).encode())
+
+
+async def test_rest_calls_count_in_the_metrics_and_the_dashboard_as_the_v2_calls_they_became(
+        fabric, runtimes, router_factory, model_store):
+    from prometheus_client import CollectorRegistry
+
+    await fabric.publish("i0", runtimes[0], ["add"])
+    loader = StubLoader(fabric, {"add": model_store["add"]}, runtimes[0], "i0", held=["add"])
+    registry = CollectorRegistry()
+    running = await router_factory(fabric.view, loader, registry=registry)
+    calls = "modelmesh_api_request_milliseconds_count"
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{running.rest_port}") as session:
+        async with session.post("/v2/models/add/infer", json=_body([0.0] * 8)) as response:
+            assert response.status == 200
+        async with session.post("/v1/models/add:predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]]}) as response:
+            assert response.status == 200, await response.text()
+        async with session.post("/v2/models/nope/infer", json=_body([0.0] * 8)) as response:
+            assert response.status == 404
+    # V2 infer, V1 predict (its metadata once, then infer), and the unknown model's call.
+    assert registry.get_sample_value(calls, {"method": "ModelInfer", "code": "OK"}) == 2
+    assert registry.get_sample_value(calls, {"method": "ModelMetadata", "code": "OK"}) == 1
+    assert registry.get_sample_value(calls, {"method": "ModelInfer", "code": "NOT_FOUND"}) == 1
+    assert registry.get_sample_value("modelmesh_request_size_bytes_count", {"method": "ModelInfer", "code": "OK"}) == 2
+    totals = running.traffic.totals()  # what the dashboard's request-rate series reads
+    assert (totals.requests, totals.errors) == (4, 1)

@@ -39,11 +39,14 @@ _BACKENDS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
 @dataclass(frozen=True)
 class ConfigTensor:
     """An input or output as config.pbtxt declares it: V2 datatype ("" when TYPE_INVALID),
-    dims without the batch dimension when max_batch_size > 0 (Triton's convention)."""
+    dims without the batch dimension when max_batch_size > 0 (Triton's convention), and
+    `reshape`: the model's own shape when it differs from the dims clients use (also
+    without the batch dimension), None when they are the same."""
 
     name: str
     datatype: str
     dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ def read_layout(folder: Path, model_key: dict) -> TritonModelConfig:
         name=message.name or folder.name,
         model_type=_model_type(message),
         max_batch_size=message.max_batch_size,
-        inputs=tuple(ConfigTensor(t.name, _datatype(t.data_type), tuple(t.dims)) for t in message.input),
-        outputs=tuple(ConfigTensor(t.name, _datatype(t.data_type), tuple(t.dims)) for t in message.output),
+        inputs=tuple(_tensor(t) for t in message.input),
+        outputs=tuple(_tensor(t) for t in message.output),
         dynamic_batching=batching,
         default_model_filename=message.default_model_filename,
         version=version,
@@ -147,10 +150,6 @@ def _refuse_unsupported(message: config_pb.ModelConfig) -> None:
     if message.HasField("sequence_batching") or message.HasField("ensemble_scheduling"):
         which = message.WhichOneof("scheduling_choice")
         raise InvalidModel(f"{CONFIG_FILE} asks for {which}, which this runtime does not do")
-    for kind, tensors in (("input", message.input), ("output", message.output)):
-        for tensor in tensors:
-            if tensor.HasField("reshape"):
-                raise InvalidModel(f"{CONFIG_FILE}: {kind} '{tensor.name}' has a reshape, which this runtime does not do")
 
 
 def _model_type(message: config_pb.ModelConfig) -> str:
@@ -164,6 +163,11 @@ def _model_type(message: config_pb.ModelConfig) -> str:
     if by_platform and by_backend and by_platform != by_backend:
         raise InvalidModel(f"{CONFIG_FILE}: platform '{platform}' and backend '{backend}' disagree")
     return by_platform or by_backend or ""
+
+
+def _tensor(tensor) -> ConfigTensor:
+    reshape = tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
+    return ConfigTensor(tensor.name, _datatype(tensor.data_type), tuple(tensor.dims), reshape)
 
 
 def _datatype(data_type: int) -> str:

@@ -6,6 +6,9 @@ Where the config and the model both say something they must agree, else the load
 (InvalidModel) naming what disagrees; where only one says it (TorchScript has no datatypes,
 ONNX a dynamic dimension the config fixes), the more precise one is the signature.
 
+`reshape` (the model's shape, where clients send and get `dims`): inputs are reshaped on the
+way in and outputs on the way out, the batch dimension kept.
+
 Names: ONNX tensors match by name. PyTorch tensors have no names Triton can see, so config
 names map by position: `INPUT__0`/`OUTPUT__1` by the number after `__` (Triton's
 convention), other names in the order the config lists them.
@@ -38,6 +41,8 @@ class TritonConfiguredModel(LoadedModel):
         self._input_names = input_names if any(k != v for k, v in input_names.items()) else None
         self._output_names = output_names if any(k != v for k, v in output_names.items()) else None
         self._all_outputs = [spec.name for spec in outputs]
+        self._reshape_in = {t.name: t.reshape for t in config.inputs if t.reshape is not None}
+        self._reshape_out = {t.name: t.dims for t in config.outputs if t.reshape is not None}
 
     def infer(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         limit = self.triton_config.max_batch_size
@@ -45,12 +50,28 @@ class TritonConfiguredModel(LoadedModel):
             for name, array in inputs.items():
                 if array.ndim and array.shape[0] > limit:
                     raise InvalidInput(f"input '{name}': batch of {array.shape[0]} is over {CONFIG_FILE}'s max_batch_size {limit}")
+        if self._reshape_in:
+            inputs = {k: self._reshaped(k, v, self._reshape_in.get(k)) for k, v in inputs.items()}
         feeds = inputs if self._input_names is None else {self._input_names[k]: v for k, v in inputs.items()}
         names = output_names or self._all_outputs
         if self._output_names is None:
-            return self._inner.infer(feeds, names)
-        results = self._inner.infer(feeds, [])
-        return {name: results[self._output_names[name]] for name in names}
+            results = self._inner.infer(feeds, names)
+        else:
+            everything = self._inner.infer(feeds, [])
+            results = {name: everything[self._output_names[name]] for name in names}
+        if self._reshape_out:
+            results = {k: self._reshaped(k, v, self._reshape_out.get(k)) for k, v in results.items()}
+        return results
+
+    def _reshaped(self, name: str, array: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+        if shape is None:
+            return array
+        target = (array.shape[0], *shape) if self.triton_config.max_batch_size > 0 and array.ndim else shape
+        try:
+            return np.asarray(array).reshape(target)
+        except ValueError:
+            raise InvalidInput(f"'{name}' of shape {list(array.shape)} cannot be reshaped to {list(target)} "
+                               f"as {CONFIG_FILE}'s reshape says") from None
 
     def size_bytes(self) -> int:
         return self._inner.size_bytes()
@@ -134,6 +155,9 @@ def _merge(kind: str, config: TritonModelConfig, tensor: ConfigTensor, spec: Ten
     if tensor.datatype and spec.datatype and tensor.datatype != spec.datatype:
         raise InvalidModel(f"{CONFIG_FILE} says {kind} '{tensor.name}' is {tensor.datatype}, the model's is {spec.datatype}")
     shape = config.exposed_shape(tensor)
+    if tensor.reshape is not None:  # the model's shape is the reshape (checked as dims would be); clients use the dims
+        _merge(kind, config, ConfigTensor(tensor.name, tensor.datatype, tensor.reshape), spec)
+        return TensorSpec(tensor.name, tensor.datatype or spec.datatype, shape)
     if spec.shape:
         agree = len(shape) == len(spec.shape) and all(a < 0 or b < 0 or a == b for a, b in zip(shape, spec.shape))
         if not agree:

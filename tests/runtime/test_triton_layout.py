@@ -188,7 +188,8 @@ def test_without_dynamic_batching_there_is_none(registry, tmp_path):
     (('platform: "onnxruntime_onnx"', 'platform: "tensorflow_savedmodel"'), "config.pbtxt names platform 'tensorflow_savedmodel'"),
     (('platform: "onnxruntime_onnx"', 'platform: "onnxruntime_onnx" backend: "pytorch"'), "disagree"),
     (("max_batch_size: 8", "max_batch_size: 8 sequence_batching { }"), "asks for sequence_batching"),
-    (('dims: [ 4 ] } ]\n    output', 'dims: [ 4 ] reshape: { shape: [ 1, 4 ] } } ]\n    output'), "has a reshape"),
+    (('dims: [ 4 ] } ]\n    output', 'dims: [ 4 ] reshape: { shape: [ 5 ] } } ]\n    output'),
+     "config.pbtxt gives input 'x' shape [-1, 5] (max_batch_size 8: a batch dimension first), the model's is [-1, 4]"),
     (("max_batch_size: 8", "max_batch_size: eight"), "config.pbtxt is not a valid Triton model configuration"),
 ])
 def test_a_config_that_contradicts_the_model_fails_the_load_naming_it(runtime, tmp_path, change, reason):
@@ -198,6 +199,35 @@ def test_a_config_that_contradicts_the_model_fails_the_load_naming_it(runtime, t
         runtime.load("tri-bad", folder, "")
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in refused.value.details()
+
+
+def test_reshape_gives_clients_the_dims_and_the_model_its_shape(runtime, tmp_path):
+    """Triton's densenet example: clients send [3, 224, 224], the model takes [1, 3, 224, 224]."""
+    folder = tmp_path / "identity"
+    models.identity_onnx(folder / "1" / "model.onnx", "FP32", shape=(1, 2, 3))
+    (folder / "config.pbtxt").write_text(textwrap.dedent("""
+        platform: "onnxruntime_onnx"
+        max_batch_size: 0
+        input [ { name: "IN" data_type: TYPE_FP32 dims: [ 2, 3 ] reshape: { shape: [ 1, 2, 3 ] } } ]
+        output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 6 ] reshape: { shape: [ 1, 2, 3 ] } } ]
+    """))
+    runtime.load("tri-reshape", folder, "triton")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with grpcclient.InferenceServerClient(runtime.address) as client:
+        assert [list(t.shape) for t in client.get_model_metadata("tri-reshape").inputs] == [[2, 3]]
+        tensor = grpcclient.InferInput("IN", [2, 3], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = client.infer("tri-reshape", [tensor]).as_numpy("OUT")
+        np.testing.assert_array_equal(result, x.reshape(6))
+    runtime.unload("tri-reshape")
+
+
+def test_reshape_keeps_the_batch_dimension(registry, tmp_path):
+    folder = layout(tmp_path, "add", ADD_CONFIG.replace('dims: [ 4 ] } ]\n    output', 'dims: [ 2, 2 ] reshape: { shape: [ 4 ] } } ]\n    output'))
+    model, _ = load(registry, folder)
+    assert model.inputs[0].shape == (-1, 2, 2)
+    x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    np.testing.assert_array_equal(model.infer({"x": x}, ["y"])["y"], x.reshape(3, 4) + 1)
 
 
 def test_a_fixed_batch_dimension_contradicts_max_batch_size(registry, tmp_path):

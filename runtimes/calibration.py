@@ -34,9 +34,7 @@ GPU device, whose memory is not the host's RSS), models of a backend are charged
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,10 +43,11 @@ from pathlib import Path
 from runtimes.backends.base import Backend, Probe
 from runtimes.dataplane import InferenceService, InferInput, InferRequest
 from runtimes.datatypes import v2_datatype_of
+from runtimes.memory import STATM, release_free_memory, resident_bytes
 from runtimes.model_manager import ModelManager
 from runtimes.sizes import format_size
 
-__all__ = ["BackendCost", "PROBE_PREFIX", "calibrate", "resident_bytes"]
+__all__ = ["BackendCost", "PROBE_PREFIX", "calibrate"]
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,6 @@ ONE_OFF_FLOOR = 256 << 10
 TIME_BUDGET_S = 1.0
 MIN_PROBES = 4
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_STATM = Path("/proc/self/statm")
-
 
 @dataclass(frozen=True)
 class BackendCost:
@@ -73,30 +69,9 @@ class BackendCost:
 
     backend: str
     per_model_bytes: int  # the fixed cost charged to each model of this backend
-    one_time_bytes: int  # the first model's cost beyond that: the backend's setup, paid once
+    one_time_bytes: int  # what its probes cost beyond that: the backend's setup, paid once
     probes: int
     seconds: float
-
-
-def resident_bytes() -> int:
-    """This process's resident memory."""
-    return int(_STATM.read_text().split()[1]) * _PAGE
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc; musl and others have none
-    except (OSError, AttributeError):
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Give the memory malloc holds free back to the system (glibc), so RSS counts live memory."""
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 def _settled_rss() -> int:
@@ -108,7 +83,7 @@ async def calibrate(manager: ModelManager, service: InferenceService, backends: 
                     count: int = PROBES) -> dict[str, BackendCost]:
     """Measure each backend's fixed cost per model (module docstring) and return what was found;
     a backend without a probe, or whose probes fail to load or run, is left out (logged)."""
-    if not _STATM.exists():
+    if not STATM.exists():
         log.info("size calibration off: no /proc/self/statm to read resident memory from")
         return {}
     found = {}

@@ -42,6 +42,7 @@ from puller.errors import InvalidStorageUri, PullError, UnsafePath
 from runtimes.backends import Backend, BackendRegistry, Device, LoadedModel
 from runtimes.errors import Busy, InvalidInput, LoadFailed
 from runtimes.lifecycle import LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
+from runtimes.memory import release_free_memory
 from runtimes.model_type import parse_model_key, resolve_model_type
 from runtimes.sizes import disk_size
 
@@ -54,6 +55,10 @@ class Artifacts(Protocol):
     async def pull(self, model_id: str, model_path: str, model_key: str | None = None): ...
 
     async def release(self, model_id: str) -> None: ...
+
+
+#: Loads of files at least this big give freed memory back to the system afterwards.
+RELEASE_AFTER_LOADING = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,12 @@ class ModelManager(ModelLifecycle):
         backend, model_file = self._backends.select(model_type, Path(pulled.local_path), parse_model_key(model_key))
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(self._load_pool, backend.load, model_file, self.config.device)
-        return model, backend, disk_size(model_file)
+        on_disk = disk_size(model_file)
+        if on_disk >= RELEASE_AFTER_LOADING:
+            # A big load frees big buffers (the file read whole, parsing); glibc would keep them
+            # resident, but they are nobody's memory once the model is in.
+            await loop.run_in_executor(self._load_pool, release_free_memory)
+        return model, backend, on_disk
 
     async def _pull(self, model_id: str, model_path: str, model_key: str | None):
         try:

@@ -25,6 +25,9 @@ from runtimes.sizes import disk_size
 # Request tensors are views of the request's bytes; the model gets them read-only
 # on purpose (no copy), so torch's warning about non-writable arrays is noise.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+# TorchScript is a format this runtime serves (and probes at start-up): torch's notice that
+# torch.jit is deprecated is for authors of models, not for a server loading them.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
 
 _TORCH_TO_V2 = {
     torch.bool: "BOOL", torch.uint8: "UINT8", torch.uint16: "UINT16", torch.uint32: "UINT32", torch.uint64: "UINT64",

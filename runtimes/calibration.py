@@ -103,8 +103,8 @@ async def calibrate(manager: ModelManager, service: InferenceService, backends: 
                             backend.name, error, format_size(manager.config.model_fixed_cost))
                 continue
             cost = found[backend.name]
-            log.info("size calibration: backend %s costs %s per model (%d probes), %s once, in %.2fs",
-                     cost.backend, format_size(cost.per_model_bytes), cost.probes,
+            log.info("size calibration: backend %s costs %s per model (%d bytes, %d probes), %s once, in %.2fs",
+                     cost.backend, format_size(cost.per_model_bytes), cost.per_model_bytes, cost.probes,
                      format_size(cost.one_time_bytes), cost.seconds)
     return found
 

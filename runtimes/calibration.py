@@ -24,6 +24,11 @@ index of its first request), and reads its resident memory (/proc/self/statm):
 - glibc's malloc keeps freed memory mapped: `malloc_trim(0)` before each reading returns it
   to the system, so the readings count live memory, and after the probes are unloaded, so
   their freed pages do not hide the first real models' growth.
+- Python's own allocator cannot give back the pools the imports left partly free, and a
+  backend whose models are mostly Python objects (scikit-learn: ~5 KiB each) fills them
+  first, so its probes grow RSS by less than real models later do. A few more probes run
+  under `tracemalloc`, and the cost per model is never less than the Python bytes each
+  allocated (`BackendCost.python_bytes`).
 
 It runs before the server binds its ports (nothing else allocates meanwhile) and takes a
 fraction of a second per backend. Off (`model_fixed_cost` set) or impossible (no /proc, a
@@ -37,6 +42,7 @@ import asyncio
 import logging
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +64,8 @@ PROBES = 24
 TARGET_GROWTH = 2 << 20
 #: A probe that grew memory by this much more than most did paid a one-off (see _split_one_offs).
 ONE_OFF_FLOOR = 256 << 10
+#: Probes run under tracemalloc, after the others (it slows allocations and takes memory itself).
+TRACED_PROBES = 8
 #: A backend whose probes load slowly stops early, with no fewer than MIN_PROBES.
 TIME_BUDGET_S = 1.0
 MIN_PROBES = 4
@@ -70,6 +78,7 @@ class BackendCost:
     backend: str
     per_model_bytes: int  # the fixed cost charged to each model of this backend
     one_time_bytes: int  # what its probes cost beyond that: the backend's setup, paid once
+    python_bytes: int  # of each probe, the Python allocations (a floor of per_model_bytes)
     probes: int
     seconds: float
 
@@ -103,8 +112,9 @@ async def calibrate(manager: ModelManager, service: InferenceService, backends: 
                             backend.name, error, format_size(manager.config.model_fixed_cost))
                 continue
             cost = found[backend.name]
-            log.info("size calibration: backend %s costs %s per model (%d bytes, %d probes), %s once, in %.2fs",
-                     cost.backend, format_size(cost.per_model_bytes), cost.per_model_bytes, cost.probes,
+            log.info("size calibration: backend %s costs %s per model (%d bytes, %d probes; %s of it Python "
+                     "objects), %s once, in %.2fs", cost.backend, format_size(cost.per_model_bytes),
+                     cost.per_model_bytes, cost.probes, format_size(cost.python_bytes),
                      format_size(cost.one_time_bytes), cost.seconds)
     return found
 
@@ -135,14 +145,31 @@ async def _calibrate_backend(manager: ModelManager, service: InferenceService, b
             now = _settled_rss()
             steps.append((now - last, size))
             last = now
+        python_bytes = await _traced_bytes_per_model(load_and_run)
     finally:
         for model_id in ids:
             await manager.unload(model_id)
         release_free_memory()
     usual, one_offs = _split_one_offs(steps)
-    per_model = max(sum(grown - size for grown, size in usual) // len(usual), 0)
-    one_time = max(warm - before - WARM_UPS * per_model, 0) + sum(grown - per_model for grown, _ in one_offs)
-    return BackendCost(backend, per_model, one_time, len(usual), time.perf_counter() - started)
+    per_model = max(sum(grown - size for grown, size in usual) // len(usual), python_bytes, 0)
+    one_time = max(warm - before - WARM_UPS * per_model, 0) + sum(max(grown - per_model, 0) for grown, _ in one_offs)
+    return BackendCost(backend, per_model, one_time, python_bytes, len(usual), time.perf_counter() - started)
+
+
+async def _traced_bytes_per_model(load_and_run) -> int:
+    """Python bytes (numpy's included) that each of TRACED_PROBES probes allocated and kept,
+    less what the backend measured for it."""
+    started_here = not tracemalloc.is_tracing()
+    if started_here:
+        tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        measured = [await load_and_run() for _ in range(TRACED_PROBES)]
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        if started_here:
+            tracemalloc.stop()
+    return max((kept - sum(measured)) // TRACED_PROBES, 0)
 
 
 def _split_one_offs(steps: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

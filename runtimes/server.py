@@ -23,6 +23,7 @@ from runtimes.backends import BackendRegistry, Device
 from runtimes.calibration import calibrate
 from runtimes.dataplane import InferenceService
 from runtimes.grpc_servicers import InferenceServicer, ModelRuntimeServicer
+from runtimes.memory import map_large_allocations
 from runtimes.metrics import RuntimeMetrics
 from runtimes.model_manager import ManagerConfig, ModelManager
 from runtimes.settings import RuntimeSettings
@@ -107,6 +108,7 @@ class RunningRuntime:
 
 async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry | None = None) -> RunningRuntime:
     """Start serving; returns once the port is bound and the runtime reports READY."""
+    map_large_allocations()  # before the backends' imports and the calibration free big blocks
     device = resolve_device(settings.device)
     capacity = resolve_capacity(settings, device)
     config = ManagerConfig(

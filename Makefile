@@ -58,11 +58,13 @@ up: setup
 config-docs: setup
 	$(PY) docs/gen_configuration.py
 
-## Quick benchmarks that need nothing beyond `make setup` (about a minute on 2 cores): the
-## placement simulation on 1/5 of its requests and the registry at 2,000 models.
+## Quick benchmarks that need nothing beyond `make setup` (about two minutes on 2 cores): the
+## placement simulation on 1/5 of its requests, the registry at 2,000 models, and one runtime's
+## memory against its accounted sizes at 1,000 tiny ONNX and scikit-learn models.
 bench: setup
 	$(PY) bench/placement_sim.py --quick
 	$(PY) bench/registry_scale.py --models 2000 --instances 20
+	$(PY) bench/runtime_density.py
 
 clean:
 	rm -rf $(VENV) .work .meshserve .pytest_cache

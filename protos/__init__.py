@@ -4,6 +4,9 @@
   extensions (package `inference`), wire-compatible with tritonclient.
 - `model_runtime.proto`: ModelMesh's model-runtime SPI (`mmesh.ModelRuntime`).
 - `model_mesh.proto`: ModelMesh's management API (`mmesh.ModelMesh`).
+- `meshserve_stream.proto`: meshserve's internal data-plane stream
+  (`meshserve.stream.v1.InferenceStream`): a router's ModelInfer calls to a runtime
+  multiplexed on one stream, raw bytes under correlation ids.
 - `mesh_admin.proto`: meshserve's admin API (`meshserve.admin.MeshAdmin`): model
   listing and fabric capacity, which ModelMesh's API has no call for.
 

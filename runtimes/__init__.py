@@ -11,7 +11,9 @@ Layers, from the pure core out:
   in-flight tracking, concurrency limits.
 - `dataplane`: the V2 inference service (transport-free).
 - `converters`: every protobuf <-> domain mapping.
-- `grpc_servicers`, `server`: thin gRPC adapters and the process entry point.
+- `grpc_servicers`, `server`: thin gRPC adapters and the process entry point;
+  `stream_servicer`: `meshserve.stream.v1.InferenceStream`, routers' ModelInfer calls
+  multiplexed on one stream, through the same inference path.
 
 May import: `protos`, `puller`. Never imports `mesh` or `router`, so a
 ModelMesh-style runtime written by someone else plugs in the same way.

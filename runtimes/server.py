@@ -28,6 +28,7 @@ from runtimes.metrics import RuntimeMetrics
 from runtimes.model_manager import ManagerConfig, ModelManager
 from runtimes.settings import RuntimeSettings
 from runtimes.sizes import container_memory_limit, format_size
+from runtimes.stream_servicer import FRAME_MARGIN_BYTES, InferenceStreamServicer, add_to_server as add_stream_to_server
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,13 @@ class RunningRuntime:
     ready: asyncio.Event
     health: health_aio.HealthServicer
     _metrics_http: MetricsServer | None = None
+    stream: InferenceStreamServicer | None = None  # routers' multiplexed calls, when served
 
     async def stop(self, grace: float = 5.0) -> None:
         self.ready.clear()
         await self.health.enter_graceful_shutdown()  # NOT_SERVING, for good
+        if self.stream is not None:  # else its open streams would hold the stop for the whole grace
+            await self.stream.drain(grace)
         await self.server.stop(grace)
         await self.manager.close()
         await self.puller.aclose()
@@ -140,14 +144,20 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     manager.add_probe(metrics)
     manager.on_request_queued = metrics.request_queued
     ready = asyncio.Event()
+    # Streamed calls carry a request or reply plus a frame's id and headers; their own limit
+    # is max_message_bytes, checked per call (runtimes.stream_servicer).
+    frame_bytes = settings.max_message_bytes + (FRAME_MARGIN_BYTES if settings.stream_service else 0)
     options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", frame_bytes),
+        ("grpc.max_send_message_length", frame_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(service, manager, metrics, ready), server)
+    stream = InferenceStreamServicer(service, metrics, settings.max_message_bytes) if settings.stream_service else None
+    if stream is not None:
+        add_stream_to_server(stream, server)
     model_runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(
         ModelRuntimeServicer(manager, ready, meshserve_version(), settings.model_loading_timeout_ms), server)
     health_servicer = health_aio.HealthServicer()
@@ -186,4 +196,4 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("runtime listening on %s:%d, capacity %s on %s, metrics on %s",
              settings.host, port, format_size(capacity), device.kind, metrics_port or "off")
-    return RunningRuntime(server, manager, puller, port, metrics_port, ready, health_servicer, metrics_http)
+    return RunningRuntime(server, manager, puller, port, metrics_port, ready, health_servicer, metrics_http, stream)

@@ -50,6 +50,8 @@ class RuntimeSettings(BaseSettings):
     threads_per_model: int = Field(1, description="Intra-op threads of each model (ONNX Runtime session, torch).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run: auto picks cuda when a GPU is visible.")
     max_message_bytes: int = Field(64 << 20, description="Largest gRPC message accepted or sent.")
+    stream_service: bool = Field(True, description="Serve meshserve.stream.v1.InferenceStream, on which routers "
+                                 "multiplex their ModelInfer calls; off, routers send this runtime unary calls.")
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("capacity", "capacity_buffer", "disk_budget", "default_model_size", "model_fixed_cost",

@@ -4,7 +4,8 @@
 ModelMetadata, ModelConfig, ModelReady, ModelStatistics) take and return serialized
 bytes: it reads the routing headers, passes the rest of the caller's metadata on, calls
 `DataPlane.forward` and hands back the instance's reply with its initial and trailing
-metadata. ServerLive, ServerReady and ServerMetadata are the router's own answers.
+metadata. ModelStreamInfer forwards each message of the stream that way
+(`router.stream_front`). ServerLive, ServerReady and ServerMetadata are the router's own answers.
 
 Errors are mapped once, here: a `RouterError` becomes its status code and message; an
 instance's own error passes through unchanged; anything else is INTERNAL with an id
@@ -22,9 +23,11 @@ from collections.abc import Callable
 import grpc
 
 from protos import grpc_service_pb2 as pb
-from router.dataplane import MODEL_HEADER, VMODEL_HEADER, DataPlane, method_path
+from router.call_metadata import budget as _budget, split_metadata as _split_metadata
+from router.dataplane import DataPlane, method_path
 from router.errors import InvalidRequest, RouterError, Unimplemented
 from router.observed import CallObserver, observe_forward
+from router.stream_front import stream_infer_handler
 
 __all__ = ["FORWARDED_METHODS", "InferenceFront", "CallObserver"]
 
@@ -32,45 +35,6 @@ log = logging.getLogger(__name__)
 
 FORWARDED_METHODS = ("ModelInfer", "ModelMetadata", "ModelConfig", "ModelReady", "ModelStatistics")
 EXTENSIONS = ("model_configuration", "statistics")
-
-# Headers that belong to this hop (HTTP/2 and gRPC transport), not to the caller.
-_HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection", "accept-encoding",
-                          "content-length", MODEL_HEADER, VMODEL_HEADER})
-
-
-#: The router gives up this much before the caller's deadline (at most 10 % of it), so its
-#: DEADLINE_EXCEEDED, which says what it was waiting for, reaches the caller before the
-#: caller's own bare "Deadline Exceeded".
-_ANSWER_MARGIN_S = 0.05
-
-
-def _budget(remaining: float | None) -> float | None:
-    if remaining is None:
-        return None
-    return max(remaining - min(_ANSWER_MARGIN_S, remaining * 0.1), 0.0)
-
-
-def _split_metadata(metadata) -> tuple[object, str | None, str | None]:
-    """(metadata to pass on, mm-model-id, mm-vmodel-id). Passes the caller's tuple on
-    as it is when there is nothing to drop (the common case: no copy)."""
-    if not metadata:
-        return None, None, None
-    for key, _ in metadata:
-        if key in _HOP_HEADERS or key[0] == ":" or key.startswith("grpc-"):
-            break
-    else:
-        return metadata, None, None
-    model = vmodel = None
-    kept = []
-    for key, value in metadata:
-        if key == MODEL_HEADER:
-            model = value
-        elif key == VMODEL_HEADER:
-            vmodel = value
-        elif not (key in _HOP_HEADERS or key[0] == ":" or key.startswith("grpc-")):
-            kept.append((key, value))
-    return tuple(kept), model, vmodel
-
 
 class InferenceFront(grpc.GenericRpcHandler):
     def __init__(self, dataplane: DataPlane, *, ready: Callable[[], bool], version: str,
@@ -82,6 +46,7 @@ class InferenceFront(grpc.GenericRpcHandler):
         self._metadata = pb.ServerMetadataResponse(name="meshserve", version=version,
                                                    extensions=list(EXTENSIONS)).SerializeToString()
         handlers = {method_path(name): self._forwarder(name) for name in FORWARDED_METHODS}
+        handlers[method_path("ModelStreamInfer")] = stream_infer_handler(dataplane, observer)
         handlers[method_path("ServerLive")] = self._own("ServerLive", self._server_live)
         handlers[method_path("ServerReady")] = self._own("ServerReady", self._server_ready)
         handlers[method_path("ServerMetadata")] = self._own("ServerMetadata", self._server_metadata)

@@ -8,7 +8,9 @@ unchanged to one instance holding a loaded copy and returns the reply bytes. It 
   choice itself is `policy.choose()` (`router.policy`), a pure function;
 - one grpc.aio channel per instance inference address (the record's `data_address`, else
   its `address`), made on first use and closed once the instance has left the view (or
-  moved) and nothing is in flight to it;
+  moved) and nothing is in flight to it; ModelInfer goes as a message on that address's
+  `InstanceStream` (`router.instance_stream`) unless the instance does not serve the
+  stream or `instance_streams` is off, every other method as one unary call;
 - the miss: no candidate -> `loader.ensure_loaded(model_id, remaining deadline)`;
 - retries: an instance that answers UNAVAILABLE (unreachable, dying) or NOT_FOUND (its
   copy is gone) is excluded for the rest of this call and marked suspect for
@@ -34,6 +36,7 @@ from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as 
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
+from router.instance_stream import FRAME_MARGIN_BYTES, InstanceStream, StreamUnsupported
 from router.policy import LeastInFlight, Policy, ReplicaLoad
 
 __all__ = ["Loader", "Observer", "Reply", "Router"]
@@ -41,6 +44,9 @@ __all__ = ["Loader", "Observer", "Reply", "Router"]
 log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+#: The method carried on an instance's stream (`router.instance_stream`); the rest go unary.
+_STREAMED_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 #: Instance answers that mean "not here, try another copy" rather than "your request is wrong".
 _RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE: "unavailable", grpc.StatusCode.NOT_FOUND: "not_found"}
@@ -70,14 +76,15 @@ class Reply(NamedTuple):
 
 
 class _Endpoint:
-    """One instance as this router talks to it."""
+    """One instance as this router talks to it: unary calls, and ModelInfer on its stream when it has one."""
 
-    __slots__ = ("address", "channel", "calls")
+    __slots__ = ("address", "channel", "calls", "stream")
 
-    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+    def __init__(self, address: str, channel: grpc.aio.Channel, stream: InstanceStream | None) -> None:
         self.address = address
         self.channel = channel
         self.calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self.stream = stream
 
     def call(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
         found = self.calls.get(method)
@@ -86,11 +93,25 @@ class _Endpoint:
             found = self.calls[method] = self.channel.unary_unary(method)
         return found
 
+    async def forward(self, method: str, body: bytes, metadata: Metadata | None, timeout: float) -> Reply:
+        """The instance's reply; grpc.aio.AioRpcError as a unary call raises it."""
+        stream = self.stream
+        if stream is not None and method == _STREAMED_METHOD and stream.usable():
+            try:
+                response, trailing = await stream.call(body, metadata, timeout)
+                return Reply(response, (), trailing)
+            except StreamUnsupported:
+                pass  # it never ran there: send it the unary way
+        call = self.call(method)(body, metadata=metadata, timeout=timeout)
+        response = await call
+        return Reply(response, await call.initial_metadata() or (), await call.trailing_metadata() or ())
+
 
 class Router(AsyncClosing):
     def __init__(self, view: FabricView, loader: Loader | None, *, policy: Policy | None = None,
                  max_tries: int = 3, suspect_s: float = 2.0, max_message_bytes: int = 16 << 20,
-                 observer: Observer | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 observer: Observer | None = None, clock: Callable[[], float] = time.monotonic,
+                 instance_streams: bool = True) -> None:
         self._view = view
         self._loader = loader
         self._policy = policy or LeastInFlight()
@@ -98,12 +119,16 @@ class Router(AsyncClosing):
         self.suspect_s = suspect_s
         self._observer = observer
         self._clock = clock
-        self._options = [("grpc.max_receive_message_length", max_message_bytes),
-                         ("grpc.max_send_message_length", max_message_bytes),
+        self.instance_streams = instance_streams
+        # A stream's frame is a request (or reply) plus its id and headers: room for both.
+        frame_bytes = max_message_bytes + (FRAME_MARGIN_BYTES if instance_streams else 0)
+        self._options = [("grpc.max_receive_message_length", frame_bytes),
+                         ("grpc.max_send_message_length", frame_bytes),
                          ("grpc.enable_retries", 0)]  # retries are ours: they know about copies
         self._loads: dict[str, ReplicaLoad] = {}
         self._endpoints: dict[str, _Endpoint] = {}  # instance id -> endpoint
         self._channels: dict[str, grpc.aio.Channel] = {}  # address -> channel
+        self._streams: dict[str, InstanceStream] = {}  # address -> its stream (one per channel)
         self._suspects: dict[str, float] = {}  # instance id -> until (clock)
         self._sequence = 0
         self._tasks = TaskSupervisor("router")
@@ -144,9 +169,7 @@ class Router(AsyncClosing):
             load.last_pick = self._sequence
             load.in_flight += 1
             try:
-                call = endpoint.call(method)(body, metadata=metadata, timeout=remaining)
-                response = await call
-                return Reply(response, await call.initial_metadata() or (), await call.trailing_metadata() or ())
+                return await endpoint.forward(method, body, metadata, remaining)
             except grpc.aio.AioRpcError as error:
                 reason = _RETRY_ELSEWHERE.get(error.code())
                 if reason is None:
@@ -253,7 +276,10 @@ class Router(AsyncClosing):
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
-        endpoint = self._endpoints[instance_id] = _Endpoint(address, channel)
+        stream = self._streams.get(address) if self.instance_streams else None
+        if stream is None and self.instance_streams:
+            stream = self._streams[address] = InstanceStream(channel, address, clock=self._clock)
+        endpoint = self._endpoints[instance_id] = _Endpoint(address, channel, stream)
         return endpoint
 
     def _prune(self) -> None:
@@ -267,12 +293,23 @@ class Router(AsyncClosing):
         used = {e.address for e in self._endpoints.values()}
         for address in [a for a in self._channels if a not in used]:
             channel = self._channels.pop(address)
+            stream = self._streams.pop(address, None)
             if not self._tasks.closed:
-                self._tasks.spawn(channel.close(), name=f"close {address}")
+                self._tasks.spawn(self._close_channel(channel, stream), name=f"close {address}")
+
+    @staticmethod
+    async def _close_channel(channel: grpc.aio.Channel, stream: InstanceStream | None) -> None:
+        if stream is not None:
+            await stream.close()
+        await channel.close()
 
     def _is_gone(self, instance_id: str) -> bool:
         record = self._view.instance(instance_id)
         return record is None or record.inference_address != self._endpoints[instance_id].address
+
+    def streamed_calls(self) -> dict[str, int]:
+        """Calls sent on each instance's stream so far, by inference address (the rest went unary)."""
+        return {address: stream.calls_sent for address, stream in self._streams.items()}
 
     def in_flight(self) -> dict[str, int]:
         """Requests in flight from this router, per instance (for metrics)."""
@@ -282,6 +319,9 @@ class Router(AsyncClosing):
         self._unsubscribe()
         await self._tasks.close()
         channels, self._channels = self._channels, {}
+        streams, self._streams = self._streams, {}
         self._endpoints.clear()
+        for stream in streams.values():
+            await stream.close()
         for channel in channels.values():
             await channel.close()

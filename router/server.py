@@ -110,7 +110,8 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     traffic = TrafficCounters()  # the dashboard's reading of this router's calls and misses
     observer = Observers(metrics, traffic)
     router = Router(view, loader, max_tries=settings.max_tries, suspect_s=settings.suspect_s,
-                    max_message_bytes=settings.max_message_bytes, observer=observer)
+                    max_message_bytes=settings.max_message_bytes, observer=observer,
+                    instance_streams=settings.instance_streams)
     metrics.watch_in_flight(router.in_flight)
     dataplane = DataPlane(router, view, settings.default_deadline_s)
     ready = view_ready(view)

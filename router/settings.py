@@ -29,6 +29,9 @@ class RouterSettings(BaseSettings):
     max_tries: int = Field(3, ge=1, description="Instances one call is sent to at most before it fails UNAVAILABLE (copies gone or unreachable).")
     suspect_s: float = Field(2.0, ge=0, description="Seconds an instance that failed a call is tried last by other calls.")
     max_message_bytes: int = Field(16 << 20, gt=0, description="Largest gRPC message accepted from clients or sent to instances (bytes), both ways.")
+    instance_streams: bool = Field(True, description="Send ModelInfer calls to meshserve runtimes as messages on one "
+                                   "long-lived stream per instance (meshserve.stream.v1); instances without it, and "
+                                   "every call when off, go as one unary call each.")
     dashboard_sample_s: float = Field(10.0, ge=0.1, le=600, description="Period of the dashboard's time series (seconds): it keeps one hour of samples (10 s: 360) in the router's memory.")
     workers: int = Field(1, ge=1, description="Router processes sharing the ports (SO_REUSEPORT); 1 runs in this process.")
     log_level: str = Field("INFO", description="Python logging level.")

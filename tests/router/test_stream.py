@@ -1,0 +1,364 @@
+"""ModelInfer through the router on its stream to each instance (meshserve.stream.v1), and
+ModelStreamInfer through the router, with tritonclient as the client and real runtimes.
+
+Slow calls use `tests.support.gated_estimator` (a model that waits for a file the test
+creates) so deadlines, cancellation and a runtime dying with calls in flight need no timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from tests.support import gated_estimator, models
+from tests.support.runtime_process import start_runtime_process
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+OFFSETS = {"add": 1.0, "add10": 10.0, "add100": 100.0}
+DATATYPES = list(models.ONNX_TYPES)
+BIG = 16 << 20  # the router's default max_message_bytes
+
+
+@pytest.fixture(scope="module")
+def stream_store(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stream-models")
+    store = {name: models.add_onnx(root / name / "model.onnx", offset=offset).parent for name, offset in OFFSETS.items()}
+    for datatype in DATATYPES:
+        name = f"identity_{datatype.lower()}"
+        store[name] = models.identity_onnx(root / name / "model.onnx", datatype).parent
+    store["identity_big"] = models.identity_onnx(root / "identity_big" / "model.onnx", "FP32", shape=(None, None)).parent
+    return store
+
+
+@pytest.fixture(scope="module")
+def stream_runtime(tmp_path_factory, stream_store):
+    """One runtime holding every model of `stream_store` (one instance: every call shares its stream)."""
+    runtime = start_runtime_process(tmp_path_factory.mktemp("stream-runtime"), capacity="512MiB")
+    for name, path in stream_store.items():
+        runtime.load(name, path, "onnx")
+    yield runtime
+    assert runtime.stop() == 0, runtime.log()
+
+
+@pytest.fixture
+async def routed(fabric, stream_runtime, stream_store, router_factory):
+    await fabric.publish("s0", stream_runtime, list(stream_store))
+    running = await router_factory(fabric.view, None)
+    return running, f"127.0.0.1:{running.port}"
+
+
+def _streamed(running, runtime) -> int:
+    return running.router.streamed_calls().get(runtime.address, 0)
+
+
+def _add_input(x: np.ndarray, module=grpcclient):
+    tensor = module.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def _infer_sync(address: str, model: str, x: np.ndarray, **kwargs):
+    with grpcclient.InferenceServerClient(address) as client:
+        return client.infer(model, _add_input(x), **kwargs)
+
+
+# -- ModelInfer on the stream ------------------------------------------------------------------
+async def test_sync_and_aio_clients_go_through_the_stream(routed, stream_runtime):
+    running, address = routed
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    result = await asyncio.to_thread(_infer_sync, address, "add", x)
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+    np.testing.assert_array_equal(result.as_numpy("z"), x * 2)
+    async with aioclient.InferenceServerClient(address) as client:
+        result = await client.infer("add10", _add_input(x, aioclient), request_id="r-1")
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 10)
+    assert result.get_response().id == "r-1"
+    assert _streamed(running, stream_runtime) == 2
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+async def test_every_datatype_round_trips_on_the_stream(routed, stream_runtime, datatype):
+    running, address = routed
+    if datatype == "BYTES":
+        array = np.array([[b"a", b"\xc3\xa9t\xc3\xa9", b""], [b"x y", b"12", b"zz"]], dtype=object)
+    elif datatype == "BOOL":
+        array = np.array([[True, False, True], [False, False, True]])
+    elif datatype == "BF16":
+        array = np.array([[1.5, -2.0, 0.25], [3.0, 0.0, -0.5]], dtype=np.float32)  # tritonclient sends BF16 from float32
+    else:
+        dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype) or np.dtype(datatype.lower())
+        array = (np.arange(6).reshape(2, 3) * 3).astype(dtype)
+
+    def call():
+        tensor = grpcclient.InferInput("IN", list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        with grpcclient.InferenceServerClient(address) as client:
+            return client.infer(f"identity_{datatype.lower()}", [tensor])
+
+    result = await asyncio.to_thread(call)
+    assert result.get_output("OUT").datatype == datatype
+    out = result.as_numpy("OUT")
+    np.testing.assert_array_equal(out.astype(np.float32) if datatype == "BF16" else out, array)
+    assert _streamed(running, stream_runtime) == 1
+
+
+async def test_16_mib_messages_pass_both_ways(routed, stream_runtime):
+    running, address = routed
+    # As large as a request under the router's 16 MiB limit can be (4 KiB left for the rest of it).
+    x = np.random.default_rng(0).random((1, (BIG - 4096) // 4), dtype=np.float32)
+
+    def call():
+        tensor = grpcclient.InferInput("IN", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        with grpcclient.InferenceServerClient(address) as client:
+            return client.infer("identity_big", [tensor], client_timeout=60)
+
+    result = await asyncio.to_thread(call)
+    np.testing.assert_array_equal(result.as_numpy("OUT"), x)
+    assert _streamed(running, stream_runtime) == 1
+    # One over the limit is refused at the router, as without the stream, and the stream goes on.
+    too_big = np.zeros((1, BIG // 4), dtype=np.float32)
+    with pytest.raises(InferenceServerException, match="larger than max"):
+        await asyncio.to_thread(_infer_sync, address, "identity_big", too_big)
+    small = np.ones((1, 4), dtype=np.float32)
+    np.testing.assert_array_equal((await asyncio.to_thread(_infer_sync, address, "add", small)).as_numpy("y"), small + 1)
+
+
+async def test_concurrent_callers_get_their_own_answers(routed, stream_runtime):
+    """Many callers on one instance's stream, three models with their own offsets: a reply
+    handed to the wrong caller would show as a wrong value."""
+    running, address = routed
+    names = list(OFFSETS)
+    failures: list[str] = []
+
+    async def caller(client, n: int) -> None:
+        for i in range(30):
+            model = names[(n + i) % len(names)]
+            x = np.full((1, 4), n * 1000 + i, dtype=np.float32)
+            result = await client.infer(model, _add_input(x, aioclient), request_id=f"{n}-{i}")
+            if result.get_response().id != f"{n}-{i}" or not np.array_equal(result.as_numpy("y"), x + OFFSETS[model]):
+                failures.append(f"caller {n} call {i} ({model}): {result.as_numpy('y')}")
+
+    async with aioclient.InferenceServerClient(address) as client:
+        await asyncio.gather(*(caller(client, n) for n in range(8)))
+    assert failures == []
+    assert _streamed(running, stream_runtime) == 8 * 30
+
+
+async def test_model_errors_keep_their_status_and_message(routed, stream_runtime):
+    running, address = routed
+    tensor = grpcclient.InferInput("x", [1, 3], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
+
+    def call():
+        with grpcclient.InferenceServerClient(address) as client:
+            return client.infer("add", [tensor])
+
+    with pytest.raises(InferenceServerException) as raised:
+        await asyncio.to_thread(call)
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "shape [1, 3]" in raised.value.message()
+    assert _streamed(running, stream_runtime) == 1
+
+
+# -- slow calls: deadline, cancellation, a runtime dying -------------------------------------------
+@pytest.fixture
+def gated(tmp_path, own_runtime):
+    """(gate file, started dir, model folder factory); the gate opens at teardown at the latest,
+    before the test's runtimes stop (a predict still waiting would hold their exit)."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+
+    def model(name: str, offset: float = 0.0, gate_path: Path = gate) -> Path:
+        return gated_estimator.gated_model(tmp_path / name, gate_path, started, offset)
+
+    yield gate, started, model
+    gate.touch()  # let any predict still waiting end (runtimes stop at teardown)
+
+
+@pytest.fixture
+def own_runtime(tmp_path_factory):
+    made = []
+
+    def start(*flags: str):
+        runtime = start_runtime_process(tmp_path_factory.mktemp("gated-runtime"), *flags, capacity="256MiB")
+        made.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in made:
+        if runtime.process.poll() is None:
+            runtime.stop()
+
+
+def _failed_count(runtime, model: str) -> int:
+    with grpcclient.InferenceServerClient(runtime.address) as client:
+        return client.get_inference_statistics(model).model_stats[0].inference_stats.fail.count
+
+
+def _one_row(value: float = 5.0) -> np.ndarray:
+    return np.array([[value]], dtype=np.float64)
+
+
+def _gated_infer(address: str, model: str = "slow", **kwargs) -> np.ndarray:
+    tensor = grpcclient.InferInput("input-0", [1, 1], "FP64")
+    tensor.set_data_from_numpy(_one_row())
+    with grpcclient.InferenceServerClient(address) as client:
+        return client.infer(model, [tensor], **kwargs).as_numpy("predict")
+
+
+async def test_the_callers_deadline_reaches_the_runtime(fabric, router_factory, gated, own_runtime):
+    gate, started, model = gated
+    runtime = own_runtime()
+    runtime.load("slow", model("slow"), "sklearn")
+    await fabric.publish("g0", runtime, ["slow"])
+    running = await router_factory(fabric.view, None)
+    with pytest.raises(InferenceServerException) as raised:
+        await asyncio.to_thread(_gated_infer, f"127.0.0.1:{running.port}", client_timeout=1.0)
+    assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert gated_estimator.started(started) == 1
+    # The runtime gave the call up (counted failed) while its model still waits on the gate.
+    await asyncio.to_thread(wait_until, lambda: _failed_count(runtime, "slow") == 1, 10, "the runtime to drop the call")
+    assert not gate.exists()
+    assert _streamed(running, runtime) == 1
+
+
+async def test_a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, router_factory, gated, own_runtime):
+    gate, started, model = gated
+    runtime = own_runtime()
+    runtime.load("slow", model("slow"), "sklearn")
+    await fabric.publish("g0", runtime, ["slow"])
+    running = await router_factory(fabric.view, None)
+    tensor = aioclient.InferInput("input-0", [1, 1], "FP64")
+    tensor.set_data_from_numpy(_one_row())
+    async with aioclient.InferenceServerClient(f"127.0.0.1:{running.port}") as client:
+        call = asyncio.create_task(client.infer("slow", [tensor], client_timeout=60))
+        await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) == 1, 10, "the model to start")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await asyncio.to_thread(wait_until, lambda: _failed_count(runtime, "slow") == 1, 10, "the runtime to drop the call")
+    assert not gate.exists()
+    assert _streamed(running, runtime) == 1
+
+
+async def test_calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, router_factory, gated, own_runtime, tmp_path):
+    gate, started, model = gated
+    doomed, survivor = own_runtime(), own_runtime()
+    doomed.load("slow", model("doomed", offset=0.0), "sklearn")  # never answers: its gate stays shut
+    open_gate = tmp_path / "open"
+    open_gate.touch()
+    survivor.load("slow", model("survivor", offset=100.0, gate_path=open_gate), "sklearn")
+    await fabric.publish("doomed", doomed, ["slow"])
+    running = await router_factory(fabric.view, None)
+    address = f"127.0.0.1:{running.port}"
+    calls = [asyncio.create_task(asyncio.to_thread(_gated_infer, address, client_timeout=60)) for _ in range(4)]
+    # Two predicts run at once on the doomed runtime (its inference threads), the rest queue there.
+    await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) >= 1, 10, "calls to reach the runtime")
+    await asyncio.to_thread(wait_until, lambda: running.router.in_flight().get("doomed") == 4, 10, "all 4 in flight")
+    await fabric.publish("survivor", survivor, ["slow"])
+    doomed.process.kill()
+    doomed.process.wait(10)
+    results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    assert [r.tolist() for r in results] == [[105.0]] * 4
+    assert _streamed(running, survivor) == 4
+    assert running.router.in_flight() == {"doomed": 0, "survivor": 0}
+
+
+async def test_a_runtime_without_the_stream_gets_unary_calls(fabric, router_factory, own_runtime, stream_store):
+    """A runtime started with the stream service off stands in for an older runtime (or a
+    foreign one behind `meshserve agent`): it answers the stream UNIMPLEMENTED."""
+    runtime = own_runtime("--no-stream-service")
+    runtime.load("add", stream_store["add"], "onnx")
+    await fabric.publish("old", runtime, ["add"])
+    running = await router_factory(fabric.view, None)
+    address = f"127.0.0.1:{running.port}"
+    x = np.ones((1, 4), dtype=np.float32)
+    results = await asyncio.gather(*(asyncio.to_thread(_infer_sync, address, "add", x + i) for i in range(6)))
+    assert [r.as_numpy("y").tolist() for r in results] == [(x + i + 1).tolist() for i in range(6)]
+    assert _streamed(running, runtime) == 0
+    assert (await asyncio.to_thread(_infer_sync, address, "add", x)).as_numpy("y").tolist() == (x + 1).tolist()
+
+
+async def test_instance_streams_off_sends_every_call_unary(fabric, router_factory, stream_runtime, stream_store):
+    await fabric.publish("s0", stream_runtime, list(stream_store))
+    running = await router_factory(fabric.view, None, instance_streams=False)
+    x = np.ones((1, 4), dtype=np.float32)
+    result = await asyncio.to_thread(_infer_sync, f"127.0.0.1:{running.port}", "add", x)
+    np.testing.assert_array_equal(result.as_numpy("y"), x + 1)
+    assert running.router.streamed_calls() == {}
+
+
+# -- ModelStreamInfer through the router ---------------------------------------------------------
+async def test_model_stream_infer_with_the_sync_client(routed):
+    running, address = routed
+    answers: queue.Queue = queue.Queue()
+
+    def run():
+        with grpcclient.InferenceServerClient(address) as client:
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            for i, model in enumerate(["add", "add10", "missing", "add100", "add"]):
+                x = np.full((1, 4), i, dtype=np.float32)
+                client.async_stream_infer(model, _add_input(x), request_id=f"r{i}")
+            got = [answers.get(timeout=30) for _ in range(5)]
+            client.stop_stream()
+        return got
+
+    got = await asyncio.to_thread(run)
+    by_id = {}
+    errors = []
+    for result, error in got:
+        if error is not None:
+            errors.append(error)
+        else:
+            by_id[result.get_response().id] = result.as_numpy("y").tolist()
+    # The unknown model fails its own message; the stream goes on to serve the rest.
+    assert len(errors) == 1 and "NOT_FOUND" in str(errors[0]) and "missing" in str(errors[0])
+    assert by_id == {"r0": [[1.0] * 4], "r1": [[11.0] * 4], "r3": [[103.0] * 4], "r4": [[5.0] * 4]}
+    # Answers come back in the order the requests went.
+    assert [r.get_response().id if e is None else "error" for r, e in got] == ["r0", "r1", "error", "r3", "r4"]
+
+
+async def test_model_stream_infer_with_the_aio_client(routed, stream_runtime):
+    running, address = routed
+
+    async def requests():
+        for i in range(20):
+            model = list(OFFSETS)[i % 3]
+            x = np.full((1, 4), i, dtype=np.float32)
+            yield {"model_name": model, "inputs": _add_input(x, aioclient), "request_id": f"{model}/{i}"}
+        bad = aioclient.InferInput("x", [1, 3], "FP32")
+        bad.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
+        yield {"model_name": "add", "inputs": [bad], "request_id": "bad"}
+
+    async with aioclient.InferenceServerClient(address) as client:
+        got = [item async for item in client.stream_infer(requests(), stream_timeout=60)]
+    assert len(got) == 21
+    for result, error in got[:20]:
+        assert error is None
+        model, i = result.get_response().id.split("/")
+        assert result.as_numpy("y").tolist() == [[int(i) + OFFSETS[model]] * 4]
+    result, error = got[20]
+    assert result is None and "INVALID_ARGUMENT" in str(error) and "shape [1, 3]" in str(error)
+    assert _streamed(running, stream_runtime) == 21  # each message went on the instance's stream
+
+
+async def test_model_stream_infer_of_unparseable_bytes_answers_per_message(routed):
+    running, address = routed
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")()
+        await call.write(b"\xff\xff")
+        reply = await call.read()
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    assert reply.startswith(b"\x0a") and b"INVALID_ARGUMENT: malformed request" in reply
+    assert await call.code() == grpc.StatusCode.OK

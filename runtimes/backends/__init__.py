@@ -79,8 +79,12 @@ class BackendRegistry:
         return sorted(self.formats())
 
     def backends(self) -> list[Backend]:
-        """Every backend registered (the start-up size calibration probes each)."""
+        """Every backend registered."""
         return list(self._by_type.values())
+
+    def get(self, name: str) -> Backend:
+        """The backend of a canonical model type (KeyError if it is not served)."""
+        return self._by_type[name]
 
     def formats(self) -> dict[str, tuple[str, ...]]:
         """Each model type served and the format versions it advertises (`mt:<type>:<version>`)."""

@@ -47,7 +47,7 @@ class Device:
 @dataclass(frozen=True)
 class Probe:
     """A tiny model of a backend's format and a request it answers: what the runtime loads and
-    runs at start-up to measure the backend's fixed memory cost per model
+    runs before the backend's first load to measure the backend's fixed memory cost per model
     (`runtimes.calibration`)."""
 
     model_file: Path
@@ -79,7 +79,7 @@ class LoadedModel(ABC):
         """Memory this model's own data takes (weights, trees, parameters), measured after load;
         0 when the backend cannot measure it (the manager then uses bytes on disk times its size
         factor). The fixed cost every model of the backend pays besides (sessions, objects,
-        buffers of a first run) is the runtime's to add: it is calibrated at start-up."""
+        buffers of a first run) is the runtime's to add: it is calibrated at the backend's first load."""
 
     @abstractmethod
     def unload(self) -> None:
@@ -98,9 +98,15 @@ class Backend(ABC):
     def load(self, model_file: Path, device: Device) -> LoadedModel:
         """Load `model_file`; raise InvalidModel with the backend's reason if it cannot."""
 
+    def prepare(self) -> None:
+        """Import the backend's library, once, before its first load or probe (blocking, called
+        from a worker thread). A backend whose library is costly to import does it here, not at
+        registration, so a runtime that never serves its format never pays it; the runtime
+        measures the memory this takes and charges it as the backend's one-time overhead."""
+
     def write_probe(self, folder: Path) -> Probe | None:
         """Write a tiny model of this format into `folder` (an empty folder of its own) for the
-        start-up calibration of the fixed cost per model (`runtimes.calibration`); None: this
+        calibration of the fixed cost per model (`runtimes.calibration`); None: this
         backend is not calibrated (its models are charged the runtime's `model_fixed_cost`)."""
         return None
 

@@ -74,6 +74,9 @@ class LightGBMBackend(Backend):
         with model_file.open("rb") as file:
             return file.read(len(TEXT_MAGIC)) == TEXT_MAGIC
 
+    def prepare(self) -> None:
+        _lightgbm()
+
     def load(self, model_file: Path, device: Device) -> LightGBMModel:
         lgb = _lightgbm()
         try:

@@ -70,6 +70,12 @@ class SklearnBackend(Backend):
     def __init__(self, threads: int = 1) -> None:
         pass  # an estimator keeps the n_jobs it was saved with
 
+    def prepare(self) -> None:
+        import joblib  # on the first load, not at start: importing scikit-learn costs a second
+        import sklearn.base
+
+        del joblib, sklearn
+
     def load(self, model_file: Path, device: Device) -> SklearnModel:
         import joblib  # on first use: importing scikit-learn costs a second at every process start
 

@@ -102,6 +102,9 @@ class XGBoostBackend(Backend):
             return bool(_JSON_MODEL.match(head))
         return model_file.suffix == ".ubj" or not head.startswith(b"tree")
 
+    def prepare(self) -> None:
+        _xgboost()
+
     def load(self, model_file: Path, device: Device) -> XGBoostModel:
         xgb = _xgboost()
         booster = xgb.Booster(params={"nthread": self._threads})

@@ -1,4 +1,5 @@
-"""The fixed memory cost of one model, per backend, measured by the runtime itself at start-up.
+"""The fixed memory cost of one model, per backend, measured by the runtime itself before the
+backend's first load.
 
 A model costs the process more than its weights: an ONNX Runtime session, a scikit-learn
 estimator's Python objects, the buffers of its first run, the runtime's own records. For
@@ -6,14 +7,17 @@ tiny models that fixed part is nearly everything (an ONNX session that has run o
 ~110 KiB for a 32-byte initializer), and charging file size instead under-counts by 10-20x,
 which is how a "full" runtime runs out of memory.
 
-So at start-up, for each backend that can write a probe model (`Backend.write_probe`), the
-runtime loads probes through its own model manager and runs each once through its own V2
-inference service (the path a real model takes: puller, backend, records, the signature
-index of its first request), and reads its resident memory (/proc/self/statm):
+So when a backend that can write a probe model (`Backend.write_probe`) is first used (ONNX at
+start-up, the others at their first load: `runtimes.backend_setup`), the runtime loads probes
+through a model manager of its own (the path a real model takes: puller, backend, records;
+it holds nothing else, its capacity refuses no probe, no observer hears of them) and runs
+each once through a V2 inference service on it (the signature index of a first request),
+and reads its resident memory (/proc/self/statm):
 
 - warm-up: two probes first. The first pays the backend's one-time setup (ONNX Runtime's
-  environment and thread pools, ~10 MiB; torch's JIT); that is the process's baseline, paid
-  before any model is loaded, not a cost of each model. The second gives a first figure of
+  environment and thread pools, ~10 MiB; torch's JIT), once, not per model
+  (`BackendCost.one_time_bytes`: with the import, the backend's overhead, which
+  `runtimes.backend_setup` charges to the runtime's used bytes). The second gives a first figure of
   the cost per model, which sets how many probes follow: enough for `TARGET_GROWTH` bytes
   (page-sized readings are then ~1% apart), between MIN_PROBES and `count`. Memory a probe
   leaves behind is reused by later models, so fewer probes of a costly backend (LightGBM,
@@ -30,10 +34,12 @@ index of its first request), and reads its resident memory (/proc/self/statm):
   under `tracemalloc`, and the cost per model is never less than the Python bytes each
   allocated (`BackendCost.python_bytes`).
 
-It runs before the server binds its ports (nothing else allocates meanwhile) and takes a
-fraction of a second per backend. Off (`model_fixed_cost` set) or impossible (no /proc, a
-GPU device, whose memory is not the host's RSS), models of a backend are charged
-`model_fixed_cost` (default 0).
+It runs with the runtime's other loads and unloads held back (`runtimes.load_gate`: they
+would show in the readings) and takes a fraction of a second per backend (the backend's
+import, before it, takes longer: seconds for torch or scikit-learn). Off (`model_fixed_cost`
+set) or impossible (no /proc, a GPU device, whose memory is not the host's RSS), models of a
+backend are charged `model_fixed_cost` (default 0); a backend whose probe fails is charged it
+too.
 """
 
 from __future__ import annotations
@@ -53,11 +59,11 @@ from runtimes.memory import STATM, release_free_memory, resident_bytes
 from runtimes.model_manager import ModelManager
 from runtimes.sizes import format_size
 
-__all__ = ["BackendCost", "PROBE_PREFIX", "calibrate"]
+__all__ = ["BackendCost", "PROBE_PREFIX", "calibrate_backend", "settled_rss"]
 
 log = logging.getLogger(__name__)
 
-#: Model ids of the probes, which no client sees (they are gone before the server starts).
+#: Model ids of the probes, which no client sees (they live in a model manager of their own).
 PROBE_PREFIX = "__size_probe__"
 WARM_UPS = 2
 PROBES = 24
@@ -83,40 +89,32 @@ class BackendCost:
     seconds: float
 
 
-def _settled_rss() -> int:
+def settled_rss() -> int:
+    """Resident memory once malloc's free memory is given back."""
     release_free_memory()
     return resident_bytes()
 
 
-async def calibrate(manager: ModelManager, service: InferenceService, backends: list[Backend],
-                    count: int = PROBES) -> dict[str, BackendCost]:
-    """Measure each backend's fixed cost per model (module docstring) and return what was found;
-    a backend without a probe, or whose probes fail to load or run, is left out (logged)."""
+async def calibrate_backend(manager: ModelManager, service: InferenceService, backend: Backend,
+                            count: int = PROBES) -> BackendCost | None:
+    """Measure one backend's fixed cost per model (module docstring) through `manager` and
+    `service`, which hold nothing else; None when the backend has no probe model or there is
+    no /proc/self/statm. Raises whatever a probe's writing, loading or running raised."""
     if not STATM.exists():
         log.info("size calibration off: no /proc/self/statm to read resident memory from")
-        return {}
-    found = {}
+        return None
     with tempfile.TemporaryDirectory(prefix="meshserve-probes-") as folder:
-        for backend in backends:
-            probe_dir = Path(folder) / backend.name
-            probe_dir.mkdir()
-            try:
-                probe = await asyncio.to_thread(backend.write_probe, probe_dir)
-                if probe is None:
-                    log.info("size calibration: backend %s has no probe model; its models are charged %s each",
-                             backend.name, format_size(manager.config.model_fixed_cost))
-                    continue
-                found[backend.name] = await _calibrate_backend(manager, service, backend.name, probe, count)
-            except Exception as error:  # third-party code: a failed calibration must not stop the runtime
-                log.warning("size calibration of backend %s failed (%s); its models are charged %s each",
-                            backend.name, error, format_size(manager.config.model_fixed_cost))
-                continue
-            cost = found[backend.name]
-            log.info("size calibration: backend %s costs %s per model (%d bytes, %d probes; %s of it Python "
-                     "objects), %s once, in %.2fs", cost.backend, format_size(cost.per_model_bytes),
-                     cost.per_model_bytes, cost.probes, format_size(cost.python_bytes),
-                     format_size(cost.one_time_bytes), cost.seconds)
-    return found
+        probe = await asyncio.to_thread(backend.write_probe, Path(folder))
+        if probe is None:
+            log.info("size calibration: backend %s has no probe model; its models are charged %s each",
+                     backend.name, format_size(manager.config.model_fixed_cost))
+            return None
+        cost = await _calibrate_backend(manager, service, backend.name, probe, count)
+    log.info("size calibration: backend %s costs %s per model (%d bytes, %d probes; %s of it Python "
+             "objects), %s once, in %.2fs", cost.backend, format_size(cost.per_model_bytes),
+             cost.per_model_bytes, cost.probes, format_size(cost.python_bytes),
+             format_size(cost.one_time_bytes), cost.seconds)
+    return cost
 
 
 async def _calibrate_backend(manager: ModelManager, service: InferenceService, backend: str, probe: Probe,
@@ -134,15 +132,15 @@ async def _calibrate_backend(manager: ModelManager, service: InferenceService, b
 
     steps: list[tuple[int, int]] = []  # (RSS growth, bytes the backend measured) of each probe
     try:
-        before = _settled_rss()
+        before = settled_rss()
         for _ in range(WARM_UPS):
             await load_and_run()
-        last = warm = _settled_rss()
+        last = warm = settled_rss()
         deadline = started + TIME_BUDGET_S
         while len(steps) < count and (len(steps) < MIN_PROBES or (
                 time.perf_counter() < deadline and last - warm < TARGET_GROWTH)):
             size = await load_and_run()
-            now = _settled_rss()
+            now = settled_rss()
             steps.append((now - last, size))
             last = now
         python_bytes = await _traced_bytes_per_model(load_and_run)

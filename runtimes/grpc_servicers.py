@@ -203,7 +203,8 @@ class ModelRuntimeServicer(rt_grpc.ModelRuntimeServicer):
         }
         return rt.RuntimeStatusResponse(
             status=rt.RuntimeStatusResponse.READY if self._ready.is_set() else rt.RuntimeStatusResponse.STARTING,
-            capacityInBytes=config.capacity_bytes,
+            # What models may use: the SPI has no used bytes, so the backends' overhead comes off.
+            capacityInBytes=max(self._manager.capacity_bytes - self._manager.backend_overhead_bytes, 0),
             maxLoadingConcurrency=config.max_loading_concurrency,
             modelLoadingTimeoutMs=self._loading_timeout_ms,
             defaultModelSizeInBytes=config.default_model_size,

@@ -3,8 +3,9 @@
 `ModelLifecycle` is the part of a model manager that does not care how a model is
 brought in:
 
-- Capacity: the bytes of loaded models plus the reservations of loads in progress never
-  exceed `capacity_bytes`. A load reserves its predicted size first; after loading, the
+- Capacity: the bytes of loaded models plus the reservations of loads in progress (plus
+  `backend_overhead_bytes`, what serving their formats took for good) never exceed
+  `capacity_bytes`. A load reserves its predicted size first; after loading, the
   measured size replaces it, and a model that turns out not to fit is let go again and
   refused (CapacityExhausted, or ModelTooLarge when it exceeds the whole capacity).
 - Ordering: loads and unloads of one model id run one at a time, in order; different ids
@@ -119,16 +120,23 @@ class ModelLifecycle:
         self._room = asyncio.Lock()  # making room and reserving it happen as one step
         self._entries: dict[str, ModelEntry] = {}
         self._order: dict[str, asyncio.Lock] = {}
+        #: Bytes the holder's process took for good to serve its formats (a backend's library
+        #: and setup, `runtimes.backend_setup`): counted as used, so models get less room.
+        self.backend_overhead_bytes = 0
 
     # -- accounting ---------------------------------------------------------
     @property
     def capacity_bytes(self) -> int:
         return self._capacity_bytes
 
+    def set_capacity(self, capacity_bytes: int) -> None:
+        """Change the capacity (a runtime that derives it does so once its baseline is in)."""
+        self._capacity_bytes = capacity_bytes
+
     @property
     def used_bytes(self) -> int:
-        """Bytes held or reserved: loaded models plus loads in progress."""
-        return sum(e.reserved_bytes for e in self._entries.values())
+        """Bytes held or reserved: loaded models plus loads in progress, plus the backends' overhead."""
+        return sum(e.reserved_bytes for e in self._entries.values()) + self.backend_overhead_bytes
 
     def loaded_models(self) -> list[str]:
         return sorted(m for m, e in self._entries.items() if e.state is State.LOADED)

@@ -7,11 +7,16 @@ Guarantees:
   (bytes on disk x `size_factor`, the key's `disk_size_bytes`, or `default_model_size`),
   the measured size replaces it (what the backend holds for the model, else bytes on disk x
   `size_factor`); both add the backend's fixed cost per model (`fixed_costs`, calibrated
-  at start-up by `runtimes.calibration`, else `model_fixed_cost`), and a model that turns
+  at the backend's first load by `runtimes.backend_setup`, else `model_fixed_cost`), and
+  the backends' one-time overhead counts as used; a model that turns
   out not to fit is unloaded again and refused (CapacityExhausted). Deciding what to
   evict belongs to the placement layer, not here. Loads and unloads of one model id run
   one at a time, in order; different ids run in parallel (up to `max_loading_concurrency`
   loads).
+- First use of a backend: before a load is sized, `first_use.ready(backend)` sets the
+  backend up (import, calibration) once; loads and unloads hold `gate` shared, a setup
+  holds it alone (`runtimes.load_gate`). A load whose backend shows only in its pulled
+  files (no model type, remote storage) has its backend set up after it (`schedule`).
 - In flight: a model being unloaded takes no new requests, and its unload
   waits for the requests already running.
 - Concurrency: each model runs at most `max_concurrency` requests at once;
@@ -39,14 +44,16 @@ from typing import Protocol
 import numpy as np
 
 from puller.errors import InvalidStorageUri, PullError, UnsafePath
-from runtimes.backends import Backend, BackendRegistry, Device, LoadedModel
-from runtimes.errors import Busy, InvalidInput, LoadFailed
+from runtimes.backends import TRITON, Backend, BackendRegistry, Device, LoadedModel
+from runtimes.errors import Busy, InvalidInput, InvalidModel, LoadFailed
 from runtimes.lifecycle import LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
+from runtimes.load_gate import LoadGate
 from runtimes.memory import release_free_memory
 from runtimes.model_type import parse_model_key, resolve_model_type
 from runtimes.sizes import disk_size
 
-__all__ = ["Artifacts", "LifecycleObserver", "ManagerConfig", "ModelEntry", "ModelManager", "RoomMaker", "State"]
+__all__ = ["Artifacts", "BackendFirstUse", "LifecycleObserver", "ManagerConfig", "ModelEntry", "ModelManager",
+           "RoomMaker", "State"]
 
 
 class Artifacts(Protocol):
@@ -55,6 +62,18 @@ class Artifacts(Protocol):
     async def pull(self, model_id: str, model_path: str, model_key: str | None = None): ...
 
     async def release(self, model_id: str) -> None: ...
+
+
+class BackendFirstUse(Protocol):
+    """Sets a backend up on its first use (`runtimes.backend_setup.BackendSetup`)."""
+
+    def done(self, backend: str) -> bool: ...
+
+    async def ready(self, backend: str) -> None: ...
+
+    def schedule(self, backend: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 #: Loads of files at least this big give freed memory back to the system afterwards.
@@ -97,6 +116,45 @@ class ModelManager(ModelLifecycle):
         #: Bytes each model of a backend costs besides its own data, by backend name: a
         #: session, objects, first-run buffers (`runtimes.calibration` measures them).
         self.fixed_costs: dict[str, int] = {}
+        #: Sets each backend up before its first load; None: nothing to set up (tests, probes).
+        self.first_use: BackendFirstUse | None = None
+        self.gate = LoadGate()
+
+    @property
+    def artifacts(self) -> Artifacts:
+        return self._artifacts
+
+    async def load(self, model_id: str, model_type: str, model_path: str, model_key: str | None = None) -> int:
+        if self.first_use is not None:
+            backend = self._backend_of(model_type, model_path, model_key)
+            if backend and self.gate.held_here:  # nested in a load: waiting here would deadlock
+                self.first_use.schedule(backend)
+            elif backend:
+                await self.first_use.ready(backend)  # before sizing: it sets the fixed cost
+        async with self.gate.shared():
+            return await super().load(model_id, model_type, model_path, model_key)
+
+    async def unload(self, model_id: str) -> None:
+        async with self.gate.shared():  # freed memory would show in a calibration's readings
+            await super().unload(model_id)
+
+    def _backend_of(self, model_type: str, model_path: str, model_key: str | None) -> str:
+        """The backend a load will use, when the request or local files say; "" otherwise
+        (the load itself then fails with the reason, or finds it after pulling)."""
+        try:
+            key = parse_model_key(model_key)
+            wanted = resolve_model_type(model_type, key).name
+        except InvalidInput:
+            return ""
+        if wanted in self._backends.formats() and wanted != TRITON:
+            return wanted
+        local = Path(model_path) if model_path and "://" not in model_path else None
+        if local is None:
+            return ""
+        try:
+            return self._backends.select(wanted, local, key)[0].name
+        except (InvalidModel, OSError):
+            return ""
 
     def fixed_cost(self, backend: str) -> int:
         """The fixed cost of one model of `backend`; the largest known when the type is not named."""
@@ -136,6 +194,8 @@ class ModelManager(ModelLifecycle):
         """The loaded model, the backend that loaded it and the bytes its files take on disk."""
         pulled = await self._pull(model_id, model_path, model_key)
         backend, model_file = self._backends.select(model_type, Path(pulled.local_path), parse_model_key(model_key))
+        if self.first_use is not None and not self.first_use.done(backend.name):
+            self.first_use.schedule(backend.name)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(self._load_pool, backend.load, model_file, self.config.device)
         on_disk = disk_size(model_file)
@@ -223,6 +283,8 @@ class ModelManager(ModelLifecycle):
             entry.fast_runs = min(entry.fast_runs, 0)
 
     async def close(self) -> None:
+        if self.first_use is not None:
+            await self.first_use.close()
         await self.unload_all()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)

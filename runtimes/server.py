@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,10 +21,10 @@ from protos import grpc_service_pb2_grpc, meshserve_version, model_runtime_pb2_g
 from protos.metrics_exposition import MetricsServer, serve_metrics
 from puller import Puller
 from runtimes.backends import BackendRegistry, Device
-from runtimes.calibration import calibrate
+from runtimes.backend_setup import BackendSetup
 from runtimes.dataplane import InferenceService
 from runtimes.grpc_servicers import InferenceServicer, ModelRuntimeServicer
-from runtimes.memory import map_large_allocations
+from runtimes.memory import STATM, map_large_allocations, release_free_memory, resident_bytes
 from runtimes.metrics import RuntimeMetrics
 from runtimes.model_manager import ManagerConfig, ModelManager
 from runtimes.settings import RuntimeSettings
@@ -32,6 +33,8 @@ from runtimes.stream_servicer import FRAME_MARGIN_BYTES, InferenceStreamServicer
 
 log = logging.getLogger(__name__)
 
+#: The backend set up before READY (`runtimes.backend_setup`); the others at their first load.
+EAGER_BACKEND = "onnx"
 #: What the health service answers for: the whole server ("") and each service on the port.
 HEALTH_SERVICES = (OVERALL_HEALTH, "inference.GRPCInferenceService", "mmesh.ModelRuntime")
 
@@ -45,6 +48,8 @@ def resolve_device(setting: str) -> Device:
 
 
 def _gpu_visible() -> bool:
+    if not _nvidia_device_present():  # without one, torch need not be imported to tell (seconds, ~100 MiB)
+        return False
     try:
         import torch
     except ImportError:
@@ -54,11 +59,20 @@ def _gpu_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def _nvidia_device_present() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*")) or any(Path("/proc/driver/nvidia/gpus").glob("*"))
+
+
 def resolve_capacity(settings: RuntimeSettings, device: Device) -> int:
-    """The flag's value, or the memory models may use (GPU memory on a GPU) minus the buffer."""
+    """The flag's value, or the memory models may use: the container's memory limit less what
+    the process already holds (its resident memory now, the imports done) and the buffer; on a
+    GPU, the GPU's memory less the buffer."""
     if settings.capacity is not None:
         return settings.capacity
     total = container_memory_limit()
+    if not device.is_gpu and STATM.exists():
+        release_free_memory()
+        total -= resident_bytes()  # ~300 MiB with ONNX Runtime imported: no model's to take
     if device.is_gpu:
         try:
             import torch
@@ -69,19 +83,18 @@ def resolve_capacity(settings: RuntimeSettings, device: Device) -> int:
     return max(total - settings.capacity_buffer, 0)
 
 
-async def calibrate_sizes(manager: ModelManager, service: InferenceService, backends: BackendRegistry,
-                          settings: RuntimeSettings) -> None:
-    """Set each backend's fixed cost per model (`runtimes.calibration`), unless the settings fix
-    one or the models live on a GPU (whose memory RSS does not show)."""
+def set_up_backends_on_first_use(manager: ModelManager, backends: BackendRegistry,
+                                  settings: RuntimeSettings) -> BackendSetup:
+    """Each backend is imported and (unless the settings fix the cost per model, or the
+    models live on a GPU, whose memory RSS does not show) calibrated at its first load
+    (`runtimes.backend_setup`)."""
+    calibrate = settings.model_fixed_cost is None and not manager.config.device.is_gpu
     if settings.model_fixed_cost is not None:
         log.info("size calibration off: every model is charged %s besides its own data",
                  format_size(settings.model_fixed_cost))
-        return
-    if manager.config.device.is_gpu:
+    elif manager.config.device.is_gpu:
         log.info("size calibration off on a GPU: models are charged what their backend measures")
-        return
-    costs = await calibrate(manager, service, backends.backends())
-    manager.fixed_costs = {name: cost.per_model_bytes for name, cost in costs.items()}
+    return BackendSetup(manager, backends, meshserve_version(), calibrate)
 
 
 @dataclass
@@ -114,6 +127,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     """Start serving; returns once the port is bound and the runtime reports READY."""
     map_large_allocations()  # before the backends' imports and the calibration free big blocks
     device = resolve_device(settings.device)
+    backends = BackendRegistry.default(settings.threads_per_model)  # ONNX Runtime's import counts below
     capacity = resolve_capacity(settings, device)
     config = ManagerConfig(
         capacity_bytes=capacity,
@@ -131,11 +145,14 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
                              max_models=settings.per_model_metrics_max_models)
     puller = Puller(settings.models_dir, storage_config_dir=settings.storage_config_dir,
                     disk_budget_bytes=settings.disk_budget)
-    backends = BackendRegistry.default(settings.threads_per_model)
     manager = ModelManager(config, backends, puller)
     service = InferenceService(manager, meshserve_version())
-    try:  # before the observers: the probes are nobody's loads
-        await calibrate_sizes(manager, service, backends, settings)
+    setup = set_up_backends_on_first_use(manager, backends, settings)
+    try:  # ONNX now, before the observers: nearly every runtime serves it, the rest on first use
+        await setup.set_up_before_ready(EAGER_BACKEND)
+        if settings.capacity is None:  # derived: less the resident memory now, ONNX's setup in
+            capacity = resolve_capacity(settings, device)
+            manager.set_capacity(capacity)
     except BaseException:
         await manager.close()
         await puller.aclose()

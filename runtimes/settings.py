@@ -29,7 +29,9 @@ class RuntimeSettings(BaseSettings):
                                               "with per_model_metrics; the rest share __other__.")
     capacity: int | None = Field(
         None, description="Bytes of models this runtime may hold (e.g. 2GiB); unset: the container's memory limit "
-        "(GPU memory on a GPU) minus capacity_buffer."
+        "less the process's resident memory once started (ONNX Runtime imported and set up) and capacity_buffer "
+        "(on a GPU: GPU memory minus capacity_buffer). Backends set up later (their first load) charge their "
+        "import to the used bytes."
     )
     capacity_buffer: int = Field(256 << 20, description="Bytes kept free for the process itself when capacity is derived (ModelMesh's 256MiB).")
     models_dir: Path = Field(Path("/tmp/meshserve/models"), description="Local cache the puller writes model files to.")
@@ -39,7 +41,8 @@ class RuntimeSettings(BaseSettings):
     default_model_size: int = Field(1 << 20, description="Predicted size when nothing is known of a model's files (bytes).")
     model_fixed_cost: int | None = Field(
         None, description="Bytes charged to every model besides its own data (weights, trees), e.g. 100KiB; unset: "
-        "measured per backend at start-up by loading probe models (CPU only; a GPU runtime charges 0).")
+        "measured per backend by loading probe models (ONNX at start-up, the others at their first load; CPU "
+        "only; a GPU runtime charges 0).")
     max_concurrency: int = Field(8, description="Requests one model runs at once; more wait in its queue.")
     max_queue: int = Field(256, description="Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.")
     max_loading_concurrency: int = Field(2, description="Loads that run at once.")

@@ -9,7 +9,8 @@ process driven over the model-runtime SPI (`meshserve agent`). What the agent re
   or reserved), `last_used_ms`, `since_ms`, `in_flight` with its `idle` event, and its
   request counters (`stats`): what the record publishes (rates from the counters' growth)
   and what LRU eviction chooses from;
-- `capacity_bytes` and `used_bytes` (loaded plus loads in progress);
+- `capacity_bytes` and `used_bytes` (loaded plus loads in progress, plus
+  `backend_overhead_bytes`: what the process took for good to serve its formats);
 - `unload(model_id)`: eviction (it waits for requests in flight);
 - `set_room_maker(hook)`: called with (model id, predicted bytes) before each load reserves
   its bytes, where the agent evicts LRU copies;
@@ -34,6 +35,8 @@ class ModelHolder(Protocol):
 
     @property
     def used_bytes(self) -> int: ...
+
+    backend_overhead_bytes: int
 
     def entries(self) -> dict[str, ModelEntry]: ...
 

@@ -65,7 +65,7 @@ class RecordBuilder:
         entries = self._manager.entries()
         rates = self._update_rates(entries)
         copies: dict[str, HeldCopy] = {}
-        used = loading = 0
+        used, loading = self._manager.backend_overhead_bytes, 0  # what serving its formats took for good
         for model_id, entry in entries.items():
             if entry.state is State.LOADING:
                 loading += entry.reserved_bytes
@@ -101,7 +101,8 @@ class RecordBuilder:
         """Set the instance gauges from the manager's entries (read now unless given)."""
         now_ms = self._clock() if now_ms is None else now_ms
         entries = self._manager.entries() if entries is None else entries
-        self._metrics.set_usage(self._manager.capacity_bytes, sum(e.reserved_bytes for e in entries.values()))
+        self._metrics.set_usage(self._manager.capacity_bytes, self._manager.backend_overhead_bytes
+                                + sum(e.reserved_bytes for e in entries.values()))
         self._metrics.models.set(len(entries))
         self._metrics.loading.set(sum(1 for e in entries.values() if e.state is State.LOADING))
         loaded = [e.last_used_ms for e in entries.values() if e.state is State.LOADED]

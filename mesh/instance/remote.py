@@ -10,7 +10,8 @@ own SPI server (`mesh.instance.spi_front`).
 - Capacity and ordering: `runtimes.lifecycle.ModelLifecycle`, exactly as in process. A load
   reserves the runtime's predictModelSize (its default model size when it cannot tell)
   before calling loadModel; the size loadModel reports (else modelSize, else the
-  prediction) replaces it. The capacity is the runtime's `capacityInBytes` unless given.
+  prediction) replaces it. The capacity is the runtime's `capacityInBytes` unless given,
+  re-read at each health check (a meshserve runtime's shrinks as it sets up a new backend).
 - Errors: the runtime's status codes become the runtime's errors (`runtimes.errors`), so the
   agent answers the fabric with the same codes and the model records blame a model (or
   not) as for an in-process load: RESOURCE_EXHAUSTED -> CapacityExhausted; UNAVAILABLE,
@@ -153,6 +154,10 @@ class RemoteModels(ModelLifecycle):
                 reason = f"{error.code().name}: {error.details()}"
             if not reason:
                 failures = 0
+                if not self._capacity_given and status.capacityInBytes:
+                    # A runtime's room shrinks once it serves a new format (its library's
+                    # overhead comes off its capacityInBytes, `runtimes.backend_setup`).
+                    self._capacity_bytes = status.capacityInBytes
             else:
                 failures += 1
                 log.warning("runtime at %s: runtimeStatus failed (%d of %d): %s", self.runtime_address, failures,

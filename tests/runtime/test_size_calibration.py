@@ -1,4 +1,4 @@
-"""Sizes that match real memory: the fixed cost per model a runtime calibrates at start-up,
+"""Sizes that match real memory: the fixed cost per model a runtime calibrates at a backend's first load,
 and what it charges, against the resident memory a real runtime process really grows by.
 
 The process is a real `meshserve runtime`; its resident memory is read from
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
+from protos import model_runtime_pb2 as rt
 from runtimes.backends import Backend, BackendRegistry, Device, LoadedModel, TensorSpec
 from runtimes.backends.onnx_tensors import constant_tensor_bytes
 from runtimes.calibration import ONE_OFF_FLOOR, _split_one_offs
@@ -26,6 +27,7 @@ MODELS = 200
 #: Accounted bytes of MODELS small models against the runtime's growth. Measured here: within
 #: 5%; the bound leaves room for what the process allocates besides (gRPC buffers, logs).
 BOUND = 0.35
+_CHARGED = re.compile(r"backend sklearn set up: .* \((\d+) bytes\) charged")
 _CALIBRATED = re.compile(r"size calibration: backend (\S+) costs \S+ per model \((\d+) bytes")
 
 
@@ -47,28 +49,67 @@ def calibrated(log: str) -> dict[str, int]:
     return {backend: int(value) for backend, value in _CALIBRATED.findall(log)}
 
 
+def mapped_libraries(runtime) -> str:
+    """The files mapped into the runtime process: an imported library's compiled extensions show."""
+    return Path(f"/proc/{runtime.process.pid}/maps").read_text()
+
+
 def test_accounted_bytes_of_200_small_models_match_the_memory_the_runtime_grows_by(tmp_path, small_models):
     runtime = start_runtime_process(tmp_path, capacity="1GiB")
     try:
         costs = calibrated(runtime.log())
-        probed = {b.name for b in BackendRegistry.default().backends() if b.name != "lightgbm"}
-        assert set(costs) == probed, runtime.log()  # every backend with a probe was calibrated
+        assert set(costs) == {"onnx"}, runtime.log()  # ONNX at start-up; the others wait for a first load
+        assert runtime.load("m0", small_models[0], "onnx").sizeInBytes == costs["onnx"] + 32
         # An ONNX Runtime session that has run once holds tens of KiB, whatever its initializers.
         assert 16 << 10 < costs["onnx"] < 1 << 20, costs
+        assert infer(runtime, "m0") == 0.0
         before = runtime.rss_bytes()
         accounted = 0
-        for i, path in enumerate(small_models):
+        for i, path in enumerate(small_models[1:], start=1):
             size = runtime.load(f"m{i}", path, "onnx").sizeInBytes
             assert size == costs["onnx"] + constant_tensor_bytes(path / "model.onnx") == costs["onnx"] + 32
             accounted += size
-        for i in range(MODELS):  # each model's first run: its buffers are part of its cost
+        for i in range(1, MODELS):  # each model's first run: its buffers are part of its cost
             assert infer(runtime, f"m{i}") == float(i)
         grown = runtime.rss_bytes() - before
         assert abs(accounted - grown) <= BOUND * grown, (
-            f"accounted {accounted / 2**20:.1f} MiB for {MODELS} models, RSS grew {grown / 2**20:.1f} MiB")
+            f"accounted {accounted / 2**20:.1f} MiB for {MODELS - 1} models, RSS grew {grown / 2**20:.1f} MiB")
         # The old charge (bytes on disk x 1.25) was 16 times too little; this one is not.
-        on_disk = sum(path.joinpath("model.onnx").stat().st_size for path in small_models)
+        on_disk = sum(path.joinpath("model.onnx").stat().st_size for path in small_models[1:])
         assert accounted > 10 * on_disk
+        assert calibrated(runtime.log()) == costs  # nothing else was calibrated
+        # A runtime that served only ONNX never imported the other formats' libraries.
+        maps = mapped_libraries(runtime)
+        assert "/sklearn/" not in maps and "libxgboost" not in maps and "libtorch" not in maps
+    finally:
+        assert runtime.stop() == 0, runtime.log()
+
+
+def test_scikit_learn_is_imported_and_calibrated_at_its_first_model_and_the_runtime_room_shrinks(tmp_path):
+    pytest.importorskip("sklearn")
+    from tests.support import classic_models
+
+    model = classic_models.sklearn_logistic(tmp_path / "logistic" / "model.joblib")[0].parent
+    runtime = start_runtime_process(tmp_path / "rt", capacity="1GiB")
+    try:
+        def capacity() -> int:
+            return runtime.spi.runtimeStatus(rt.RuntimeStatusRequest(), timeout=10).capacityInBytes
+
+        assert capacity() == 1 << 30  # ONNX's setup is in the baseline, before READY: not charged
+        assert "/sklearn/" not in mapped_libraries(runtime)
+        assert set(calibrated(runtime.log())) == {"onnx"}
+        before = runtime.rss_bytes()
+        size = runtime.load("logistic", model, "sklearn").sizeInBytes
+        grown = runtime.rss_bytes() - before
+        assert "/sklearn/" in mapped_libraries(runtime)
+        assert set(calibrated(runtime.log())) == {"onnx", "sklearn"}, runtime.log()
+        overhead = int(_CHARGED.search(runtime.log()).group(1))
+        # Importing scikit-learn takes tens of MiB, for good: charged, and off the room models get.
+        assert overhead > 10 << 20
+        assert abs(overhead + size - grown) <= BOUND * grown, (overhead, size, grown)
+        assert capacity() == (1 << 30) - overhead
+        runtime.unload("logistic")
+        assert capacity() == (1 << 30) - overhead  # the library stays imported
     finally:
         assert runtime.stop() == 0, runtime.log()
 

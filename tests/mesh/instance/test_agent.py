@@ -189,6 +189,23 @@ async def test_load_failure_is_recorded_with_its_reason(
 
 
 # -- eviction -----------------------------------------------------------------------------------------
+async def test_a_backends_one_time_overhead_is_published_as_used_and_leaves_less_room(
+        etcd: EtcdClient, keys: Keys, tmp_path: Path, onnx_models: dict[str, Path]) -> None:
+    size = onnx_size(onnx_models["m0"])
+    async with runtime_with_agent(etcd, keys, tmp_path, capacity=64 << 20) as (running, agent), \
+            fabric_view(etcd, keys) as view:
+        await running.manager.load("m0", "onnx", str(onnx_models["m0"]))
+        # Stands in for a backend set up at its first load (`runtimes.backend_setup`), which
+        # adds what its import took to the manager's overhead: these runtimes fix the cost per model.
+        running.manager.backend_overhead_bytes = 5 << 20
+        record = await view.wait_for(lambda: (r := view.instance("i1")) and r.used_bytes == size + (5 << 20) and r,
+                                     WAIT)
+        assert set(record.copies) == {"m0"} and record.copies["m0"].size_bytes == size
+        assert running.manager.used_bytes == size + (5 << 20)
+        await until(lambda: agent.metrics_registry.get_sample_value("modelmesh_instance_used_bytes")
+                    == size + (5 << 20), "the used-bytes gauge to count the overhead")
+
+
 async def test_lru_eviction_takes_least_recently_used_and_never_exceeds_capacity(
         etcd: EtcdClient, keys: Keys, tmp_path: Path, onnx_models: dict[str, Path]) -> None:
     size = onnx_size(onnx_models["m0"])

@@ -3,6 +3,7 @@
     <model>/config.pbtxt        optional: platform/backend, inputs, outputs, max_batch_size, ...
     <model>/1/model.onnx        one folder per version, named by its number
     <model>/2/model.pt
+    <model>/1/xgboost.json      a FIL folder (backend "fil"): runtimes.backends.fil_model
 
 This module reads the folder (pure: files and protobuf text, no backend): which version to
 serve, which format the config names, and the config itself as a `TritonModelConfig` that
@@ -17,12 +18,14 @@ served per model id: ModelMesh addresses models by id, not by version.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from protos import model_config_pb2 as config_pb
+from runtimes.backends.fil_model import FIL_BACKEND, FIL_FILENAMES, FIL_MODEL_TYPES
 from runtimes.errors import InvalidModel
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ VERSION_KEY = "version"
 
 # Triton's platform and backend names, and the canonical model type each means here.
 _PLATFORMS = {"onnxruntime_onnx": "onnx", "pytorch_libtorch": "pytorch"}
-_BACKENDS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
+_BACKENDS = {"onnxruntime": "onnx", "pytorch": "pytorch"}  # and "fil", by its model_type parameter
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class TritonModelConfig:
     version: str
     version_folder: Path
     from_file: bool = True  # False: the folder has version folders but no config.pbtxt
+    backend: str = ""  # config.pbtxt's backend, as written ("fil": runtimes.backends.fil_model)
+    parameters: Mapping[str, str] = field(default_factory=dict)  # its `parameters`, string values
 
     def exposed_shape(self, tensor: ConfigTensor) -> tuple[int, ...]:
         """The full shape clients see: a variable batch dimension first when max_batch_size > 0."""
@@ -111,6 +116,12 @@ def read_layout(folder: Path, model_key: dict) -> TritonModelConfig:
         b = message.dynamic_batching
         batching = DynamicBatching(tuple(b.preferred_batch_size), b.max_queue_delay_microseconds,
                                    b.preserve_ordering, b.priority_levels, b.default_priority_level)
+    parameters = {key: value.string_value for key, value in message.parameters.items()}
+    default_model_filename = message.default_model_filename
+    if message.backend == FIL_BACKEND and not default_model_filename:
+        default_model_filename = FIL_FILENAMES.get(parameters.get("model_type", ""), "")
+        if not (folder / version / default_model_filename).is_file():
+            default_model_filename = ""  # FIL's own name is not there: the format's files are looked for
     return TritonModelConfig(
         name=message.name or folder.name,
         model_type=_model_type(message),
@@ -118,10 +129,12 @@ def read_layout(folder: Path, model_key: dict) -> TritonModelConfig:
         inputs=tuple(_tensor(t) for t in message.input),
         outputs=tuple(_tensor(t) for t in message.output),
         dynamic_batching=batching,
-        default_model_filename=message.default_model_filename,
+        default_model_filename=default_model_filename,
         version=version,
         version_folder=folder / version,
         from_file=from_file,
+        backend=message.backend,
+        parameters=parameters,
     )
 
 
@@ -154,6 +167,12 @@ def _refuse_unsupported(message: config_pb.ModelConfig) -> None:
 
 def _model_type(message: config_pb.ModelConfig) -> str:
     platform, backend = message.platform, message.backend
+    if backend == FIL_BACKEND and not platform:
+        fil_type = message.parameters["model_type"].string_value if "model_type" in message.parameters else ""
+        if fil_type not in FIL_MODEL_TYPES:
+            raise InvalidModel(f"{CONFIG_FILE}: a FIL model's parameters must give model_type "
+                               f"({', '.join(sorted(FIL_MODEL_TYPES))}), not {fil_type!r}")
+        return FIL_MODEL_TYPES[fil_type]
     by_platform = _PLATFORMS.get(platform) if platform else None
     by_backend = _BACKENDS.get(backend) if backend else None
     if platform and by_platform is None or backend and by_backend is None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.backends.base import Backend, Device, LoadedModel, TensorSpec
+from runtimes.backends.fil_model import FIL_BACKEND, configure_fil
 from runtimes.backends.triton_layout import CONFIG_FILE, ConfigTensor, TritonModelConfig
 from runtimes.errors import InvalidInput, InvalidModel
 
@@ -94,6 +95,8 @@ class TritonLayoutBackend(Backend):
         if not self.config.from_file:
             return model  # version folders alone: nothing to apply, and no wrapper on the hot path
         try:
+            if self.config.backend == FIL_BACKEND:
+                return configure_fil(model, self.config)
             return configure(model, self.config)
         except InvalidModel:
             model.unload()

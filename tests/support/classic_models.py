@@ -106,3 +106,41 @@ def lightgbm_multiclass(path: Path):
     model = lgb.LGBMClassifier(n_estimators=10, min_child_samples=5, verbose=-1).fit(x, y)
     model.booster_.save_model(str(_ready(path)))
     return path, model
+
+
+#: config.pbtxt of a Triton FIL folder as modelmesh-serving's `xgboost/mushroom-fil` sample has it
+#: (the pre-24.x parameter names: output_class for is_classifier; FIL's performance knobs, which
+#: change how FIL runs and not what it computes).
+FIL_MUSHROOM_CONFIG = """\
+backend: "fil"
+max_batch_size: 8192
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ %(features)d ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ %(width)d ] } ]
+instance_group [ { kind: KIND_CPU } ]
+parameters [
+  { key: "model_type" value: { string_value: "%(model_type)s" } },
+  { key: "predict_proba" value: { string_value: "%(predict_proba)s" } },
+  { key: "output_class" value: { string_value: "true" } },
+  { key: "threshold" value: { string_value: "0.5" } },
+  { key: "algo" value: { string_value: "ALGO_AUTO" } },
+  { key: "storage_type" value: { string_value: "AUTO" } }
+]
+dynamic_batching { }
+"""
+
+
+def fil_xgboost_classifier(folder: Path, features: int = 126, predict_proba: bool = True, width: int | None = None):
+    """A Triton FIL folder (`config.pbtxt`, `1/xgboost.json`) holding a binary XGBoost classifier
+    on `features` 0/1 features (the mushroom sample's one-hot shape); returns the folder and the booster."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(7)
+    x = (rng.random((200, features)) < 0.3).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] - x[:, 2] > 0.5).astype(np.int64)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(x, label=y), num_boost_round=8)
+    booster.save_model(str(_ready(folder / "1" / "xgboost.json")))
+    width = width if width is not None else (2 if predict_proba else 1)
+    (folder / "config.pbtxt").write_text(FIL_MUSHROOM_CONFIG % {
+        "features": features, "width": width, "model_type": "xgboost_json",
+        "predict_proba": "true" if predict_proba else "false"})
+    return folder, booster

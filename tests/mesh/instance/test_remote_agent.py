@@ -356,3 +356,25 @@ async def test_a_copy_the_runtime_drops_by_itself_leaves_the_record(seats, fabri
     # The next call loads it again, through the agent.
     assert (await asyncio.to_thread(infer, router, "m0", X)).tolist() == (X + 1).tolist()
     assert held_by_runtime(runtime) == {"m0"}
+
+
+async def test_the_agent_publishes_the_room_left_once_its_runtime_sets_up_a_new_format(
+        seats, view_only, tmp_path) -> None:
+    pytest.importorskip("sklearn")
+    from tests.support import classic_models
+
+    logistic = classic_models.sklearn_logistic(tmp_path / "logistic" / "model.joblib")[0].parent
+    # Calibrated, unlike the other seats' runtimes: scikit-learn's first load charges its import.
+    runtime = await asyncio.to_thread(start_runtime_process, seats.workdir / "calibrated", capacity=str(512 << 20))
+    seats.runtimes.append(runtime)
+    agent = await asyncio.to_thread(seats.agent, runtime)
+    assert (await registered(view_only, agent)).capacity_bytes == 512 << 20
+    # Loaded on the runtime's own SPI, beside the agent: what matters is the runtime's report.
+    await asyncio.to_thread(runtime.load, "logistic", logistic, "sklearn")
+    charged_now = re.search(r"backend sklearn set up: .* \((\d+) bytes\) charged", runtime.log())
+    assert charged_now, runtime.log()
+    overhead = int(charged_now.group(1))
+    assert overhead > 10 << 20  # scikit-learn's import: tens of MiB
+    record = await view_only.wait_for(
+        lambda: (r := view_only.instance("a1")) and r.capacity_bytes == (512 << 20) - overhead and r, WAIT)
+    assert record.used_bytes + record.loading_bytes <= record.capacity_bytes

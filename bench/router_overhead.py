@@ -28,7 +28,8 @@ and in how many repeats each held:
 - with --kserve-venv: stream router >= 0.75 of KServe's ModelServer's req/s at 8 callers.
 
 With --perf-analyzer PATH, also runs Triton's perf_analyzer (gRPC, concurrency 1 and 8, the
-tiny model) against each target and prints its infer/s and latencies.
+tiny model) against each target but KServe's (perf_analyzer asks for ModelConfig, which
+KServe's ModelServer does not serve) and prints its infer/s and latencies.
 
 Caveat: client, runtime and the hops share the machine's cores (the output says how many);
 with 2 cores a hop competes with the runtime and the client for CPU, so the ratios
@@ -108,10 +109,13 @@ class Point:
     p50: float  # ms
     p99: float  # ms
     cpu_per_request: float | None  # seconds of the hop's CPU per request, None without a pid
+    runtime_cpu_per_request: float | None = None  # the runtime's (or KServe's) CPU per request
 
 
-async def drive(address: str, body: bytes, callers: int, seconds: float, warmup: float, pids: list[int]) -> Point:
-    """N caller tasks for warmup + seconds; latencies and the CPU of `pids` over the window."""
+async def drive(address: str, body: bytes, callers: int, seconds: float, warmup: float, pids: list[int],
+                server_pids: list[int] = ()) -> Point:
+    """N caller tasks for warmup + seconds; latencies and the CPU of `pids` (the hop) and of
+    `server_pids` (what answers) over the window."""
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary(METHOD)
         latencies: list[float] = []
@@ -126,16 +130,17 @@ async def drive(address: str, body: bytes, callers: int, seconds: float, warmup:
 
         tasks = [asyncio.create_task(caller()) for _ in range(callers)]
         await asyncio.sleep(warmup)  # the measurement window, not synchronisation
-        cpu_before = cpu_seconds(pids)
+        cpu_before, server_before = cpu_seconds(pids), cpu_seconds(list(server_pids))
         state["measuring"] = True
         await asyncio.sleep(seconds)
         state["measuring"] = False
         cpu = cpu_seconds(pids) - cpu_before  # the window's CPU; calls in flight at its edges blur it slightly
+        server_cpu = cpu_seconds(list(server_pids)) - server_before
         state["stop"] = True
         await asyncio.gather(*tasks)
     count = len(latencies)
     return Point(count / seconds, percentile(latencies, 50), percentile(latencies, 99),
-                 cpu / count if pids and count else None)
+                 cpu / count if pids and count else None, server_cpu / count if server_pids and count else None)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -248,7 +253,7 @@ def perf_analyzer_env(binary: Path) -> dict[str, str]:
 def run_perf_analyzer(binary: Path, address: str) -> tuple[dict[int, dict[str, float]], str]:
     """{concurrency: {infer_s, avg_us, p50_us, p99_us}} and the raw output."""
     command = [str(binary), "-m", "add", "-i", "grpc", "-u", address, "--shape", "x:1,4",
-               "--concurrency-range", "1:8:7", "--measurement-interval", "3000"]
+               "--concurrency-range", "1:8:7", "--measurement-interval", "3000", "--stability-percentage", "30"]
     done = subprocess.run(command, env=perf_analyzer_env(binary), capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     results: dict[int, dict[str, float]] = {}
@@ -302,6 +307,11 @@ def report(runs: list[dict], model_names: list[str], callers: list[int], targets
             cpus = " ".join(f"{median([r[(model, n, t)].cpu_per_request * 1e6 for r in runs]):>12.0f} us" for t in routers)
             share = median([r[(model, n, "stream")].cpu_per_request / r[(model, n, "unary")].cpu_per_request for r in runs])
             print(f"{n:>7} {cpus} {share:>17.2f}")
+        servers = [t for t in targets if not (t == "kserve" and model != "add")]
+        print(f"{'callers':>7} " + " ".join(f"{'runtime CPU ' + t:>22}" for t in servers) + "  (per call; kserve: its own)")
+        for n in callers:
+            print(f"{n:>7} " + " ".join(
+                f"{median([r[(model, n, t)].runtime_cpu_per_request * 1e6 for r in runs]):>19.0f} us" for t in servers))
 
     print("\ntargets (issue #15), each checked in every repeat:")
     checks = []
@@ -371,7 +381,7 @@ def main() -> int:
             if args.kserve_venv is not None and "add" in model_names:
                 kserve, kserve_address = start_kserve(kserve_python(args.kserve_venv), files["add"], work / "kserve.log")
                 processes.append(kserve)
-                targets["kserve"] = (kserve_address, [kserve.pid])
+                targets["kserve"] = (kserve_address, [kserve.pid])  # its own CPU is the "runtime's"
 
             names = list(targets)
             print(f"router overhead: {os.cpu_count()} cores, models {', '.join(model_names)}, "
@@ -388,8 +398,9 @@ def main() -> int:
                             if target == "kserve" and model != "add":
                                 continue
                             address, pids = targets[target]
+                            server = [targets["kserve"][1][0]] if target == "kserve" else [runtime.process.pid]
                             points[(model, n, target)] = asyncio.run(
-                                drive(address, body, n, args.seconds, args.warmup, pids))
+                                drive(address, body, n, args.seconds, args.warmup, pids, server))
                 runs.append(points)
                 print(f"repeat {repeat + 1} done (order {', '.join(order)}); load average {os.getloadavg()[0]:.2f}",
                       flush=True)
@@ -404,9 +415,9 @@ def main() -> int:
 
             if args.perf_analyzer is not None:
                 print(f"\nperf_analyzer ({args.perf_analyzer}; -i grpc --shape x:1,4 --concurrency-range 1:8:7 "
-                      f"--measurement-interval 3000), model 'add'")
+                      f"--measurement-interval 3000 --stability-percentage 30), model 'add'")
                 print(f"{'target':>7} {'conc':>4} {'infer/s':>8} {'avg us':>7} {'p50 us':>7} {'p99 us':>7}")
-                for name in names:
+                for name in [n for n in names if n != "kserve"]:  # it needs ModelConfig, which KServe lacks
                     rows, output = run_perf_analyzer(args.perf_analyzer, targets[name][0])
                     if not rows:
                         print(f"{name:>7} perf_analyzer failed:\n" + "\n".join(output.splitlines()[-15:]))

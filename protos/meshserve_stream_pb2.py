@@ -25,19 +25,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _meshserve_pool.AddSerializedFile(b'\n\x1dprotos/meshserve_stream.proto\x12\x13meshserve.stream.v1\":\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x14\n\x0c\x62inary_value\x18\x03 \x01(\x0c\"x\n\tCallFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12-\n\x08metadata\x18\x03 \x03(\x0b\x32\x1b.meshserve.stream.v1.Header\x12\x12\n\ntimeout_us\x18\x04 \x01(\x04\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"}\n\nReplyFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x36\n\x11trailing_metadata\x18\x05 \x03(\x0b\x32\x1b.meshserve.stream.v1.Header2a\n\x0fInferenceStream\x12N\n\x05\x43\x61lls\x12\x1e.meshserve.stream.v1.CallFrame\x1a\x1f.meshserve.stream.v1.ReplyFrame\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _meshserve_pool.AddSerializedFile(b'\n\x1dprotos/meshserve_stream.proto\x12\x13meshserve.stream.v1\":\n\tCallBatch\x12-\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1e.meshserve.stream.v1.CallFrame\">\n\nReplyBatch\x12\x30\n\x07replies\x18\x01 \x03(\x0b\x32\x1f.meshserve.stream.v1.ReplyFrame\":\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x14\n\x0c\x62inary_value\x18\x03 \x01(\x0c\"x\n\tCallFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12-\n\x08metadata\x18\x03 \x03(\x0b\x32\x1b.meshserve.stream.v1.Header\x12\x12\n\ntimeout_us\x18\x04 \x01(\x04\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"}\n\nReplyFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x36\n\x11trailing_metadata\x18\x05 \x03(\x0b\x32\x1b.meshserve.stream.v1.Header2a\n\x0fInferenceStream\x12N\n\x05\x43\x61lls\x12\x1e.meshserve.stream.v1.CallBatch\x1a\x1f.meshserve.stream.v1.ReplyBatch\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.meshserve_stream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEADER']._serialized_start=54
-  _globals['_HEADER']._serialized_end=112
-  _globals['_CALLFRAME']._serialized_start=114
-  _globals['_CALLFRAME']._serialized_end=234
-  _globals['_REPLYFRAME']._serialized_start=236
-  _globals['_REPLYFRAME']._serialized_end=361
-  _globals['_INFERENCESTREAM']._serialized_start=363
-  _globals['_INFERENCESTREAM']._serialized_end=460
+  _globals['_CALLBATCH']._serialized_start=54
+  _globals['_CALLBATCH']._serialized_end=112
+  _globals['_REPLYBATCH']._serialized_start=114
+  _globals['_REPLYBATCH']._serialized_end=176
+  _globals['_HEADER']._serialized_start=178
+  _globals['_HEADER']._serialized_end=236
+  _globals['_CALLFRAME']._serialized_start=238
+  _globals['_CALLFRAME']._serialized_end=358
+  _globals['_REPLYFRAME']._serialized_start=360
+  _globals['_REPLYFRAME']._serialized_end=485
+  _globals['_INFERENCESTREAM']._serialized_start=487
+  _globals['_INFERENCESTREAM']._serialized_end=584
 # @@protoc_insertion_point(module_scope)

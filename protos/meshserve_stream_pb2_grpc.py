@@ -36,8 +36,8 @@ class InferenceStreamStub:
         """
         self.Calls = channel.stream_stream(
                 '/meshserve.stream.v1.InferenceStream/Calls',
-                request_serializer=protos_dot_meshserve__stream__pb2.CallFrame.SerializeToString,
-                response_deserializer=protos_dot_meshserve__stream__pb2.ReplyFrame.FromString,
+                request_serializer=protos_dot_meshserve__stream__pb2.CallBatch.SerializeToString,
+                response_deserializer=protos_dot_meshserve__stream__pb2.ReplyBatch.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_InferenceStreamServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Calls': grpc.stream_stream_rpc_method_handler(
                     servicer.Calls,
-                    request_deserializer=protos_dot_meshserve__stream__pb2.CallFrame.FromString,
-                    response_serializer=protos_dot_meshserve__stream__pb2.ReplyFrame.SerializeToString,
+                    request_deserializer=protos_dot_meshserve__stream__pb2.CallBatch.FromString,
+                    response_serializer=protos_dot_meshserve__stream__pb2.ReplyBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class InferenceStream:
             request_iterator,
             target,
             '/meshserve.stream.v1.InferenceStream/Calls',
-            protos_dot_meshserve__stream__pb2.CallFrame.SerializeToString,
-            protos_dot_meshserve__stream__pb2.ReplyFrame.FromString,
+            protos_dot_meshserve__stream__pb2.CallBatch.SerializeToString,
+            protos_dot_meshserve__stream__pb2.ReplyBatch.FromString,
             options,
             channel_credentials,
             insecure,

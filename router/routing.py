@@ -121,6 +121,7 @@ class Router(AsyncClosing):
         self._clock = clock
         self.instance_streams = instance_streams
         # A stream's frame is a request (or reply) plus its id and headers: room for both.
+        self._max_message_bytes = max_message_bytes
         frame_bytes = max_message_bytes + (FRAME_MARGIN_BYTES if instance_streams else 0)
         self._options = [("grpc.max_receive_message_length", frame_bytes),
                          ("grpc.max_send_message_length", frame_bytes),
@@ -278,7 +279,8 @@ class Router(AsyncClosing):
             channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
         stream = self._streams.get(address) if self.instance_streams else None
         if stream is None and self.instance_streams:
-            stream = self._streams[address] = InstanceStream(channel, address, clock=self._clock)
+            stream = self._streams[address] = InstanceStream(channel, address, max_message_bytes=self._max_message_bytes,
+                                                                   clock=self._clock)
         endpoint = self._endpoints[instance_id] = _Endpoint(address, channel, stream)
         return endpoint
 

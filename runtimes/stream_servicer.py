@@ -10,7 +10,9 @@ do, each bounded by its own deadline and stopped by a cancel frame or by the str
 away. What this saves is the per-call cost of gRPC itself (a call's setup, headers, status).
 
 Size limits are the unary ones, checked per call (RESOURCE_EXHAUSTED), so the server
-allows frames a little over `max_message_bytes`. `drain()` (at shutdown) answers new calls
+allows frames a little over `max_message_bytes`; a reply larger than the router takes (its
+`meshserve-max-reply-bytes` header on the open) fails alone, as the unary reply would at
+the router, and no batch of replies exceeds it. `drain()` (at shutdown) answers new calls
 UNAVAILABLE, so the router retries them elsewhere, lets those running finish, then ends
 every stream, so that the server's stop is not held for its whole grace by open streams.
 """
@@ -21,13 +23,14 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from protos import grpc_service_pb2 as pb
 from protos import meshserve_stream_pb2 as spb
-from protos import meshserve_stream_pb2_grpc as spb_grpc
+from protos.stream_frames import entry, reply_entry
 from runtimes import converters
 from runtimes.dataplane import InferenceService
 from runtimes.errors import InvalidInput, RuntimeError_
@@ -40,7 +43,11 @@ log = logging.getLogger(__name__)
 
 #: Room a frame needs beyond its request or reply (id, headers, deadline).
 FRAME_MARGIN_BYTES = 1 << 20
-_OK = grpc.StatusCode.OK.value[0]
+SERVICE = "meshserve.stream.v1.InferenceStream"
+#: The header a stream opens with: the router writes no call before it has seen it.
+STREAM_HEADER = "meshserve-stream"
+#: The header a router opens a stream with: the largest reply its channel takes (bytes).
+MAX_REPLY_HEADER = "meshserve-max-reply-bytes"
 
 
 class _CallFailed(Exception):
@@ -49,7 +56,7 @@ class _CallFailed(Exception):
         self.code = code
 
 
-class InferenceStreamServicer(spb_grpc.InferenceStreamServicer):
+class InferenceStreamServicer:
     def __init__(self, service: InferenceService, metrics: RuntimeMetrics | None, max_message_bytes: int) -> None:
         self._service = service
         self._metrics = metrics
@@ -61,44 +68,44 @@ class InferenceStreamServicer(spb_grpc.InferenceStreamServicer):
         self._drained = asyncio.Event()
 
     async def Calls(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
+        await context.send_initial_metadata(((STREAM_HEADER, "v1"),))  # the router writes once it sees this
         running: dict[int, asyncio.Task] = {}
-        write_lock = asyncio.Lock()
-
-        async def reply(frame: bytes) -> None:
-            async with write_lock:
-                await context.write(frame)
+        max_reply = min(self._max_message_bytes, _max_reply(context))
+        replies = _Replies(context, max_reply + FRAME_MARGIN_BYTES)
+        loop = asyncio.get_running_loop()
 
         async def read() -> None:
             while True:
-                frame = await context.read()
-                if frame is grpc.aio.EOF:
+                batch = await context.read()
+                if batch is grpc.aio.EOF:
                     return
-                if frame.cancel:
-                    task = running.get(frame.id)
-                    if task is not None:
-                        task.cancel()
-                    continue
-                if self._draining:
-                    await reply(_reply_error(frame.id, grpc.StatusCode.UNAVAILABLE, "the runtime is shutting down"))
-                    continue
-                task = asyncio.get_running_loop().create_task(self._run(frame, reply))
-                running[frame.id] = task
-                self._calls.add(task)
-                self._idle.clear()
-                task.add_done_callback(lambda done, call_id=frame.id: self._call_done(running, call_id, done))
+                for frame in batch.calls:
+                    if frame.cancel:
+                        task = running.get(frame.id)
+                        if task is not None:
+                            task.cancel()
+                    elif self._draining:
+                        replies.post(*entry(_reply_error(frame.id, grpc.StatusCode.UNAVAILABLE,
+                                                         "the runtime is shutting down")))
+                    else:
+                        task = loop.create_task(self._run(frame, replies, max_reply))
+                        running[frame.id] = task
+                        self._calls.add(task)
+                        self._idle.clear()
+                        task.add_done_callback(lambda done, call_id=frame.id: self._call_done(running, call_id, done))
 
-        reader = asyncio.get_running_loop().create_task(read(), name="stream-calls reader")
-        drained = asyncio.get_running_loop().create_task(self._drained.wait(), name="stream-calls drain")
+        reader = loop.create_task(read(), name="stream-calls reader")
+        writer = loop.create_task(replies.send(), name="stream-calls writer")
+        drained = loop.create_task(self._drained.wait(), name="stream-calls drain")
         try:
-            await asyncio.wait((reader, drained), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((reader, drained, writer), return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 reader.result()  # the router half-closed: answer what it sent, then end
-            while running:
-                await asyncio.wait(list(running.values()))
+            while running and not writer.done():
+                await asyncio.wait([*running.values(), writer], return_when=asyncio.FIRST_COMPLETED)
+            await replies.flush(writer)
         finally:
-            reader.cancel()
-            drained.cancel()
-            for task in list(running.values()):
+            for task in (reader, drained, writer, *running.values()):
                 task.cancel()  # the router went away: its calls go with it
 
     def _call_done(self, running: dict[int, asyncio.Task], call_id: int, task: asyncio.Task) -> None:
@@ -108,7 +115,7 @@ class InferenceStreamServicer(spb_grpc.InferenceStreamServicer):
         if not self._calls:
             self._idle.set()
 
-    async def _run(self, frame: spb.CallFrame, reply) -> None:
+    async def _run(self, frame: spb.CallFrame, replies: _Replies, max_reply: int) -> None:
         started = time.perf_counter()
         code = "OK"
         model_name = ""
@@ -124,14 +131,17 @@ class InferenceStreamServicer(spb_grpc.InferenceStreamServicer):
             if len(body) > self._max_message_bytes:
                 raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                   f"Sent message larger than max ({len(body)} vs. {self._max_message_bytes})")
-            answer = _reply_ok(frame.id, body)
+            if len(body) > max_reply:  # what the router's channel would refuse of a unary reply
+                raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"Received message larger than max ({len(body)} vs. {max_reply})")
+            answer = reply_entry(frame.id, body)
         except _CallFailed as error:
             code = error.code.name
-            answer = _reply_error(frame.id, error.code, str(error))
+            answer = entry(_reply_error(frame.id, error.code, str(error)))
         except RuntimeError_ as error:
             status = status_of(error)
             code = status.name
-            answer = _reply_error(frame.id, status, str(error))
+            answer = entry(_reply_error(frame.id, status, str(error)))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
@@ -139,20 +149,21 @@ class InferenceStreamServicer(spb_grpc.InferenceStreamServicer):
             error_id = uuid.uuid4().hex[:12]
             log.error("internal error %s in ModelInfer (stream)", error_id, exc_info=error)
             code = "INTERNAL"
-            answer = _reply_error(frame.id, grpc.StatusCode.INTERNAL,
-                                  f"internal error (id {error_id}); see the runtime's log")
+            answer = entry(_reply_error(frame.id, grpc.StatusCode.INTERNAL,
+                                        f"internal error (id {error_id}); see the runtime's log"))
         finally:
             if self._metrics:
                 self._metrics.observe_inference(model_name, code, time.perf_counter() - started)
-        await reply(answer)
+        replies.post(*answer)
 
     def _infer_bytes(self, frame: spb.CallFrame):
         """(the decoded request, a coroutine of the reply's bytes), as the unary servicer does it."""
-        if len(frame.body) > self._max_message_bytes:
+        body = frame.body  # a copy out of the batch, each time it is read
+        if len(body) > self._max_message_bytes:
             raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"Received message larger than max ({len(frame.body)} vs. {self._max_message_bytes})")
+                              f"Received message larger than max ({len(body)} vs. {self._max_message_bytes})")
         try:
-            request = pb.ModelInferRequest.FromString(frame.body)
+            request = pb.ModelInferRequest.FromString(body)
         except DecodeError:
             raise _CallFailed(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a ModelInferRequest") from None
         domain = converters.infer_request_from_proto(request)
@@ -173,6 +184,14 @@ class InferenceStreamServicer(spb_grpc.InferenceStreamServicer):
         self._drained.set()
 
 
+def _max_reply(context: grpc.aio.ServicerContext) -> int:
+    """The largest reply the router takes, as it said when it opened the stream (else no limit of its own)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MAX_REPLY_HEADER and value.isdigit():
+            return int(value)
+    return 1 << 62
+
+
 def _header(frame: spb.CallFrame, key: str) -> str:
     for header in frame.metadata:
         if header.key == key:
@@ -180,13 +199,55 @@ def _header(frame: spb.CallFrame, key: str) -> str:
     raise InvalidInput("no model name in the request and no mm-model-id header")
 
 
-def _reply_ok(call_id: int, body: bytes) -> spb.ReplyFrame:
-    return spb.ReplyFrame(id=call_id, body=body, code=_OK)
+def _reply_error(call_id: int, code: grpc.StatusCode, message: str) -> bytes:
+    return spb.ReplyFrame(id=call_id, code=code.value[0], message=message).SerializeToString()
 
 
-def _reply_error(call_id: int, code: grpc.StatusCode, message: str) -> spb.ReplyFrame:
-    return spb.ReplyFrame(id=call_id, code=code.value[0], message=message)
+class _Replies:
+    """One stream's answers waiting to go: the writer sends all that wait as one ReplyBatch."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, max_batch_bytes: int) -> None:
+        self._context = context
+        self._max_batch_bytes = max_batch_bytes
+        self._outbox: deque[tuple[int, tuple[bytes, ...]]] = deque()
+        self._wake = asyncio.Event()
+        self._written = asyncio.Event()  # nothing posted is still waiting or being written
+        self._written.set()
+
+    def post(self, *parts: bytes) -> None:
+        self._outbox.append((sum(len(p) for p in parts), parts))
+        self._written.clear()
+        self._wake.set()
+
+    async def send(self) -> None:
+        outbox = self._outbox
+        while True:
+            if not outbox:
+                self._written.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[bytes] = []
+            total = 0
+            while outbox and (not batch or total + outbox[0][0] <= self._max_batch_bytes):
+                size, parts = outbox.popleft()
+                batch.extend(parts)
+                total += size
+            await self._context.write(b"".join(batch))
+
+    async def flush(self, writer: asyncio.Task) -> None:
+        """Wait until every posted answer is written (or the writer is gone)."""
+        if writer.done() or self._written.is_set():
+            return
+        written = asyncio.get_running_loop().create_task(self._written.wait())
+        try:
+            await asyncio.wait((written, writer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            written.cancel()
 
 
 def add_to_server(servicer: InferenceStreamServicer, server: grpc.aio.Server) -> None:
-    spb_grpc.add_InferenceStreamServicer_to_server(servicer, server)
+    """Registered as a generic handler: answers go out as bytes batched by hand (`protos.stream_frames`)."""
+    handler = grpc.stream_stream_rpc_method_handler(servicer.Calls, request_deserializer=spb.CallBatch.FromString,
+                                                    response_serializer=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Calls": handler}),))

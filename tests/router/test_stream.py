@@ -134,6 +134,28 @@ async def test_16_mib_messages_pass_both_ways(routed, stream_runtime):
     np.testing.assert_array_equal((await asyncio.to_thread(_infer_sync, address, "add", small)).as_numpy("y"), small + 1)
 
 
+async def test_a_reply_over_the_routers_limit_fails_alone(routed, stream_runtime):
+    """`add` answers y and z, each as large as x: 9 MiB in (under the router's 16 MiB), 18 MiB
+    out (under the runtime's 64 MiB, over the router's). That call fails as its unary reply
+    would at the router; the calls beside it on the stream do not."""
+    running, address = routed
+    big = np.ones(((9 << 20) // 16, 4), dtype=np.float32)
+    small = np.ones((1, 4), dtype=np.float32)
+
+    def call(x):
+        try:
+            return _infer_sync(address, "add", x, client_timeout=60).as_numpy("y")
+        except InferenceServerException as error:
+            return error
+
+    big_result, *small_results = await asyncio.gather(*(asyncio.to_thread(call, x) for x in (big, small, small)))
+    assert isinstance(big_result, InferenceServerException)
+    assert big_result.status() == "StatusCode.RESOURCE_EXHAUSTED" and "larger than max" in big_result.message()
+    assert [r.tolist() for r in small_results] == [(small + 1).tolist()] * 2
+    assert _streamed(running, stream_runtime) == 3
+    assert (await asyncio.to_thread(call, small)).tolist() == (small + 1).tolist()
+
+
 async def test_concurrent_callers_get_their_own_answers(routed, stream_runtime):
     """Many callers on one instance's stream, three models with their own offsets: a reply
     handed to the wrong caller would show as a wrong value."""
@@ -362,3 +384,22 @@ async def test_model_stream_infer_of_unparseable_bytes_answers_per_message(route
         assert await call.read() == grpc.aio.EOF
     assert reply.startswith(b"\x0a") and b"INVALID_ARGUMENT: malformed request" in reply
     assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_runtime_stopping_with_its_stream_open_sends_calls_elsewhere(fabric, router_factory, own_runtime,
+                                                                             stream_store):
+    leaving, staying = own_runtime(), own_runtime()
+    for runtime in (leaving, staying):
+        runtime.load("add", stream_store["add"], "onnx")
+    await fabric.publish("leaving", leaving, ["add"])
+    await fabric.publish("staying", staying, ["add"])
+    running = await router_factory(fabric.view, None)
+    address = f"127.0.0.1:{running.port}"
+    x = np.ones((1, 4), dtype=np.float32)
+    for _ in range(4):  # both streams open
+        await asyncio.to_thread(_infer_sync, address, "add", x)
+    assert _streamed(running, leaving) > 0 and _streamed(running, staying) > 0
+    # SIGTERM: the runtime drains its streams (new calls UNAVAILABLE, so they retry) and exits.
+    assert await asyncio.to_thread(leaving.stop) == 0, leaving.log()
+    results = [await asyncio.to_thread(_infer_sync, address, "add", x + i) for i in range(6)]
+    assert [r.as_numpy("y").tolist() for r in results] == [(x + i + 1).tolist() for i in range(6)]

@@ -8,6 +8,11 @@ loopback ports, and the secret mounts (etcd connection, storage-config) as local
 Deployment scaled to zero has its process stopped. One process per Deployment, not one per
 replica, keeps the 2-core test machine usable; placement across several instances is
 tested elsewhere.
+
+A pool of a runtime that is not meshserve's (Triton or MLServer behind modelmesh-runtime-
+adapter, whose images cannot run here) has a `meshserve agent` container: its pod gets a
+plain `meshserve runtime` (no etcd) standing in for the runtime container, serving the
+model-runtime SPI and V2 inference on one port, and the agent is pointed at it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from tests.support.fabric import REPO
 from tests.support.kube_api import KubeApi
 from tests.support.ports import free_port
+from tests.support.runtime_process import RuntimeProcess, start_runtime_process
 
 __all__ = ["StandInPods"]
 
@@ -33,9 +39,11 @@ class _Pod:
     process: subprocess.Popen
     log_path: Path
     port: int
+    runtime: RuntimeProcess | None = None  # the stand-in for a foreign runtime container, beside the agent
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        own = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return own + (f"\n--- its runtime stand-in:\n{self.runtime.log()}" if self.runtime else "")
 
 
 class StandInPods:
@@ -74,12 +82,21 @@ class StandInPods:
         env.update(POD_NAME=f"{name}-0", POD_NAMESPACE=self.namespace, POD_IP="127.0.0.1")
         args = [self._local(arg, env, port) for arg in container["args"]]
         args = _replace_value(args, "--metrics-port", "0")
+        runtime = None
+        if args[0] == "agent":
+            runtime = start_runtime_process(
+                self.workdir / f"{name}-runtime", "--storage-config-dir",
+                str(self.storage_config_dir or self.workdir / "no-storage-config"))
+            runtime_address = f"127.0.0.1:{runtime.port}"
+            env.update(MESHSERVE_AGENT_RUNTIME_ADDRESS=runtime_address, MESHSERVE_AGENT_RUNTIME_DATA_ADDRESS=runtime_address,
+                       MESHSERVE_AGENT_PORT=str(port), MESHSERVE_AGENT_METRICS_PORT="0",
+                       MESHSERVE_AGENT_INSTANCE_ID=env["POD_NAME"], MESHSERVE_AGENT_ADVERTISE_ADDRESS=f"127.0.0.1:{port}")
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen([sys.executable, "-m", "mesh.cli", *args], stdout=log_file,
                                        stderr=subprocess.STDOUT, cwd=REPO,
                                        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
-        return _Pod(name, process, log_path, port)
+        return _Pod(name, process, log_path, port, runtime)
 
     def _local(self, arg: str, env: dict[str, str], port: int) -> str:
         arg = arg.replace("$(POD_NAME)", env["POD_NAME"]).replace("$(POD_IP)", "127.0.0.1")
@@ -104,6 +121,8 @@ class StandInPods:
             except subprocess.TimeoutExpired:
                 pod.process.kill()
                 pod.process.wait(10)
+        if pod.runtime is not None:
+            pod.runtime.stop()
 
     def close(self) -> None:
         for name in list(self.pods):

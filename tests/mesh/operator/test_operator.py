@@ -53,7 +53,10 @@ MESHSERVE_RUNTIME = {
     "spec": {"multiModel": True, "grpcEndpoint": "port:8085", "grpcDataEndpoint": "port:8085",
              "protocolVersions": ["grpc-v2"],
              "supportedModelFormats": [{"name": "onnx", "version": "1", "autoSelect": True},
-                                       {"name": "pytorch", "version": "1", "autoSelect": True}],
+                                       {"name": "pytorch", "version": "1", "autoSelect": True},
+                                       {"name": "sklearn", "version": "0", "autoSelect": True},
+                                       {"name": "xgboost", "version": "1", "autoSelect": True},
+                                       {"name": "lightgbm", "version": "3", "autoSelect": True}],
              "containers": [{"name": "meshserve", "image": "meshserve:latest",
                              "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}}]},
 }
@@ -315,7 +318,7 @@ async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_unt
     unknown_runtime = copy.deepcopy(sample("example-onnx-mnist-predictor.yaml"))
     unknown_runtime["metadata"]["name"] = "needs-a-runtime-nobody-has"
     unknown_runtime["spec"]["runtime"] = {"name": "no-such-runtime"}
-    unsupported = sample("no-storage-predictor.yaml")  # sklearn: no runtime here serves it
+    unsupported = sample("predictor_mlserver.yaml")  # model type "mlserver": no runtime here serves it
     invalid = copy.deepcopy(sample("example-onnx-mnist-predictor.yaml"))
     invalid["metadata"]["name"] = "two-paths"
     invalid["spec"]["storage"]["path"] = "onnx/other.onnx"  # beside the top-level path
@@ -330,7 +333,7 @@ async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_unt
     expected = {
         "onnx-withschema": ("FailedToLoad", "ModelLoadFailed"),
         "needs-a-runtime-nobody-has": ("FailedToLoad", "RuntimeNotRecognized"),
-        "minimal-sklearn-predictor-no-storage": ("FailedToLoad", "NoSupportingRuntime"),
+        "minimal-mlserver-predictor": ("FailedToLoad", "NoSupportingRuntime"),
     }
 
     def reported() -> bool:
@@ -354,6 +357,84 @@ async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_unt
     untouched = world.object(ISVCS, "serverless-isvc")
     assert "status" not in untouched and not untouched["metadata"].get("finalizers")
     assert "serverless-isvc" not in etcd_keys(world, "vmodels")
+
+
+def put_files(moto: MotoServer, folder: Path, prefix: str) -> None:
+    """Every file below `folder`, under `prefix` in the bucket (a model folder, as a user uploads one)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        moto.client().upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+async def test_the_sklearn_and_xgboost_fil_samples_load_on_meshserve_and_on_a_triton_pool_behind_the_agent(
+        world, moto, tmp_path):
+    """The samples that need formats beyond ONNX. `no-storage-predictor.yaml` (sklearn) places on
+    meshserve's own runtime and fails there as upstream's FVT expects of a Predictor without
+    `storage` (no path reaches the loader); the same spec with a storage key loads. The
+    xgboost-fil Predictor and InferenceService name modelmesh-serving's `triton-2.x`
+    ClusterServingRuntime (the sample itself). No Triton image can run here: its pool's pod
+    is the operator's `mm-agent` container (the real `meshserve agent`) beside a plain
+    `meshserve runtime` standing in for the Triton container (tests/support/pods.py), which
+    serves the FIL folder as Triton's FIL backend would."""
+    classic_models = pytest.importorskip("tests.support.classic_models")
+    pytest.importorskip("xgboost")
+    sklearn_file, estimator = classic_models.sklearn_logistic(tmp_path / "mnist-svm" / "model.joblib")
+    moto.client().upload_file(str(sklearn_file), BUCKET, "fvt/sklearn/mnist-svm/model.joblib")
+    fil_folder, booster = classic_models.fil_xgboost_classifier(tmp_path / "mushroom-fil")
+    put_files(moto, fil_folder, "fvt/xgboost/mushroom-fil")
+    put_files(moto, fil_folder, "xgboost/mushroom-fil")
+    with_storage = sample("no-storage-predictor.yaml")
+    with_storage["metadata"]["name"] = "sklearn-mnist-svm"
+    with_storage["spec"]["storage"] = {"key": "localMinIO"}
+    await world.create(CSR, sample("triton-2.x.yaml"))
+    for manifest in (sample("no-storage-predictor.yaml"), with_storage, sample("xgboost-fil-predictor.yaml")):
+        await world.create(PREDICTORS, manifest)
+    await world.create(ISVCS, sample("example-triton-xgboost-isvc.yaml"))
+
+    def isvc_ready() -> bool:
+        conditions = {c["type"]: c["status"] for c in world.status(ISVCS, "example-xgboost-mushroom-fil").get("conditions", [])}
+        return conditions.get("Ready") == "True"
+
+    def settled() -> bool:
+        no_storage = world.status(PREDICTORS, "minimal-sklearn-predictor-no-storage")
+        return (all(loaded(world.status(PREDICTORS, n)) for n in ("sklearn-mnist-svm", "xgboost-fil-mushroom"))
+                and isvc_ready() and failure(no_storage) == "ModelLoadFailed")
+
+    await world.until(settled, "the sklearn and xgboost-fil samples to load (and the one without storage to fail)")
+    for name in ("minimal-sklearn-predictor-no-storage", "sklearn-mnist-svm", "xgboost-fil-mushroom"):
+        crds.validate_status("Predictor", world.status(PREDICTORS, name))
+    crds.validate_status("InferenceService", world.status(ISVCS, "example-xgboost-mushroom-fil"))
+    no_storage = world.status(PREDICTORS, "minimal-sklearn-predictor-no-storage")
+    assert no_storage["activeModelState"] == "FailedToLoad"
+    assert no_storage["lastFailureInfo"]["location"].startswith("modelmesh-serving-meshserve-1.x")
+    assert "path is empty" in no_storage["lastFailureInfo"]["message"]
+
+    router = triton.InferenceServerClient(f"127.0.0.1:{world.fabric.routers[0].port}")
+    x, _ = classic_models.data(rows=6, seed=21)
+    features = triton.InferInput("predict", list(x.shape), "FP64")  # ModelMesh's sklearn sample names it so
+    features.set_data_from_numpy(x)
+    reply = await asyncio.to_thread(router.infer, "sklearn-mnist-svm", [features], client_timeout=30)
+    np.testing.assert_array_equal(reply.as_numpy("predict"), estimator.predict(x))
+    rows = (np.random.default_rng(3).random((5, booster.num_features())) < 0.3).astype(np.float32)
+    positive = booster.inplace_predict(rows)
+    for name in ("xgboost-fil-mushroom", "example-xgboost-mushroom-fil"):
+        tensor = triton.InferInput("input__0", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        reply = await asyncio.to_thread(router.infer, name, [tensor], client_timeout=30)
+        np.testing.assert_allclose(reply.as_numpy("output__0"), np.stack([1 - positive, positive], axis=1), rtol=1e-6)
+
+    deployments = world.pods.deployments()
+    assert set(deployments) == {"modelmesh-serving-meshserve-1.x", "modelmesh-serving-triton-2.x"}
+    triton_pod = deployments["modelmesh-serving-triton-2.x"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in triton_pod["containers"]] == ["triton", "mm-agent"]
+    for obj in deployments.values():
+        kubernetes_validate.validate(_without_server_fields(obj), K8S_VERSION, strict=True)
+    fil_id = mesh_model("Predictor", NAMESPACE, "xgboost-fil-mushroom", sample("xgboost-fil-predictor.yaml")).model_id
+    sklearn_id = mesh_model("Predictor", NAMESPACE, "sklearn-mnist-svm", with_storage).model_id
+    # Each where its runtime is: the FIL model on the Triton pool's instance, sklearn on meshserve's.
+    assert world.fabric.holders(fil_id) and all(
+        h.startswith("modelmesh-serving-triton-2.x") for h in world.fabric.holders(fil_id)), world.fabric.holders(fil_id)
+    assert world.fabric.holders(sklearn_id) and all(
+        h.startswith("modelmesh-serving-meshserve-1.x") for h in world.fabric.holders(sklearn_id))
 
 
 async def test_a_second_replica_takes_over_without_rewriting_any_status(world, moto):

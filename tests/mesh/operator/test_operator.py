@@ -314,7 +314,9 @@ def failure(status: dict) -> str:
 
 
 async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_untouched(world, moto):
-    missing = sample("onnx-predictor-withschema.yaml")  # its S3 path holds nothing
+    missing = sample("onnx-predictor-withschema.yaml")
+    missing["metadata"]["name"] = "onnx-missing"
+    missing["spec"]["path"] = "fvt/onnx/not-uploaded"  # nothing there (the sample's own path loads elsewhere)
     unknown_runtime = copy.deepcopy(sample("example-onnx-mnist-predictor.yaml"))
     unknown_runtime["metadata"]["name"] = "needs-a-runtime-nobody-has"
     unknown_runtime["spec"]["runtime"] = {"name": "no-such-runtime"}
@@ -331,7 +333,7 @@ async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_unt
     await world.create(ISVCS, plain_isvc)
 
     expected = {
-        "onnx-withschema": ("FailedToLoad", "ModelLoadFailed"),
+        "onnx-missing": ("FailedToLoad", "ModelLoadFailed"),
         "needs-a-runtime-nobody-has": ("FailedToLoad", "RuntimeNotRecognized"),
         "minimal-mlserver-predictor": ("FailedToLoad", "NoSupportingRuntime"),
     }
@@ -341,9 +343,9 @@ async def test_failures_carry_upstreams_reasons_and_untouched_resources_stay_unt
                    == want for n, want in expected.items()) and world.status(PREDICTORS, "two-paths")
     await world.until(reported, "every predictor's failure to be reported")
 
-    loader = world.status(PREDICTORS, "onnx-withschema")["lastFailureInfo"]
-    assert loader["location"] and loader["modelId"].startswith("onnx-withschema__ksp-")
-    assert "fvt/onnx/onnx-withschema" in loader["message"] or "not found" in loader["message"].lower(), loader
+    loader = world.status(PREDICTORS, "onnx-missing")["lastFailureInfo"]
+    assert loader["location"] and loader["modelId"].startswith("onnx-missing__ksp-")
+    assert "fvt/onnx/not-uploaded" in loader["message"] or "not found" in loader["message"].lower(), loader
     two_paths = world.status(PREDICTORS, "two-paths")
     assert two_paths["transitionStatus"] == "InvalidSpec" and failure(two_paths) == "InvalidPredictorSpec"
     assert "path" in two_paths["lastFailureInfo"]["message"]
@@ -382,11 +384,13 @@ async def test_the_sklearn_and_xgboost_fil_samples_load_on_meshserve_and_on_a_tr
     fil_folder, booster = classic_models.fil_xgboost_classifier(tmp_path / "mushroom-fil")
     put_files(moto, fil_folder, "fvt/xgboost/mushroom-fil")
     put_files(moto, fil_folder, "xgboost/mushroom-fil")
+    put_model(moto, "fvt/onnx/onnx-withschema/model.onnx", offset=3.0)  # ONNX carries its signature: schemaPath unused
     with_storage = sample("no-storage-predictor.yaml")
     with_storage["metadata"]["name"] = "sklearn-mnist-svm"
     with_storage["spec"]["storage"] = {"key": "localMinIO"}
     await world.create(CSR, sample("triton-2.x.yaml"))
-    for manifest in (sample("no-storage-predictor.yaml"), with_storage, sample("xgboost-fil-predictor.yaml")):
+    for manifest in (sample("no-storage-predictor.yaml"), with_storage, sample("xgboost-fil-predictor.yaml"),
+                     sample("onnx-predictor-withschema.yaml")):
         await world.create(PREDICTORS, manifest)
     await world.create(ISVCS, sample("example-triton-xgboost-isvc.yaml"))
 
@@ -396,11 +400,12 @@ async def test_the_sklearn_and_xgboost_fil_samples_load_on_meshserve_and_on_a_tr
 
     def settled() -> bool:
         no_storage = world.status(PREDICTORS, "minimal-sklearn-predictor-no-storage")
-        return (all(loaded(world.status(PREDICTORS, n)) for n in ("sklearn-mnist-svm", "xgboost-fil-mushroom"))
+        return (all(loaded(world.status(PREDICTORS, n)) for n in ("sklearn-mnist-svm", "xgboost-fil-mushroom",
+                                                                   "onnx-withschema"))
                 and isvc_ready() and failure(no_storage) == "ModelLoadFailed")
 
     await world.until(settled, "the sklearn and xgboost-fil samples to load (and the one without storage to fail)")
-    for name in ("minimal-sklearn-predictor-no-storage", "sklearn-mnist-svm", "xgboost-fil-mushroom"):
+    for name in ("minimal-sklearn-predictor-no-storage", "sklearn-mnist-svm", "xgboost-fil-mushroom", "onnx-withschema"):
         crds.validate_status("Predictor", world.status(PREDICTORS, name))
     crds.validate_status("InferenceService", world.status(ISVCS, "example-xgboost-mushroom-fil"))
     no_storage = world.status(PREDICTORS, "minimal-sklearn-predictor-no-storage")
@@ -408,6 +413,8 @@ async def test_the_sklearn_and_xgboost_fil_samples_load_on_meshserve_and_on_a_tr
     assert no_storage["lastFailureInfo"]["location"].startswith("modelmesh-serving-meshserve-1.x")
     assert "path is empty" in no_storage["lastFailureInfo"]["message"]
 
+    _, y = await asyncio.to_thread(infer, world.fabric.routers[0].port, "onnx-withschema", np.ones((1, 4), np.float32))
+    np.testing.assert_allclose(y, np.full((1, 4), 4.0, np.float32))
     router = triton.InferenceServerClient(f"127.0.0.1:{world.fabric.routers[0].port}")
     x, _ = classic_models.data(rows=6, seed=21)
     features = triton.InferInput("predict", list(x.shape), "FP64")  # ModelMesh's sklearn sample names it so

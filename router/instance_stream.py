@@ -17,10 +17,13 @@ trailing metadata, or raises `grpc.aio.AioRpcError`, so `router.routing` retries
   does every call to that instance for `REPROBE_S`, after which one call tries again.
 
 One writer task per stream sends the frames waiting in its outbox as one `CallBatch`
-message (gRPC allows one message in flight per direction, and a message's cost dominates
-a small call's): one frame under light load, several under load. Past `OUTBOX_BYTES`
-waiting, new callers wait, so a slow reader at the instance holds callers back as HTTP/2
-flow control does a unary call.
+message. It is the only writer because gRPC allows one message in flight per direction and
+because grpc.aio cancels the whole call when a write is cancelled: a caller that goes away
+must never be the one writing. Batches are whatever waits when the previous message left;
+measured, that is ~1.05 frames per message even at 16 callers (grpc.aio hands the router
+each incoming call in a loop turn of its own), so batching is a bound, not a saving. Past
+`OUTBOX_BYTES` waiting, new callers wait, so a slow reader at the instance holds callers
+back as HTTP/2 flow control does a unary call.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ with 2 cores a hop competes with the runtime and the client for CPU, so the rati
 understate what a router on its own cores reaches.
 
     python bench/router_overhead.py [--seconds 3] [--warmup 0.5] [--repeats 3] [--callers 1,8]
-        [--models add,dense] [--bare] [--kserve-venv /tmp/kserve-venv]
+        [--models add,dense] [--bare [--bare-sync-threads 16]] [--workers 1] [--kserve-venv /tmp/kserve-venv]
         [--perf-analyzer /tmp/pa-venv/bin/perf_analyzer] [--profile-router SECONDS]
 """
 
@@ -93,6 +93,18 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / TICKS
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def router_pids(process: subprocess.Popen, workers: int) -> list[int]:
+    """The router's process and, with several workers, the worker processes it spawned."""
+    return [process.pid, *children(process.pid)] if workers > 1 else [process.pid]
 
 
 def request_bytes(model: str) -> bytes:
@@ -164,11 +176,12 @@ def wait_listening(process: subprocess.Popen, log_path: Path, marker: str, what:
     wait_until(ready, timeout, what)
 
 
-def start_bare_proxy(upstream: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_bare_proxy(upstream: str, log_path: Path, sync_threads: int = 0) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    flags = ["--sync-threads", str(sync_threads)] if sync_threads else []
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_proxy.py"), "--port", str(port),
-                                    "--upstream", upstream], stdout=log, stderr=subprocess.STDOUT)
+                                    "--upstream", upstream, *flags], stdout=log, stderr=subprocess.STDOUT)
     wait_listening(process, log_path, "READY", "the bare proxy to listen", 30)
     return process, f"127.0.0.1:{port}"
 
@@ -347,6 +360,9 @@ def main() -> int:
     parser.add_argument("--callers", default="1,8")
     parser.add_argument("--models", default="add,dense", help=f"of {', '.join(MODELS)}")
     parser.add_argument("--bare", action="store_true", help="also measure the bare grpc.aio unary proxy")
+    parser.add_argument("--bare-sync-threads", type=int, default=0, metavar="N",
+                        help="with --bare: make it gRPC's synchronous server with N threads (default: grpc.aio)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of each router")
     parser.add_argument("--kserve-venv", type=Path, metavar="DIR",
                         help="also measure KServe's ModelServer serving the tiny model (venv created when missing)")
     parser.add_argument("--perf-analyzer", type=Path, metavar="PATH",
@@ -368,14 +384,15 @@ def main() -> int:
                 runtime.load(name, files[name].parent, "onnx")
             asyncio.run(publish(etcd, Keys(fabric="bench"), runtime.address, model_names))
             targets: dict[str, tuple[str, list[int]]] = {"direct": (runtime.address, [])}
-            unary, unary_address = start_router(etcd, work / "router-unary.log", "--no-instance-streams")
+            workers = ["--workers", str(args.workers)]
+            unary, unary_address = start_router(etcd, work / "router-unary.log", "--no-instance-streams", *workers)
             processes.append(unary)
-            stream, stream_address = start_router(etcd, work / "router-stream.log")
+            stream, stream_address = start_router(etcd, work / "router-stream.log", *workers)
             processes.append(stream)
-            targets["unary"] = (unary_address, [unary.pid])
-            targets["stream"] = (stream_address, [stream.pid])
+            targets["unary"] = (unary_address, router_pids(unary, args.workers))
+            targets["stream"] = (stream_address, router_pids(stream, args.workers))
             if args.bare:
-                bare, bare_address = start_bare_proxy(runtime.address, work / "bare.log")
+                bare, bare_address = start_bare_proxy(runtime.address, work / "bare.log", args.bare_sync_threads)
                 processes.append(bare)
                 targets["bare"] = (bare_address, [bare.pid])
             if args.kserve_venv is not None and "add" in model_names:

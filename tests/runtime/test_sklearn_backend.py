@@ -57,9 +57,7 @@ def client(served):
 
 
 def _input(array, name="input-0", datatype="FP64"):
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
+    return classic_models.v2_input(array, name, datatype)
 
 
 def _rows(seed=10, rows=7):

@@ -16,6 +16,15 @@ import numpy as np
 FEATURES = 4
 
 
+def v2_input(array: np.ndarray, name: str = "input-0", datatype: str = "FP64"):
+    """A tritonclient gRPC input holding `array` (`input-0`: the name the backends' metadata gives)."""
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
 def data(rows: int = 120, seed: int = 0, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Features in [0, 1) and integer labels that depend on them (so a model can learn them)."""
     rng = np.random.default_rng(seed)

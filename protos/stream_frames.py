@@ -9,7 +9,21 @@ parses the batch with the generated classes, as any protobuf reader would.
 
 from __future__ import annotations
 
-__all__ = ["call_entry", "encode_varint", "entry", "reply_entry"]
+from collections import deque
+
+__all__ = ["call_entry", "encode_varint", "entry", "reply_entry", "take_batch"]
+
+
+def take_batch(outbox: deque[tuple[int, tuple[bytes, ...]]], max_bytes: int) -> tuple[bytes, int]:
+    """One message from the front of a non-empty `outbox` of (size, parts) entries: as many
+    entries as fit in `max_bytes` (at least one, however big), joined; and their total size."""
+    batch: list[bytes] = []
+    total = 0
+    while outbox and (not batch or total + outbox[0][0] <= max_bytes):
+        size, parts = outbox.popleft()
+        batch.extend(parts)
+        total += size
+    return b"".join(batch), total
 
 
 def encode_varint(value: int) -> bytes:

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import grpc
 
 from protos import meshserve_stream_pb2 as spb
-from protos.stream_frames import call_entry, encode_varint, entry
+from protos.stream_frames import call_entry, encode_varint, entry, take_batch
 
 __all__ = ["CALLS_PATH", "FRAME_MARGIN_BYTES", "InstanceStream", "StreamUnsupported"]
 
@@ -198,16 +198,11 @@ class InstanceStream:
                     stream.wake.clear()
                     await stream.wake.wait()
                     continue
-                batch: list[bytes] = []
-                total = 0
-                while outbox and (not batch or total + outbox[0][0] <= self._max_batch_bytes):
-                    size, parts = outbox.popleft()
-                    batch.extend(parts)
-                    total += size
+                message, total = take_batch(outbox, self._max_batch_bytes)
                 stream.outbox_bytes -= total
                 if stream.outbox_bytes < OUTBOX_BYTES:
                     stream.room.set()
-                await stream.call.write(b"".join(batch))
+                await stream.call.write(message)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             pass  # the stream ended: its reader fails the calls in flight with the stream's verdict
 

@@ -24,7 +24,7 @@ from router.call_metadata import budget, split_metadata
 from router.dataplane import DataPlane, method_path
 from router.errors import RouterError
 from router.observed import CallObserver, observe_forward
-from router.wire import encode_varint
+from protos.stream_frames import encode_varint
 
 __all__ = ["WINDOW", "stream_infer_handler"]
 

@@ -18,7 +18,9 @@ here reads past the end of the buffer or loops without progress.
 
 from __future__ import annotations
 
-__all__ = ["MalformedRequest", "read_model_name", "with_model_name", "encode_varint"]
+from protos.stream_frames import encode_varint
+
+__all__ = ["MalformedRequest", "read_model_name", "with_model_name"]
 
 _MAX_VARINT_BYTES = 10
 
@@ -84,15 +86,6 @@ def read_model_name(data: bytes) -> str:
         return data[start:stop].decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedRequest("the model name is not valid UTF-8") from None
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def with_model_name(data: bytes, name: str) -> bytes:

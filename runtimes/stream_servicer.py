@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from protos import grpc_service_pb2 as pb
 from protos import meshserve_stream_pb2 as spb
-from protos.stream_frames import entry, reply_entry
+from protos.stream_frames import entry, reply_entry, take_batch
 from runtimes import converters
 from runtimes.dataplane import InferenceService
 from runtimes.errors import InvalidInput, RuntimeError_
@@ -227,13 +227,8 @@ class _Replies:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch: list[bytes] = []
-            total = 0
-            while outbox and (not batch or total + outbox[0][0] <= self._max_batch_bytes):
-                size, parts = outbox.popleft()
-                batch.extend(parts)
-                total += size
-            await self._context.write(b"".join(batch))
+            message, _ = take_batch(outbox, self._max_batch_bytes)
+            await self._context.write(message)
 
     async def flush(self, writer: asyncio.Task) -> None:
         """Wait until every posted answer is written (or the writer is gone)."""

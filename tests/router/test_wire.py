@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protos import grpc_service_pb2 as pb
-from router.wire import MalformedRequest, encode_varint, read_model_name, with_model_name
+from protos.stream_frames import encode_varint
+from router.wire import MalformedRequest, read_model_name, with_model_name
 
 names = st.text(min_size=0, max_size=300)
 

@@ -110,6 +110,10 @@ ETCD_VOLUME = "etcd-config"
 ETCD_SECRET_NAME = "model-serving-etcd"
 ETCD_SECRET_KEY = "etcd_connection"
 ETCD_MOUNT = "/etc/meshserve/etcd"
+#: `tls.secretName` (kubernetes.io/tls: tls.crt, tls.key), mounted for an https /metrics.
+METRICS_TLS_VOLUME = "meshserve-metrics-tls"
+METRICS_TLS_MOUNT = "/etc/meshserve/metrics-tls"
+METRICS_TLS_FILES = (f"{METRICS_TLS_MOUNT}/tls.crt", f"{METRICS_TLS_MOUNT}/tls.key")
 #: The etcd connection JSON as the agent sees it (for the caller's `agent_args`).
 ETCD_CONNECTION_FILE = f"{ETCD_MOUNT}/{ETCD_SECRET_KEY}"
 PVC_ROOT = "/pvc_mounts"
@@ -436,13 +440,15 @@ def deployment(
     labels = runtime_labels(spec, runtime_name, rest_enabled=config.rest_proxy.enabled)
     metrics_port = config.metrics.port if config.metrics.enabled else 0
 
+    # https as upstream's default `metrics.scheme` asks, with the certificate of `tls.secretName`;
+    # without one there is no certificate to serve, so plain http (and the annotation says so).
+    metrics_tls = metrics_port > 0 and config.metrics.scheme == "https" and bool(config.tls.secret_name)
     pod_annotations: dict[str, str] = {}
     if config.metrics.enabled:
         pod_annotations.update({
             "prometheus.io/path": "/metrics",
             "prometheus.io/port": str(config.metrics.port),
-            # meshserve's processes serve /metrics over plain HTTP (metrics.scheme is upstream's mm).
-            "prometheus.io/scheme": "http",
+            "prometheus.io/scheme": "https" if metrics_tls else "http",
             "prometheus.io/scrape": "true",
         })
     pod_annotations.update(config.runtime_pod_annotations)
@@ -464,12 +470,14 @@ def deployment(
         {"name": STORAGE_VOLUME, "mountPath": STORAGE_MOUNT, "readOnly": True},
         *pvc_mounts,
         *socket_mounts,
+        *([{"name": METRICS_TLS_VOLUME, "mountPath": METRICS_TLS_MOUNT, "readOnly": True}] if metrics_tls else []),
     ]
 
     native = is_native(spec, meshserve_image)
     if native:
         containers = [
-            _native_container(c, spec, agent_args, labels, metrics_port, our_mounts, config.grpc_max_message_size_bytes)
+            _native_container(c, spec, agent_args, labels, metrics_port, our_mounts, config.grpc_max_message_size_bytes,
+                              metrics_tls)
             if _repository(str(c.get("image", ""))) == _repository(meshserve_image) else c
             for c in containers
         ]
@@ -479,7 +487,8 @@ def deployment(
             c.setdefault("securityContext", {"capabilities": {"drop": ["ALL"]}})
         # Last, as upstream puts mm last: the kubelet starts containers in order, so the runtime's
         # (often large) image is pulled before the agent starts waiting for the runtime.
-        containers.append(_agent_container(spec, meshserve_image, agent_args, labels, metrics_port, our_mounts))
+        containers.append(_agent_container(spec, meshserve_image, agent_args, labels, metrics_port, our_mounts,
+                                           metrics_tls))
 
     volumes = [copy.deepcopy(dict(v)) for v in spec.get("volumes") or ()]
     models_dir: dict[str, Any] = {}
@@ -490,6 +499,8 @@ def deployment(
         volumes.append({"name": SOCKET_VOLUME, "emptyDir": {}})
     volumes.append({"name": ETCD_VOLUME, "secret": {"secretName": etcd_secret}})
     volumes.append({"name": STORAGE_VOLUME, "secret": {"secretName": config.storage_secret_name, "optional": True}})
+    if metrics_tls:
+        volumes.append({"name": METRICS_TLS_VOLUME, "secret": {"secretName": config.tls.secret_name}})
     volumes.extend({"name": p, "persistentVolumeClaim": {"claimName": p, "readOnly": True}} for p in pvcs)
 
     pod_spec: dict[str, Any] = {
@@ -539,8 +550,10 @@ def _agent_container(
     labels: Sequence[str],
     metrics_port: int,
     mounts: list[dict[str, Any]],
+    metrics_tls: bool = False,
 ) -> dict[str, Any]:
-    """`meshserve agent` beside a runtime that speaks the model-runtime SPI (or a built-in adapter's server)."""
+    """`meshserve agent` beside a runtime that speaks the model-runtime SPI (or a built-in adapter's server);
+    `metrics_tls`: its /metrics over https with the mounted `tls.secretName`."""
     adapter = spec.get("builtInAdapter")
     spi = _endpoint(spec, "grpcEndpoint")
     data = _endpoint(spec, "grpcDataEndpoint")
@@ -555,6 +568,9 @@ def _agent_container(
     # The fabric calls the agent's own SPI (it makes room, then forwards to the runtime);
     # routers call the runtime's data endpoint directly.
     put("ADVERTISE_ADDRESS", f"$(POD_IP):{AGENT_PORT}")
+    if metrics_tls:
+        put("METRICS_TLS_CERT_FILE", METRICS_TLS_FILES[0])
+        put("METRICS_TLS_KEY_FILE", METRICS_TLS_FILES[1])
     env.append(_labels_env("MESHSERVE_AGENT_", labels))
     if adapter:
         # Upstream puts modelmesh-runtime-adapter beside the server; it serves the SPI on 8085
@@ -602,9 +618,11 @@ def _native_container(
     metrics_port: int,
     mounts: list[dict[str, Any]],
     max_message_bytes: int,
+    metrics_tls: bool = False,
 ) -> dict[str, Any]:
     """meshserve's runtime container: `meshserve runtime` with the agent inside, taking
-    messages up to `grpcMaxMessageSizeBytes` as the router in front of it does."""
+    messages up to `grpcMaxMessageSizeBytes` as the router in front of it does; `metrics_tls`:
+    its /metrics over https with the mounted `tls.secretName`."""
     if spec.get("builtInAdapter"):
         raise InvalidRuntime("builtInAdapter does not apply to meshserve's own runtime")
     spi = _endpoint(spec, "grpcEndpoint")
@@ -627,6 +645,8 @@ def _native_container(
         "--instance-id", "$(POD_NAME)",
         "--advertise-address", f"$(POD_IP):{port}",
         "--max-message-bytes", str(max_message_bytes),
+        *(["--metrics-tls-cert-file", METRICS_TLS_FILES[0], "--metrics-tls-key-file", METRICS_TLS_FILES[1]]
+          if metrics_tls else []),
         *(str(a) for a in container.get("args") or ()),  # the runtime's own flags, last so they win
     ]
     ports = [{"name": "grpc", "containerPort": port}]

@@ -461,6 +461,37 @@ def test_grpc_max_message_size_reaches_meshserves_runtime_and_its_own_flags_stil
     assert runtime_cli.build_parser().parse_args(args[1:]).max_message_bytes == "1048576"
 
 
+def test_metrics_over_https_with_the_tls_secrets_certificate_when_the_scheme_asks_for_it() -> None:
+    from mesh.cli import agent as agent_cli
+    from mesh.cli import runtime as runtime_cli
+
+    config, _ = parse_config("metrics:\n  scheme: https\ntls:\n  secretName: mesh-tls\n")
+    native = _build(_native_spec(), config=config)
+    assert native["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    assert _volumes(native)[rp.METRICS_TLS_VOLUME]["secret"] == {"secretName": "mesh-tls"}
+    runtime = _containers(native)["meshserve"]
+    assert _mounts(runtime)[rp.METRICS_TLS_VOLUME] == rp.METRICS_TLS_MOUNT
+    parsed = runtime_cli.build_parser().parse_args(runtime["args"][1:])
+    assert (parsed.metrics_tls_cert_file, parsed.metrics_tls_key_file) == rp.METRICS_TLS_FILES
+
+    custom = _build(_custom_spec(), config=config)
+    agent = _containers(custom)[rp.AGENT_CONTAINER]
+    env = _env(agent)
+    assert (env["MESHSERVE_AGENT_METRICS_TLS_CERT_FILE"], env["MESHSERVE_AGENT_METRICS_TLS_KEY_FILE"]) == rp.METRICS_TLS_FILES
+    assert {"metrics_tls_cert_file", "metrics_tls_key_file"} <= set(agent_cli.AgentSettings.model_fields)
+    assert _mounts(agent)[rp.METRICS_TLS_VOLUME] == rp.METRICS_TLS_MOUNT
+    assert rp.METRICS_TLS_VOLUME in _volumes(custom)
+
+
+def test_without_a_tls_secret_metrics_stay_http_whatever_the_scheme() -> None:
+    for text in ("", "metrics:\n  scheme: https\n", "metrics:\n  scheme: http\ntls:\n  secretName: mesh-tls\n"):
+        config, _ = parse_config(text)
+        d = _build(_native_spec(), config=config)
+        assert d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "http"
+        assert rp.METRICS_TLS_VOLUME not in _volumes(d)
+        assert "--metrics-tls-cert-file" not in _containers(d)["meshserve"]["args"]
+
+
 def test_the_native_rule_is_the_image_repository() -> None:
     spec = _native_spec()
     assert rp.is_native(spec, "ghcr.io/meshserve/meshserve@sha256:" + "0" * 64)

@@ -34,12 +34,13 @@ class TrafficCounters:
         self._requests = self._errors = self._misses = self._retries = 0
         self._miss_seconds = 0.0
 
-    def observe_call(self, method: str, code: str, seconds: float, *_details, **_labels) -> None:
+    def observe_call(self, method: str, code: str, seconds: float, request_bytes: int | None = None,
+                     response_bytes: int | None = None, model_id: str = "", vmodel_id: str = "") -> None:
         self._requests += 1
         if code != "OK":
             self._errors += 1
 
-    def cache_miss(self, seconds: float, *_labels) -> None:
+    def cache_miss(self, seconds: float, model_id: str = "") -> None:
         self._misses += 1
         self._miss_seconds += seconds
 

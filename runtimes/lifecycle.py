@@ -112,8 +112,10 @@ class ModelEntry:
 class ModelLifecycle:
     """Capacity accounting and ordered loads and unloads; see the module docstring."""
 
-    def __init__(self, capacity_bytes: int, observer: LifecycleObserver | None = None) -> None:
+    def __init__(self, capacity_bytes: int, observer: LifecycleObserver | None = None, *,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._capacity_bytes = capacity_bytes
+        self._clock = clock  # times the observers' load, queue and sizing figures
         self._observers: list[LifecycleObserver] = [observer] if observer else []
         self._probes: list[LifecycleProbe] = []
         self._make_room: RoomMaker | None = None
@@ -202,24 +204,24 @@ class ModelLifecycle:
         """Load a model and return its measured size; at once if it is already loaded."""
         if not model_id:
             raise InvalidInput("modelId is empty")
-        entered = time.perf_counter()
+        entered = self._clock()
         async with self._lock(model_id):
             entry = self._entries.get(model_id)
             if entry is not None and entry.state is State.LOADED:
                 return entry.reserved_bytes
-            sizing = time.perf_counter()
+            sizing = self._clock()
             predicted = await self._predict(model_id, model_type, model_path, model_key)
-            sized = time.perf_counter()
+            sized = self._clock()
             for probe in self._probes:
                 probe.model_sized(model_id, sized - sizing)
             async with self._room:
                 if self._make_room is not None:
                     await self._make_room(model_id, predicted)
                 self._reserve(model_id, predicted)
-            started = time.perf_counter()
+            started = self._clock()
             try:
                 async with self._load_slot():
-                    started = time.perf_counter()
+                    started = self._clock()
                     for probe in self._probes:
                         probe.load_queued(model_id, started - entered - (sized - sizing))
                     handle, measured = await self._bring_in(model_id, model_type, model_path, model_key)
@@ -227,12 +229,12 @@ class ModelLifecycle:
             except BaseException as error:
                 self._entries.pop(model_id, None)
                 for observer in self._observers:
-                    observer.model_load_failed(model_id, time.perf_counter() - started, error)
+                    observer.model_load_failed(model_id, self._clock() - started, error)
                 raise
             entry = self._entries[model_id]
             for observer in self._observers:
-                observer.model_loaded(model_id, time.perf_counter() - started, entry.reserved_bytes)
-            log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), time.perf_counter() - started)
+                observer.model_loaded(model_id, self._clock() - started, entry.reserved_bytes)
+            log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), self._clock() - started)
             return entry.reserved_bytes
 
     def _reserve(self, model_id: str, size: int) -> None:
@@ -271,7 +273,7 @@ class ModelLifecycle:
             if entry is None:
                 return
             entry.state = State.UNLOADING
-            started = time.perf_counter()
+            started = self._clock()
             await entry.idle.wait()
             handle, entry.model = entry.model, None
             try:
@@ -282,7 +284,7 @@ class ModelLifecycle:
                 raise
             del self._entries[model_id]
             for observer in self._observers:
-                observer.model_unloaded(model_id, time.perf_counter() - started)
+                observer.model_unloaded(model_id, self._clock() - started)
             log.info("unloaded %s", model_id)
         if not self._lock(model_id).locked() and model_id not in self._entries:
             self._order.pop(model_id, None)

@@ -18,9 +18,20 @@ from runtimes.metrics import LifecycleMetrics
 from tests.support.waiting import async_wait_until
 
 
+class ManualClock:
+    """The lifecycle's clock, moved only by the test (so no figure depends on real time)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Holder(ModelLifecycle):
     def __init__(self) -> None:
-        super().__init__(capacity_bytes=10 << 20)
+        self.clock = ManualClock()
+        super().__init__(capacity_bytes=10 << 20, clock=self.clock)
         self.fail_load: set[str] = set()
         self.fail_release: set[str] = set()
         self.slot = asyncio.Semaphore(1)
@@ -76,11 +87,11 @@ async def test_a_load_waiting_for_the_loading_slot_counts_that_wait_as_queueing(
     await holder.slot.acquire()
     load = asyncio.create_task(holder.load("a", "onnx", "/models/a"))
     await async_wait_until(lambda: _reserved(holder, "a"), 5, "the load to reserve its room")
-    await asyncio.sleep(0.05)  # not synchronisation: time the load spends parked on the slot the test holds
+    holder.clock.now += 0.25  # the load stays parked on the slot the test holds while this time passes
     assert not load.done()
     holder.slot.release()
     await load
-    assert value(registry, "modelmesh_loading_queue_delay_milliseconds_sum") >= 50
+    assert value(registry, "modelmesh_loading_queue_delay_milliseconds_sum") == pytest.approx(250)
 
 
 async def test_a_failed_load_counts_a_failure_and_no_load_time(observed):

@@ -478,7 +478,12 @@ def test_metrics_over_https_with_the_tls_secrets_certificate_when_the_scheme_ask
     agent = _containers(custom)[rp.AGENT_CONTAINER]
     env = _env(agent)
     assert (env["MESHSERVE_AGENT_METRICS_TLS_CERT_FILE"], env["MESHSERVE_AGENT_METRICS_TLS_KEY_FILE"]) == rp.METRICS_TLS_FILES
-    assert {"metrics_tls_cert_file", "metrics_tls_key_file"} <= set(agent_cli.AgentSettings.model_fields)
+    named = {k: v for k, v in env.items() if k.startswith("MESHSERVE_AGENT_METRICS_TLS_")}
+    with pytest.MonkeyPatch.context() as patch:  # the agent's own settings read those variables
+        for key, val in named.items():
+            patch.setenv(key, val)
+        settings = agent_cli.AgentSettings()
+    assert (settings.metrics_tls_cert_file, settings.metrics_tls_key_file) == rp.METRICS_TLS_FILES
     assert _mounts(agent)[rp.METRICS_TLS_VOLUME] == rp.METRICS_TLS_MOUNT
     assert rp.METRICS_TLS_VOLUME in _volumes(custom)
 

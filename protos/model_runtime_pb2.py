@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _meshserve_pool.AddSerializedFile(b'\n\x1aprotos/model_runtime.proto\x12\x05mmesh\"[\n\x10LoadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"@\n\x11LoadModelResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x16\n\x0emaxConcurrency\x18\x02 \x01(\r\"%\n\x12UnloadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"b\n\x17PredictModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"/\n\x18PredictModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\"#\n\x10ModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"(\n\x11ModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\"\x16\n\x14RuntimeStatusRequest\"\xaa\x04\n\x15RuntimeStatusResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.mmesh.RuntimeStatusResponse.Status\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x02 \x01(\x04\x12\x1d\n\x15maxLoadingConcurrency\x18\x03 \x01(\r\x12\x1d\n\x15modelLoadingTimeoutMs\x18\x04 \x01(\x04\x12\x1f\n\x17\x64\x65\x66\x61ultModelSizeInBytes\x18\x05 \x01(\x04\x12\x16\n\x0eruntimeVersion\x18\x06 \x01(\t\x12\x1d\n\x15numericRuntimeVersion\x18\x07 \x01(\x04\x12\x42\n\x0bmethodInfos\x18\x08 \x03(\x0b\x32-.mmesh.RuntimeStatusResponse.MethodInfosEntry\x12\x1d\n\x15limitModelConcurrency\x18\t \x01(\x08\x12\x16\n\x0e\x61llowAnyMethod\x18\n \x01(\x08\x1a%\n\nMethodInfo\x12\x17\n\x0fidInjectionPath\x18\x01 \x03(\r\x1a[\n\x10MethodInfosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0b\x32\'.mmesh.RuntimeStatusResponse.MethodInfo:\x02\x38\x01\".\n\x06Status\x12\x0c\n\x08STARTING\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07\x46\x41ILING\x10\x02\x32\xff\x02\n\x0cModelRuntime\x12@\n\tloadModel\x12\x17.mmesh.LoadModelRequest\x1a\x18.mmesh.LoadModelResponse\"\x00\x12\x46\n\x0bunloadModel\x12\x19.mmesh.UnloadModelRequest\x1a\x1a.mmesh.UnloadModelResponse\"\x00\x12U\n\x10predictModelSize\x12\x1e.mmesh.PredictModelSizeRequest\x1a\x1f.mmesh.PredictModelSizeResponse\"\x00\x12@\n\tmodelSize\x12\x17.mmesh.ModelSizeRequest\x1a\x18.mmesh.ModelSizeResponse\"\x00\x12L\n\rruntimeStatus\x12\x1b.mmesh.RuntimeStatusRequest\x1a\x1c.mmesh.RuntimeStatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _meshserve_pool.AddSerializedFile(b'\n\x1aprotos/model_runtime.proto\x12\x05mmesh\"[\n\x10LoadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"[\n\x11LoadModelResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x16\n\x0emaxConcurrency\x18\x02 \x01(\r\x12\x19\n\x11\x64\x65viceSizeInBytes\x18\x03 \x01(\x04\"%\n\x12UnloadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"b\n\x17PredictModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"J\n\x18PredictModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x19\n\x11\x64\x65viceSizeInBytes\x18\x02 \x01(\x04\"#\n\x10ModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"C\n\x11ModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x19\n\x11\x64\x65viceSizeInBytes\x18\x02 \x01(\x04\"\x16\n\x14RuntimeStatusRequest\"\xc9\x04\n\x15RuntimeStatusResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.mmesh.RuntimeStatusResponse.Status\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x02 \x01(\x04\x12\x1d\n\x15maxLoadingConcurrency\x18\x03 \x01(\r\x12\x1d\n\x15modelLoadingTimeoutMs\x18\x04 \x01(\x04\x12\x1f\n\x17\x64\x65\x66\x61ultModelSizeInBytes\x18\x05 \x01(\x04\x12\x16\n\x0eruntimeVersion\x18\x06 \x01(\t\x12\x1d\n\x15numericRuntimeVersion\x18\x07 \x01(\x04\x12\x42\n\x0bmethodInfos\x18\x08 \x03(\x0b\x32-.mmesh.RuntimeStatusResponse.MethodInfosEntry\x12\x1d\n\x15limitModelConcurrency\x18\t \x01(\x08\x12\x16\n\x0e\x61llowAnyMethod\x18\n \x01(\x08\x12\x1d\n\x15\x64\x65viceCapacityInBytes\x18\x0b \x01(\x04\x1a%\n\nMethodInfo\x12\x17\n\x0fidInjectionPath\x18\x01 \x03(\r\x1a[\n\x10MethodInfosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0b\x32\'.mmesh.RuntimeStatusResponse.MethodInfo:\x02\x38\x01\".\n\x06Status\x12\x0c\n\x08STARTING\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07\x46\x41ILING\x10\x02\x32\xff\x02\n\x0cModelRuntime\x12@\n\tloadModel\x12\x17.mmesh.LoadModelRequest\x1a\x18.mmesh.LoadModelResponse\"\x00\x12\x46\n\x0bunloadModel\x12\x19.mmesh.UnloadModelRequest\x1a\x1a.mmesh.UnloadModelResponse\"\x00\x12U\n\x10predictModelSize\x12\x1e.mmesh.PredictModelSizeRequest\x1a\x1f.mmesh.PredictModelSizeResponse\"\x00\x12@\n\tmodelSize\x12\x17.mmesh.ModelSizeRequest\x1a\x18.mmesh.ModelSizeResponse\"\x00\x12L\n\rruntimeStatus\x12\x1b.mmesh.RuntimeStatusRequest\x1a\x1c.mmesh.RuntimeStatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,29 +37,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADMODELREQUEST']._serialized_start=37
   _globals['_LOADMODELREQUEST']._serialized_end=128
   _globals['_LOADMODELRESPONSE']._serialized_start=130
-  _globals['_LOADMODELRESPONSE']._serialized_end=194
-  _globals['_UNLOADMODELREQUEST']._serialized_start=196
-  _globals['_UNLOADMODELREQUEST']._serialized_end=233
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=235
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=256
-  _globals['_PREDICTMODELSIZEREQUEST']._serialized_start=258
-  _globals['_PREDICTMODELSIZEREQUEST']._serialized_end=356
-  _globals['_PREDICTMODELSIZERESPONSE']._serialized_start=358
-  _globals['_PREDICTMODELSIZERESPONSE']._serialized_end=405
-  _globals['_MODELSIZEREQUEST']._serialized_start=407
-  _globals['_MODELSIZEREQUEST']._serialized_end=442
-  _globals['_MODELSIZERESPONSE']._serialized_start=444
-  _globals['_MODELSIZERESPONSE']._serialized_end=484
-  _globals['_RUNTIMESTATUSREQUEST']._serialized_start=486
-  _globals['_RUNTIMESTATUSREQUEST']._serialized_end=508
-  _globals['_RUNTIMESTATUSRESPONSE']._serialized_start=511
-  _globals['_RUNTIMESTATUSRESPONSE']._serialized_end=1065
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_start=887
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_end=924
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_start=926
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_end=1017
-  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_start=1019
-  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_end=1065
-  _globals['_MODELRUNTIME']._serialized_start=1068
-  _globals['_MODELRUNTIME']._serialized_end=1451
+  _globals['_LOADMODELRESPONSE']._serialized_end=221
+  _globals['_UNLOADMODELREQUEST']._serialized_start=223
+  _globals['_UNLOADMODELREQUEST']._serialized_end=260
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=262
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=283
+  _globals['_PREDICTMODELSIZEREQUEST']._serialized_start=285
+  _globals['_PREDICTMODELSIZEREQUEST']._serialized_end=383
+  _globals['_PREDICTMODELSIZERESPONSE']._serialized_start=385
+  _globals['_PREDICTMODELSIZERESPONSE']._serialized_end=459
+  _globals['_MODELSIZEREQUEST']._serialized_start=461
+  _globals['_MODELSIZEREQUEST']._serialized_end=496
+  _globals['_MODELSIZERESPONSE']._serialized_start=498
+  _globals['_MODELSIZERESPONSE']._serialized_end=565
+  _globals['_RUNTIMESTATUSREQUEST']._serialized_start=567
+  _globals['_RUNTIMESTATUSREQUEST']._serialized_end=589
+  _globals['_RUNTIMESTATUSRESPONSE']._serialized_start=592
+  _globals['_RUNTIMESTATUSRESPONSE']._serialized_end=1177
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_start=999
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_end=1036
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_start=1038
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_end=1129
+  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_start=1131
+  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_end=1177
+  _globals['_MODELRUNTIME']._serialized_start=1180
+  _globals['_MODELRUNTIME']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

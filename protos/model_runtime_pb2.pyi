@@ -20,12 +20,14 @@ class LoadModelRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ..., modelType: _Optional[str] = ..., modelPath: _Optional[str] = ..., modelKey: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
-    __slots__ = ("sizeInBytes", "maxConcurrency")
+    __slots__ = ("sizeInBytes", "maxConcurrency", "deviceSizeInBytes")
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     MAXCONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    DEVICESIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     sizeInBytes: int
     maxConcurrency: int
-    def __init__(self, sizeInBytes: _Optional[int] = ..., maxConcurrency: _Optional[int] = ...) -> None: ...
+    deviceSizeInBytes: int
+    def __init__(self, sizeInBytes: _Optional[int] = ..., maxConcurrency: _Optional[int] = ..., deviceSizeInBytes: _Optional[int] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("modelId",)
@@ -50,10 +52,12 @@ class PredictModelSizeRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ..., modelType: _Optional[str] = ..., modelPath: _Optional[str] = ..., modelKey: _Optional[str] = ...) -> None: ...
 
 class PredictModelSizeResponse(_message.Message):
-    __slots__ = ("sizeInBytes",)
+    __slots__ = ("sizeInBytes", "deviceSizeInBytes")
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICESIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     sizeInBytes: int
-    def __init__(self, sizeInBytes: _Optional[int] = ...) -> None: ...
+    deviceSizeInBytes: int
+    def __init__(self, sizeInBytes: _Optional[int] = ..., deviceSizeInBytes: _Optional[int] = ...) -> None: ...
 
 class ModelSizeRequest(_message.Message):
     __slots__ = ("modelId",)
@@ -62,17 +66,19 @@ class ModelSizeRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ...) -> None: ...
 
 class ModelSizeResponse(_message.Message):
-    __slots__ = ("sizeInBytes",)
+    __slots__ = ("sizeInBytes", "deviceSizeInBytes")
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICESIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     sizeInBytes: int
-    def __init__(self, sizeInBytes: _Optional[int] = ...) -> None: ...
+    deviceSizeInBytes: int
+    def __init__(self, sizeInBytes: _Optional[int] = ..., deviceSizeInBytes: _Optional[int] = ...) -> None: ...
 
 class RuntimeStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RuntimeStatusResponse(_message.Message):
-    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod")
+    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod", "deviceCapacityInBytes")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STARTING: _ClassVar[RuntimeStatusResponse.Status]
@@ -103,6 +109,7 @@ class RuntimeStatusResponse(_message.Message):
     METHODINFOS_FIELD_NUMBER: _ClassVar[int]
     LIMITMODELCONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     ALLOWANYMETHOD_FIELD_NUMBER: _ClassVar[int]
+    DEVICECAPACITYINBYTES_FIELD_NUMBER: _ClassVar[int]
     status: RuntimeStatusResponse.Status
     capacityInBytes: int
     maxLoadingConcurrency: int
@@ -113,4 +120,5 @@ class RuntimeStatusResponse(_message.Message):
     methodInfos: _containers.MessageMap[str, RuntimeStatusResponse.MethodInfo]
     limitModelConcurrency: bool
     allowAnyMethod: bool
-    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ...) -> None: ...
+    deviceCapacityInBytes: int
+    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ..., deviceCapacityInBytes: _Optional[int] = ...) -> None: ...

@@ -17,6 +17,15 @@ it) sets that backend up:
    runtime's used bytes from then on (`ModelLifecycle.backend_overhead_bytes`), so the
    capacity the placement layer sees shrinks when the runtime starts serving a new format.
 
+On a GPU (the manager has a `meter`), a backend whose models run there (`uses_device`)
+loads its probe model onto the device, runs it once and unloads it, with the device to
+itself (`runtimes.device_memory.DeviceMeter`): what stays in use on the device afterwards
+(the CUDA context of a first library, cuBLAS and cuDNN handles, an allocator's pools) is
+the backend's device overhead, counted in the device's used bytes
+(`ModelLifecycle.device_overhead_bytes`) as the host overhead is in the host's; at
+start-up it is in the baseline the device capacity is read after. So the first real model
+measured on the device is charged its own bytes, not the library's setup.
+
 Readings need a quiet process: the setup holds the manager's `LoadGate` exclusively, so
 loads and unloads in progress finish first and new ones wait. Concurrent first loads of one
 backend wait for one setup; its result is kept. A failed calibration (a probe fails) is
@@ -29,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 from runtimes.backends import BackendRegistry
 from runtimes.calibration import BackendCost, calibrate_backend, settled_rss
@@ -49,9 +60,10 @@ _PROBE_CAPACITY = 1 << 62
 class BackendSetupResult:
     """What one backend's setup found (None where not measured)."""
 
-    def __init__(self, import_bytes: int | None, cost: BackendCost | None) -> None:
+    def __init__(self, import_bytes: int | None, cost: BackendCost | None, device_bytes: int = 0) -> None:
         self.import_bytes = import_bytes
         self.cost = cost
+        self.device_bytes = device_bytes  # what the backend keeps on the GPU for good
 
     @property
     def overhead_bytes(self) -> int:
@@ -110,6 +122,7 @@ class BackendSetup:
                     self._manager.fixed_costs[name] = result.cost.per_model_bytes
                 if charge:
                     self._manager.backend_overhead_bytes += result.overhead_bytes
+                    self._manager.device_overhead_bytes += result.device_bytes
                 if self._measure:
                     log.info("backend %s set up: import %s, %s once; %s (%d bytes) %s", name,
                              format_size(result.import_bytes or 0),
@@ -125,7 +138,33 @@ class BackendSetup:
 
     async def _plain_setup(self, backend) -> BackendSetupResult:
         await asyncio.to_thread(backend.prepare)
-        return BackendSetupResult(None, None)
+        return BackendSetupResult(None, None, await self._device_overhead(backend))
+
+    async def _device_overhead(self, backend) -> int:
+        """Device bytes a probe model's load, run and unload left in use (module docstring);
+        0 off the GPU, for a CPU-only backend, one without a probe, or when the probe fails."""
+        meter, device = self._manager.meter, self._manager.config.device
+        if meter is None or not backend.uses_device:
+            return 0
+        try:
+            with tempfile.TemporaryDirectory(prefix="meshserve-device-probe-") as folder:
+                probe = await asyncio.to_thread(backend.write_probe, Path(folder))
+                if probe is None:
+                    return 0
+
+                def run_once() -> None:
+                    model = backend.load(probe.model_file, device)
+                    try:
+                        model.infer(probe.inputs, [])
+                    finally:
+                        model.unload()
+
+                _, kept = await asyncio.to_thread(meter.measure, device.index, run_once)
+        except Exception as error:  # third-party code: the user's load goes on without the figure
+            log.warning("measuring backend %s's device overhead failed: %s", backend.name, error)
+            return 0
+        log.info("backend %s keeps %s on the GPU once it has run a model there", backend.name, format_size(kept))
+        return kept
 
     async def _measured_setup(self, backend) -> BackendSetupResult:
         before = settled_rss()

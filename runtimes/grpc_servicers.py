@@ -179,7 +179,8 @@ class ModelRuntimeServicer(rt_grpc.ModelRuntimeServicer):
     @mapped_errors
     async def loadModel(self, request, context):
         size = await self._manager.load(request.modelId, request.modelType, request.modelPath, request.modelKey)
-        return rt.LoadModelResponse(sizeInBytes=size, maxConcurrency=self._manager.config.max_concurrency)
+        return rt.LoadModelResponse(sizeInBytes=size, maxConcurrency=self._manager.config.max_concurrency,
+                                    deviceSizeInBytes=self._manager.device_size_of(request.modelId))
 
     @mapped_errors
     async def unloadModel(self, request, context):
@@ -188,12 +189,13 @@ class ModelRuntimeServicer(rt_grpc.ModelRuntimeServicer):
 
     @mapped_errors
     async def predictModelSize(self, request, context):
-        size = self._manager.predict_size(request.modelType, request.modelPath, request.modelKey)
-        return rt.PredictModelSizeResponse(sizeInBytes=size)
+        size = self._manager.predict_footprint(request.modelType, request.modelPath, request.modelKey)
+        return rt.PredictModelSizeResponse(sizeInBytes=size.host, deviceSizeInBytes=size.device)
 
     @mapped_errors
     async def modelSize(self, request, context):
-        return rt.ModelSizeResponse(sizeInBytes=self._manager.size_of(request.modelId))
+        return rt.ModelSizeResponse(sizeInBytes=self._manager.size_of(request.modelId),
+                                    deviceSizeInBytes=self._manager.device_size_of(request.modelId))
 
     async def runtimeStatus(self, request, context):
         config = self._manager.config
@@ -205,6 +207,8 @@ class ModelRuntimeServicer(rt_grpc.ModelRuntimeServicer):
             status=rt.RuntimeStatusResponse.READY if self._ready.is_set() else rt.RuntimeStatusResponse.STARTING,
             # What models may use: the SPI has no used bytes, so the backends' overhead comes off.
             capacityInBytes=max(self._manager.capacity_bytes - self._manager.backend_overhead_bytes, 0),
+            deviceCapacityInBytes=max((self._manager.device_capacity_bytes or 0)
+                                      - self._manager.device_overhead_bytes, 0),
             maxLoadingConcurrency=config.max_loading_concurrency,
             modelLoadingTimeoutMs=self._loading_timeout_ms,
             defaultModelSizeInBytes=config.default_model_size,

@@ -8,6 +8,10 @@ brought in:
   `capacity_bytes`. A load reserves its predicted size first; after loading, the
   measured size replaces it, and a model that turns out not to fit is let go again and
   refused (CapacityExhausted, or ModelTooLarge when it exceeds the whole capacity).
+- Device memory, apart: a holder with a GPU (`device_capacity_bytes` set) accounts the
+  bytes models hold on it the same way, next to host memory: a size is a `Footprint`
+  (host bytes, device bytes), and a load must fit both. A holder without one
+  (`device_capacity_bytes` None) checks host memory only.
 - Ordering: loads and unloads of one model id run one at a time, in order; different ids
   run in parallel.
 - In flight: a model being unloaded is UNLOADING (it takes no new requests) and its
@@ -41,7 +45,7 @@ from runtimes.stats import ModelStats
 if TYPE_CHECKING:
     from runtimes.backends import LoadedModel
 
-__all__ = ["LifecycleObserver", "LifecycleProbe", "ModelEntry", "ModelLifecycle", "RoomMaker", "State"]
+__all__ = ["Footprint", "LifecycleObserver", "LifecycleProbe", "ModelEntry", "ModelLifecycle", "RoomMaker", "State"]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,23 @@ class LifecycleProbe(Protocol):
         """Letting go of a model raised `error` (the unload fails with it)."""
 
 
-#: Called with (model_id, predicted_bytes) before a load reserves its room; it may unload
-#: other models to make room (the placement layer's instance agent evicts LRU copies).
-RoomMaker = Callable[[str, int], Awaitable[None]]
+#: Called with (model_id, predicted host bytes, predicted device bytes) before a load
+#: reserves its room; it may unload other models to make room (the placement layer's
+#: instance agent evicts LRU copies).
+RoomMaker = Callable[[str, int, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a model takes: `host` bytes of the process's memory, `device` bytes of its GPU's."""
+
+    host: int
+    device: int = 0
+
+    @classmethod
+    def of(cls, size: "int | Footprint") -> "Footprint":
+        """A footprint as given, or an int's host bytes (a holder without a device says only those)."""
+        return size if isinstance(size, Footprint) else cls(size)
 
 
 class State(enum.Enum):
@@ -93,6 +111,7 @@ class ModelEntry:
     state: State
     reserved_bytes: int
     model: LoadedModel | None = None
+    device_bytes: int = 0  # held or reserved on the GPU, apart from reserved_bytes
     stats: ModelStats = field(default_factory=ModelStats)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -125,6 +144,10 @@ class ModelLifecycle:
         #: Bytes the holder's process took for good to serve its formats (a backend's library
         #: and setup, `runtimes.backend_setup`): counted as used, so models get less room.
         self.backend_overhead_bytes = 0
+        #: Bytes of models the GPU may hold; None: no GPU, device bytes are not checked.
+        self._device_capacity_bytes: int | None = None
+        #: Device bytes the backends took for good (CUDA context, library handles).
+        self.device_overhead_bytes = 0
 
     # -- accounting ---------------------------------------------------------
     @property
@@ -139,6 +162,19 @@ class ModelLifecycle:
     def used_bytes(self) -> int:
         """Bytes held or reserved: loaded models plus loads in progress, plus the backends' overhead."""
         return sum(e.reserved_bytes for e in self._entries.values()) + self.backend_overhead_bytes
+
+    @property
+    def device_capacity_bytes(self) -> int | None:
+        return self._device_capacity_bytes
+
+    def set_device_capacity(self, capacity_bytes: int | None) -> None:
+        """The GPU memory models may hold (None: no GPU)."""
+        self._device_capacity_bytes = capacity_bytes
+
+    @property
+    def device_used_bytes(self) -> int:
+        """GPU bytes held or reserved, as `used_bytes`, plus the backends' device overhead."""
+        return sum(e.device_bytes for e in self._entries.values()) + self.device_overhead_bytes
 
     def loaded_models(self) -> list[str]:
         return sorted(m for m, e in self._entries.items() if e.state is State.LOADED)
@@ -157,6 +193,9 @@ class ModelLifecycle:
     def size_of(self, model_id: str) -> int:
         return self.get(model_id).reserved_bytes
 
+    def device_size_of(self, model_id: str) -> int:
+        return self.get(model_id).device_bytes
+
     def add_observer(self, observer: LifecycleObserver) -> None:
         """Also call `observer` after each load and unload (the instance agent listens here)."""
         self._observers.append(observer)
@@ -170,14 +209,16 @@ class ModelLifecycle:
         self._make_room = make_room
 
     # -- what a holder provides -----------------------------------------------
-    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
-        """Bytes to reserve before loading; raises for a load that cannot be (a type not served)."""
+    async def _predict(self, model_id: str, model_type: str, model_path: str,
+                       model_key: str | None) -> int | Footprint:
+        """Bytes to reserve before loading (an int: host bytes only); raises for a load that
+        cannot be (a type not served)."""
         raise NotImplementedError
 
     async def _bring_in(self, model_id: str, model_type: str, model_path: str,
-                        model_key: str | None) -> tuple[Any, int]:
-        """Load the model: its handle (kept as `entry.model`) and its measured bytes (0: unknown,
-        the reservation stands)."""
+                        model_key: str | None) -> tuple[Any, int | Footprint]:
+        """Load the model: its handle (kept as `entry.model`) and its measured bytes (an int:
+        host bytes only; host 0: unknown, the reservation stands)."""
         raise NotImplementedError
 
     async def _discard(self, model_id: str, handle: Any) -> None:
@@ -210,13 +251,13 @@ class ModelLifecycle:
             if entry is not None and entry.state is State.LOADED:
                 return entry.reserved_bytes
             sizing = self._clock()
-            predicted = await self._predict(model_id, model_type, model_path, model_key)
+            predicted = Footprint.of(await self._predict(model_id, model_type, model_path, model_key))
             sized = self._clock()
             for probe in self._probes:
                 probe.model_sized(model_id, sized - sizing)
             async with self._room:
                 if self._make_room is not None:
-                    await self._make_room(model_id, predicted)
+                    await self._make_room(model_id, predicted.host, predicted.device)
                 self._reserve(model_id, predicted)
             started = self._clock()
             try:
@@ -225,7 +266,7 @@ class ModelLifecycle:
                     for probe in self._probes:
                         probe.load_queued(model_id, started - entered - (sized - sizing))
                     handle, measured = await self._bring_in(model_id, model_type, model_path, model_key)
-                    await self._settle(model_id, handle, measured)
+                    await self._settle(model_id, handle, Footprint.of(measured))
             except BaseException as error:
                 self._entries.pop(model_id, None)
                 for observer in self._observers:
@@ -237,32 +278,45 @@ class ModelLifecycle:
             log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), self._clock() - started)
             return entry.reserved_bytes
 
-    def _reserve(self, model_id: str, size: int) -> None:
-        if size > self.capacity_bytes:
-            raise ModelTooLarge(f"cannot load '{model_id}': it needs {format_size(size)}, more than this runtime's "
-                                f"whole capacity of {format_size(self.capacity_bytes)}")
-        free = self.capacity_bytes - self.used_bytes
-        if size > free:
-            raise CapacityExhausted(
-                f"cannot load '{model_id}': needs {format_size(size)}, {format_size(max(free, 0))} free "
-                f"of {format_size(self.capacity_bytes)}"
-            )
-        self._entries[model_id] = ModelEntry(model_id, State.LOADING, size)
+    def _reserve(self, model_id: str, size: Footprint) -> None:
+        for what, needed, capacity, used in self._memories(size):
+            if needed > capacity:
+                raise ModelTooLarge(f"cannot load '{model_id}': it needs {format_size(needed)}{what}, more than this "
+                                    f"runtime's whole capacity of {format_size(capacity)}")
+            free = capacity - used
+            if needed > free:
+                raise CapacityExhausted(
+                    f"cannot load '{model_id}': needs {format_size(needed)}{what}, {format_size(max(free, 0))} free "
+                    f"of {format_size(capacity)}"
+                )
+        self._entries[model_id] = ModelEntry(model_id, State.LOADING, size.host, device_bytes=size.device)
 
-    async def _settle(self, model_id: str, handle: Any, measured: int) -> None:
+    def _memories(self, size: Footprint, leaving_out: ModelEntry | None = None):
+        """(how to name it, bytes needed, capacity, bytes used by others) of host memory, and
+        of the GPU's when there is one."""
+        host_used = self.used_bytes - (leaving_out.reserved_bytes if leaving_out else 0)
+        yield "", size.host, self.capacity_bytes, host_used
+        if self._device_capacity_bytes is not None:
+            device_used = self.device_used_bytes - (leaving_out.device_bytes if leaving_out else 0)
+            yield " on the GPU", size.device, self._device_capacity_bytes, device_used
+
+    async def _settle(self, model_id: str, handle: Any, measured: Footprint) -> None:
         """Swap the reservation for the measured size, or refuse a model that does not fit."""
         entry = self._entries[model_id]
-        measured = measured or entry.reserved_bytes
-        others = self.used_bytes - entry.reserved_bytes
-        if others + measured > self.capacity_bytes:
-            await self._discard(model_id, handle)
-            refusal = ModelTooLarge if measured > self.capacity_bytes else CapacityExhausted
-            raise refusal(
-                f"'{model_id}' measured {format_size(measured)} after loading (predicted "
-                f"{format_size(entry.reserved_bytes)}); it does not fit, so it was unloaded again"
-            )
+        if not measured.host:  # unknown: the reservation stands
+            measured = Footprint(entry.reserved_bytes, measured.device or entry.device_bytes)
+        for what, needed, capacity, others in self._memories(measured, leaving_out=entry):
+            if others + needed > capacity:
+                await self._discard(model_id, handle)
+                refusal = ModelTooLarge if needed > capacity else CapacityExhausted
+                raise refusal(
+                    f"'{model_id}' measured {format_size(needed)}{what} after loading (predicted "
+                    f"{format_size(entry.device_bytes if what else entry.reserved_bytes)}); it does not fit, "
+                    f"so it was unloaded again"
+                )
         entry.model = handle
-        entry.reserved_bytes = measured
+        entry.reserved_bytes = measured.host
+        entry.device_bytes = measured.device
         entry.state = State.LOADED
         self._loaded(entry)
 

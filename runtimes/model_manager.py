@@ -9,7 +9,12 @@ Guarantees:
   `size_factor`); both add the backend's fixed cost per model (`fixed_costs`, calibrated
   at the backend's first load by `runtimes.backend_setup`, else `model_fixed_cost`), and
   the backends' one-time overhead counts as used; a model that turns
-  out not to fit is unloaded again and refused (CapacityExhausted). Deciding what to
+  out not to fit is unloaded again and refused (CapacityExhausted). On a GPU
+  (`device` cuda), a backend that runs there (`Backend.uses_device`) is measured on the
+  device too: the device memory in use after its load less before (`runtimes.device_memory`:
+  measured loads of one device run one at a time), its reservation the predicted size;
+  what its backend measured beyond those device bytes is charged to the host, with the
+  fixed cost. Deciding what to
   evict belongs to the placement layer, not here. Loads and unloads of one model id run
   one at a time, in order; different ids run in parallel (up to `max_loading_concurrency`
   loads).
@@ -34,6 +39,7 @@ holds the loop from start to end, so it cannot add to the requests in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +51,9 @@ import numpy as np
 
 from puller.errors import InvalidStorageUri, PullError, UnsafePath
 from runtimes.backends import TRITON, Backend, BackendRegistry, Device, LoadedModel
+from runtimes.device_memory import DeviceMeter
 from runtimes.errors import Busy, InvalidInput, InvalidModel, LoadFailed
-from runtimes.lifecycle import LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
+from runtimes.lifecycle import Footprint, LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
 from runtimes.load_gate import LoadGate
 from runtimes.memory import release_free_memory
 from runtimes.model_type import parse_model_key, resolve_model_type
@@ -102,9 +109,11 @@ class ModelManager(ModelLifecycle):
     """Owns every model this runtime holds; see the module docstring for guarantees."""
 
     def __init__(self, config: ManagerConfig, backends: BackendRegistry, artifacts: Artifacts,
-                 observer: LifecycleObserver | None = None) -> None:
+                 observer: LifecycleObserver | None = None, *, meter: DeviceMeter | None = None) -> None:
         super().__init__(config.capacity_bytes, observer)
         self.config = config
+        #: Measures loads on the GPU (None on the CPU: nothing to measure there).
+        self.meter = meter if meter is not None else DeviceMeter() if config.device.is_gpu else None
         self._backends = backends
         self._artifacts = artifacts
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
@@ -165,45 +174,68 @@ class ModelManager(ModelLifecycle):
     def predict_size(self, model_type: str, model_path: str, model_key: str | None) -> int:
         """Fast, conservative: local files times the size factor, else the key's disk size or a
         default; plus the backend's fixed cost."""
+        return self.predict_footprint(model_type, model_path, model_key).host
+
+    def predict_footprint(self, model_type: str, model_path: str, model_key: str | None) -> Footprint:
+        """`predict_size` on the host and, for a backend that runs on this runtime's GPU (or
+        one not known yet), the same bytes less the fixed cost on the device: its data goes
+        there. The measurement after the load settles both."""
         key = parse_model_key(model_key)
-        fixed = self.fixed_cost(resolve_model_type(model_type, key).name)  # an unsupported type fails here
+        backend = resolve_model_type(model_type, key).name  # an unsupported type fails here
         local = Path(model_path) if model_path and "://" not in model_path else None
         if local is not None and local.exists():
             on_disk = disk_size(local)
         else:
             on_disk = int(key.get("disk_size_bytes") or 0)
-        if not on_disk:
-            return fixed + self.config.default_model_size
-        return fixed + max(int(on_disk * self.config.size_factor), 1)
+        own = max(int(on_disk * self.config.size_factor), 1) if on_disk else self.config.default_model_size
+        return Footprint(self.fixed_cost(backend) + own, own if self._on_device(backend) else 0)
+
+    def _on_device(self, backend: str) -> bool:
+        """Whether models of `backend` live on the GPU (a backend not known yet: assume so)."""
+        if not self.config.device.is_gpu:
+            return False
+        try:
+            return self._backends.get(backend).uses_device
+        except KeyError:  # not named, or a Triton layout (its files say which backend)
+            return True
 
     # -- the lifecycle's steps, in this process ------------------------------------
-    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
-        return self.predict_size(model_type, model_path, model_key)
+    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> Footprint:
+        return self.predict_footprint(model_type, model_path, model_key)
 
     async def _bring_in(self, model_id: str, model_type: str, model_path: str,
-                        model_key: str | None) -> tuple[LoadedModel, int]:
+                        model_key: str | None) -> tuple[LoadedModel, Footprint]:
         """The loaded model and its size: the backend's fixed cost plus what the backend measured
-        (a backend that cannot measure: bytes on disk times the size factor)."""
+        (a backend that cannot measure: bytes on disk times the size factor); on a GPU, the
+        device bytes the load took, which leave the host only what the backend measured beyond them."""
         wanted = resolve_model_type(model_type, parse_model_key(model_key))
-        model, backend, on_disk = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
+        model, backend, on_disk, device_bytes = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
         own = model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
-        return model, self.fixed_cost(backend.name) + own
+        if device_bytes:
+            own = max(own - device_bytes, 1)  # 1, not 0: a host size of 0 would mean "not measured"
+        return model, Footprint(self.fixed_cost(backend.name) + own, device_bytes)
 
     async def _fetch_and_load(self, model_id: str, model_type: str, model_path: str,
-                              model_key: str | None) -> tuple[LoadedModel, Backend, int]:
-        """The loaded model, the backend that loaded it and the bytes its files take on disk."""
+                              model_key: str | None) -> tuple[LoadedModel, Backend, int, int]:
+        """The loaded model, the backend that loaded it, the bytes its files take on disk and
+        the device bytes its load took (0 off the GPU)."""
         pulled = await self._pull(model_id, model_path, model_key)
         backend, model_file = self._backends.select(model_type, Path(pulled.local_path), parse_model_key(model_key))
         if self.first_use is not None and not self.first_use.done(backend.name):
             self.first_use.schedule(backend.name)
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(self._load_pool, backend.load, model_file, self.config.device)
+        device = self.config.device
+        load = functools.partial(backend.load, model_file, device)
+        if self.meter is not None and backend.uses_device:
+            model, device_bytes = await loop.run_in_executor(self._load_pool, self.meter.measure, device.index, load)
+        else:
+            model, device_bytes = await loop.run_in_executor(self._load_pool, load), 0
         on_disk = disk_size(model_file)
         if on_disk >= RELEASE_AFTER_LOADING:
             # A big load frees big buffers (the file read whole, parsing); glibc would keep them
             # resident, but they are nobody's memory once the model is in.
             await loop.run_in_executor(self._load_pool, release_free_memory)
-        return model, backend, on_disk
+        return model, backend, on_disk, device_bytes
 
     async def _pull(self, model_id: str, model_path: str, model_key: str | None):
         try:

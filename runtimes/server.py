@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +22,7 @@ from puller import Puller
 from runtimes.backends import BackendRegistry, Device
 from runtimes.backend_setup import BackendSetup
 from runtimes.dataplane import InferenceService
+from runtimes.device_memory import DeviceMemoryReader, device_capacity, nvidia_device_present, read_device_memory
 from runtimes.grpc_servicers import InferenceServicer, ModelRuntimeServicer
 from runtimes.memory import STATM, map_large_allocations, release_free_memory, resident_bytes
 from runtimes.metrics import RuntimeMetrics
@@ -48,7 +48,7 @@ def resolve_device(setting: str) -> Device:
 
 
 def _gpu_visible() -> bool:
-    if not _nvidia_device_present():  # without one, torch need not be imported to tell (seconds, ~100 MiB)
+    if not nvidia_device_present():  # without one, torch need not be imported to tell (seconds, ~100 MiB)
         return False
     try:
         import torch
@@ -59,28 +59,35 @@ def _gpu_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def _nvidia_device_present() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*")) or any(Path("/proc/driver/nvidia/gpus").glob("*"))
-
-
-def resolve_capacity(settings: RuntimeSettings, device: Device) -> int:
-    """The flag's value, or the memory models may use: the container's memory limit less what
-    the process already holds (its resident memory now, the imports done) and the buffer; on a
-    GPU, the GPU's memory less the buffer."""
+def resolve_capacity(settings: RuntimeSettings) -> int:
+    """The flag's value, or the host memory models may use: the container's memory limit less
+    what the process already holds (its resident memory now, the imports done) and the buffer.
+    A GPU's memory is apart (`resolve_device_capacity`)."""
     if settings.capacity is not None:
         return settings.capacity
     total = container_memory_limit()
-    if not device.is_gpu and STATM.exists():
+    if STATM.exists():
         release_free_memory()
         total -= resident_bytes()  # ~300 MiB with ONNX Runtime imported: no model's to take
-    if device.is_gpu:
-        try:
-            import torch
-
-            total = torch.cuda.mem_get_info(device.index)[1]
-        except (ImportError, RuntimeError):
-            log.warning("cannot read GPU memory; capacity comes from host memory")
     return max(total - settings.capacity_buffer, 0)
+
+
+def resolve_device_capacity(settings: RuntimeSettings, device: Device,
+                            read: DeviceMemoryReader = read_device_memory) -> int | None:
+    """The GPU memory models may hold: the flag's value, or the device's free memory now (the
+    backends set up before READY have their context and handles on it already) less
+    `device_memory_reserve`; None on the CPU, or when the device's memory cannot be read
+    (its models are then accounted in host memory only)."""
+    if not device.is_gpu:
+        return None
+    if settings.device_capacity is not None:
+        return settings.device_capacity
+    memory = read(device.index)
+    if memory is None:
+        log.warning("cannot read the memory of GPU %d (no NVML, no torch); device bytes are not accounted",
+                    device.index)
+        return None
+    return device_capacity(memory, settings.device_memory_reserve)
 
 
 def set_up_backends_on_first_use(manager: ModelManager, backends: BackendRegistry,
@@ -128,7 +135,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     map_large_allocations()  # before the backends' imports and the calibration free big blocks
     device = resolve_device(settings.device)
     backends = BackendRegistry.default(settings.threads_per_model)  # ONNX Runtime's import counts below
-    capacity = resolve_capacity(settings, device)
+    capacity = resolve_capacity(settings)
     config = ManagerConfig(
         capacity_bytes=capacity,
         size_factor=settings.size_factor,
@@ -151,8 +158,9 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     try:  # ONNX now, before the observers: nearly every runtime serves it, the rest on first use
         await setup.set_up_before_ready(EAGER_BACKEND)
         if settings.capacity is None:  # derived: less the resident memory now, ONNX's setup in
-            capacity = resolve_capacity(settings, device)
+            capacity = resolve_capacity(settings)
             manager.set_capacity(capacity)
+        manager.set_device_capacity(resolve_device_capacity(settings, device))  # ONNX's device setup in
     except BaseException:
         await manager.close()
         await puller.aclose()
@@ -211,6 +219,8 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     ready.set()
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("runtime listening on %s:%d, capacity %s on %s, metrics on %s",
-             settings.host, port, format_size(capacity), device.kind, metrics_port or "off")
+    device_room = manager.device_capacity_bytes
+    log.info("runtime listening on %s:%d, capacity %s on %s%s, metrics on %s",
+             settings.host, port, format_size(capacity), device.kind,
+             f" (device capacity {format_size(device_room)})" if device_room is not None else "", metrics_port or "off")
     return RunningRuntime(server, manager, puller, port, metrics_port, ready, health_servicer, metrics_http, stream)

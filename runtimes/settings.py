@@ -29,10 +29,15 @@ class RuntimeSettings(BaseSettings):
                                               "with per_model_metrics; the rest share __other__.")
     capacity: int | None = Field(
         None, description="Bytes of models this runtime may hold (e.g. 2GiB); unset: the container's memory limit "
-        "less the process's resident memory once started (ONNX Runtime imported and set up) and capacity_buffer "
-        "(on a GPU: GPU memory minus capacity_buffer). Backends set up later (their first load) charge their "
-        "import to the used bytes."
+        "less the process's resident memory once started (ONNX Runtime imported and set up) and capacity_buffer. "
+        "Host memory also on a GPU, whose memory is device_capacity. Backends set up later (their first load) "
+        "charge their import to the used bytes."
     )
+    device_capacity: int | None = Field(
+        None, description="Bytes of models the GPU may hold (device cuda), apart from capacity; unset: the device's "
+        "free memory once started (NVML, else torch.cuda.mem_get_info) less device_memory_reserve.")
+    device_memory_reserve: int = Field(1 << 30, description="GPU bytes kept free when device_capacity is derived: "
+                                       "kernels' workspaces, a later backend's CUDA setup, fragmentation.")
     capacity_buffer: int = Field(256 << 20, description="Bytes kept free for the process itself when capacity is derived (ModelMesh's 256MiB).")
     models_dir: Path = Field(Path("/tmp/meshserve/models"), description="Local cache the puller writes model files to.")
     storage_config_dir: Path | None = Field(None, description="Folder of storage credentials, one JSON file per key (ModelMesh's storage-config Secret).")
@@ -57,8 +62,8 @@ class RuntimeSettings(BaseSettings):
                                  "multiplex their ModelInfer calls; off, routers send this runtime unary calls.")
     log_level: str = Field("INFO", description="Python logging level.")
 
-    @field_validator("capacity", "capacity_buffer", "disk_budget", "default_model_size", "model_fixed_cost",
-                     "max_message_bytes", mode="before")
+    @field_validator("capacity", "capacity_buffer", "device_capacity", "device_memory_reserve", "disk_budget",
+                     "default_model_size", "model_fixed_cost", "max_message_bytes", mode="before")
     @classmethod
     def _sizes(cls, value):
         return None if value is None or value == "" else parse_size(value)

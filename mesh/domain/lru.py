@@ -14,8 +14,9 @@ Guarantees (each held by ``tests/mesh/domain/test_lru.py``):
 
 1. A victim never has a request in flight, is never a load in progress and is never in
    ``protect``.
-2. When victims are returned they free at least the bytes asked for, and the set is minimal:
-   dropping any one victim would no longer free enough (no eviction beyond need).
+2. When victims are returned they free at least the bytes asked for, of each kind (host
+   bytes, and GPU bytes where a copy holds some: `device_bytes`), and the set is minimal:
+   dropping any one victim would no longer free enough of one kind (no eviction beyond need).
 3. Same state in, same answer out: ties on last use are broken by model id.
 
 Times (``last_used_ms``) are the caller's, on any monotonic clock; this module never reads
@@ -50,6 +51,10 @@ class CopyLike(Protocol):
     @property
     def loading(self) -> bool: ...
 
+    @property
+    def device_bytes(self) -> int:
+        """GPU bytes the copy holds, apart from `size_bytes` (0: none)."""
+
 
 def _is_evictable(copy: CopyLike) -> bool:
     # A load in progress cannot be "unloaded" to free bytes it does not hold yet, and a copy
@@ -78,44 +83,54 @@ def choose_victims(
     copies: Mapping[str, CopyLike],
     needed_bytes: int,
     protect: Collection[str] = (),
+    needed_device_bytes: int = 0,
 ) -> list[str] | None:
-    """Pick idle copies to unload so that at least ``needed_bytes`` are freed.
+    """Pick idle copies to unload so that at least ``needed_bytes`` host bytes and
+    ``needed_device_bytes`` GPU bytes are freed.
 
     Returns:
-        ``[]`` when ``needed_bytes <= 0``; otherwise model ids in eviction order (least
-        recently used first) whose sizes sum to ``>= needed_bytes``; or ``None`` when even
-        unloading every idle copy would not free enough (nothing should be unloaded then).
+        ``[]`` when neither is needed (both ``<= 0``); otherwise model ids in eviction order
+        (least recently used first) whose sizes sum to at least each need; or ``None`` when
+        even unloading every idle copy would not free enough (nothing should be unloaded then).
 
     Guarantees: no victim is loading, has a request in flight, or is in ``protect``; the
-    set is minimal (removing any one victim leaves less than ``needed_bytes``); older copies
+    set is minimal (removing any one victim leaves less than one of the needs); older copies
     are taken before newer ones, ties broken by model id, so the answer is deterministic.
+    A copy that frees only the kind not needed is never kept as a victim.
     """
-    if needed_bytes <= 0:
+    need = (max(needed_bytes, 0), max(needed_device_bytes, 0))
+    if need == (0, 0):
         return []
     candidates = sorted(
         (
-            (c.last_used_ms, mid, c.size_bytes)
+            (c.last_used_ms, mid, (c.size_bytes, c.device_bytes))
             for mid, c in copies.items()
             if mid not in protect and _is_evictable(c)
         ),
     )
-    chosen: list[tuple[int, str, int]] = []
-    freed = 0
+
+    def short(freed: tuple[int, int]) -> bool:
+        return freed[0] < need[0] or freed[1] < need[1]
+
+    chosen: list[tuple[int, str, tuple[int, int]]] = []
+    freed = (0, 0)
     for cand in candidates:
-        if freed >= needed_bytes:
+        if not short(freed):
             break
         chosen.append(cand)
-        freed += cand[2]
-    if freed < needed_bytes:
+        freed = (freed[0] + cand[2][0], freed[1] + cand[2][1])
+    if short(freed):
         return None
     # Greedy LRU order may take many small old copies before one large one that alone would
-    # have been enough. Walk back from the newest victim and spare any copy the others can
-    # do without: after one pass every remaining victim is necessary (freed - size < need
-    # only gets truer as freed shrinks), so nothing is evicted beyond need.
-    kept: list[tuple[int, str, int]] = []
+    # have been enough (or copies that free only the other kind). Walk back from the newest
+    # victim and spare any copy the others can do without: after one pass every remaining
+    # victim is necessary (freed - size < need only gets truer as freed shrinks), so nothing
+    # is evicted beyond need.
+    kept: list[tuple[int, str, tuple[int, int]]] = []
     for cand in reversed(chosen):
-        if freed - cand[2] >= needed_bytes:
-            freed -= cand[2]
+        without = (freed[0] - cand[2][0], freed[1] - cand[2][1])
+        if not short(without):
+            freed = without
         else:
             kept.append(cand)
     kept.reverse()

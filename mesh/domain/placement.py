@@ -23,6 +23,12 @@ Runtime labels (as ModelMesh places models): an instance advertises labels, ``rt
 labels it needs (:func:`model_labels`), and a copy goes only to an instance whose labels
 contain all of them.
 
+GPU memory: an instance with a GPU publishes its device capacity and use apart from host
+memory, and a model measured on one a device size apart from its host size. On an instance
+with a GPU such a model must fit both (free or made free by LRU eviction, of the kind that
+is short); on an instance without one it runs on the CPU, so all its bytes are host bytes
+there (:func:`needs_on`).
+
 Units: bytes for sizes, milliseconds for times (``*_ms``), requests per minute for rates.
 """
 
@@ -54,6 +60,7 @@ __all__ = [
     "format_labels",
     "lost_copies",
     "model_labels",
+    "needs_on",
     "parse_labels",
     "plan_rehoming",
     "plan_scaling",
@@ -191,6 +198,8 @@ class CopyView:
     """Requests being served by this copy; a copy with any is never removed."""
     loading: bool = False
     """True while the load is in progress (its bytes are in ``loading_bytes``)."""
+    device_bytes: int = 0
+    """GPU bytes the copy holds (or reserves), apart from ``size_bytes``."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,10 @@ class InstanceView:
     request_rate: float = 0.0
     """Requests/minute across all copies on the instance."""
     shutting_down: bool = False
+    device_capacity_bytes: int = 0
+    """GPU bytes models may hold; 0: no GPU (models run on the CPU, in host memory)."""
+    device_used_bytes: int = 0
+    """GPU bytes held or reserved, loads in progress included."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", frozenset(label.lower() for label in self.labels))
@@ -225,6 +238,15 @@ class InstanceView:
     def free_bytes(self) -> int:
         """Bytes neither held nor reserved (never negative)."""
         return max(0, self.capacity_bytes - self.used_bytes - self.loading_bytes)
+
+    @property
+    def has_device(self) -> bool:
+        return self.device_capacity_bytes > 0
+
+    @property
+    def device_free_bytes(self) -> int:
+        """GPU bytes neither held nor reserved (never negative; 0 without a GPU)."""
+        return max(0, self.device_capacity_bytes - self.device_used_bytes)
 
     @property
     def loads_in_progress(self) -> int:
@@ -250,6 +272,8 @@ class ModelView:
     """Instances the registry record says hold a copy; lets :func:`lost_copies` notice
     copies on instances that vanished before this process saw their last record."""
     labels: frozenset[str] = field(init=False, repr=False, compare=False)
+    device_size_estimate_bytes: int = 0
+    """GPU bytes the model held where it was last loaded on one, apart from host bytes."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recorded_instance_ids", frozenset(self.recorded_instance_ids))
@@ -360,29 +384,43 @@ def fleet_free_bytes(instances: Iterable[InstanceView]) -> tuple[int, int]:
     return free, cap
 
 
+def needs_on(inst: InstanceView, size_bytes: int, device_bytes: int) -> tuple[int, int]:
+    """(host bytes, GPU bytes) a model of those sizes takes on ``inst``: as they are where
+    there is a GPU; all in host memory where there is none (it runs on the CPU there)."""
+    if inst.has_device:
+        return size_bytes, device_bytes
+    return size_bytes + device_bytes, 0
+
+
 def with_load(inst: InstanceView, model_id: str, size_bytes: int, evict: Iterable[str],
-              now_ms: int) -> InstanceView:
-    """The instance after evicting ``evict`` and starting a load of ``model_id``.
+              now_ms: int, device_bytes: int = 0) -> InstanceView:
+    """The instance after evicting ``evict`` and starting a load of ``model_id``
+    (``device_bytes``: its GPU bytes, :func:`needs_on`).
 
     Lets a caller placing several copies in one pass see its own earlier decisions.
     """
+    host, device = needs_on(inst, size_bytes, device_bytes)
     copies = dict(inst.copies)
-    used = inst.used_bytes
+    used, device_used = inst.used_bytes, inst.device_used_bytes
     for victim in evict:
         gone = copies.pop(victim)
         used -= gone.size_bytes
-    copies[model_id] = CopyView(size_bytes, now_ms, 0, loading=True)
-    return replace(inst, used_bytes=used, loading_bytes=inst.loading_bytes + size_bytes,
-                   copies=copies)
+        device_used -= gone.device_bytes
+    copies[model_id] = CopyView(host, now_ms, 0, loading=True, device_bytes=device)
+    return replace(inst, used_bytes=used, loading_bytes=inst.loading_bytes + host,
+                   device_used_bytes=device_used + device, copies=copies)
 
 
 def without_copy(inst: InstanceView, model_id: str) -> InstanceView:
     """The instance after unloading its copy of ``model_id``."""
     copies = dict(inst.copies)
     gone = copies.pop(model_id)
+    device_used = inst.device_used_bytes - gone.device_bytes
     if gone.loading:
-        return replace(inst, loading_bytes=inst.loading_bytes - gone.size_bytes, copies=copies)
-    return replace(inst, used_bytes=inst.used_bytes - gone.size_bytes, copies=copies)
+        return replace(inst, loading_bytes=inst.loading_bytes - gone.size_bytes,
+                       device_used_bytes=device_used, copies=copies)
+    return replace(inst, used_bytes=inst.used_bytes - gone.size_bytes, device_used_bytes=device_used,
+                   copies=copies)
 
 
 def supports(inst: InstanceView, model: ModelView) -> bool:
@@ -415,19 +453,22 @@ def choose_instance(
     fits in its free space (capacity minus used minus loads in progress) or, when
     ``allow_eviction``, in free space plus what LRU eviction of idle copies frees;
     ``evict`` is then that minimal LRU victim set, never holding a model in ``protect``.
+    Where the instance has a GPU, the model's device bytes fit its free device memory the
+    same way (eviction frees what is short of either kind); without one, they count as
+    host bytes (:func:`needs_on`).
 
     Preference, strongest first:
       1. fits without eviction (evicting a warm copy makes someone else's next call a miss);
       2. a zone that holds no copy of the model (copies spread across failure domains);
       3. an instance with fewer than ``max_loads_in_progress`` loads running;
       4. most free bytes (loads reserve space, so concurrent misses spread out instead of
-         piling onto one instance); when every candidate is full: the one whose newest
+         piling onto one instance), for a model with device bytes most free device bytes
+         first (so it goes to a GPU, where it ran); when every candidate is full: the one whose newest
          victim is oldest (evicting copies nobody used for longest), then fewer victims;
       5. lower request rate on the instance; 6. instance id (determinism).
 
     Returns :class:`NoFit` with the reason when no instance qualifies.
     """
-    size = model.size_estimate_bytes
     excluded = frozenset(exclude)
     # A copy on an instance that is shutting down is leaving; its zone does not count.
     zones_with_copy = {i.zone for i in instances
@@ -441,17 +482,18 @@ def choose_instance(
         if inst.id in excluded or model.id in inst.copies:
             continue
         saw_candidate = True
-        free = inst.free_bytes
-        if size <= free:
+        size, device = needs_on(inst, model.size_estimate_bytes, model.device_size_estimate_bytes)
+        free, device_free = inst.free_bytes, inst.device_free_bytes
+        if size <= free and device <= device_free:
             victims: list[str] = []
-            space_key: tuple[object, ...] = (0, -free, 0)
-        elif allow_eviction and size <= inst.capacity_bytes:
-            found = choose_victims(inst.copies, size - free, protect=protect)
+            space_key: tuple[object, ...] = (0, -device_free if model.device_size_estimate_bytes else 0, -free, 0)
+        elif allow_eviction and size <= inst.capacity_bytes and device <= inst.device_capacity_bytes:
+            found = choose_victims(inst.copies, size - free, protect=protect, needed_device_bytes=device - device_free)
             if found is None:
                 continue
             victims = found
             newest_victim = max(inst.copies[v].last_used_ms for v in victims)
-            space_key = (1, newest_victim, len(victims))
+            space_key = (1, 0, newest_victim, len(victims))
         else:
             continue
         saw_room = True
@@ -474,7 +516,9 @@ def choose_instance(
                      f" or holds a copy of {model.id!r} already")
     assert not saw_room
     how = "even after evicting idle copies" if allow_eviction else "in free space"
-    return NoFit(f"no instance has room for {model.id!r} ({size} bytes) {how}", for_room=True)
+    device = f", {model.device_size_estimate_bytes} on a GPU" if model.device_size_estimate_bytes else ""
+    return NoFit(f"no instance has room for {model.id!r} ({model.size_estimate_bytes} bytes{device}) {how}",
+                 for_room=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -566,7 +610,8 @@ def plan_scaling(snapshot: Snapshot, config: PlacementConfig = PlacementConfig()
                 skipped.append((model_id, choice.reason))
                 break
             inst = work[choice.instance_id]
-            work[inst.id] = with_load(inst, model_id, m.size_estimate_bytes, choice.evict, now)
+            work[inst.id] = with_load(inst, model_id, m.size_estimate_bytes, choice.evict, now,
+                                      m.device_size_estimate_bytes)
             adds.append(AddCopy(model_id, inst.id, choice.evict, why))
             have += 1
 
@@ -680,6 +725,7 @@ def plan_rehoming(
             if isinstance(choice, NoFit):
                 break
             inst = work[choice.instance_id]
-            work[inst.id] = with_load(inst, model_id, m.size_estimate_bytes, choice.evict, now)
+            work[inst.id] = with_load(inst, model_id, m.size_estimate_bytes, choice.evict, now,
+                                      m.device_size_estimate_bytes)
             have += 1
     return tuple(out)

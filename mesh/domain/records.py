@@ -6,7 +6,8 @@
 - `VModelRecord`   at `vmodels/<id>`: an alias and its transition (active -> target).
 - `InstanceRecord` at `instances/<id>`, bound to the instance's lease: its addresses
   (model-runtime SPI, V2 inference), runtime labels, capacity, memory, copies held with last-used times and in-flight
-  counts, rates. Published on significant change and at most every few seconds, never
+  counts, rates. An instance with a GPU also has its device memory (`device_*`), apart
+  from host memory; absent (0) in a record of an instance without one, or an older writer's. Published on significant change and at most every few seconds, never
   per request.
 
 Decoding is strict about types and tolerant of unknown fields, so a newer writer
@@ -56,6 +57,7 @@ class ModelRecord:
     registered_ms: int = 0
     last_used_ms: int = 0
     size_estimate_bytes: int = 0  # 0: unknown, ask predictModelSize
+    device_size_estimate_bytes: int = 0  # GPU bytes its last load measured, apart from host bytes; 0: none
     copies: dict[str, CopyClaim] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     vmodel_refs: tuple[str, ...] = ()
@@ -63,7 +65,8 @@ class ModelRecord:
 
     def to_view(self, rate_per_min: float = 0.0) -> ModelView:
         return ModelView(self.model_id, self.model_type, self.size_estimate_bytes,
-                         self.last_used_ms or None, rate_per_min, frozenset(self.copies))
+                         self.last_used_ms or None, rate_per_min, frozenset(self.copies),
+                         device_size_estimate_bytes=self.device_size_estimate_bytes)
 
     def live_failures(self, now_ms: int) -> dict[str, LoadFailure]:
         return {i: f for i, f in self.failures.items() if f.expires_ms > now_ms}
@@ -92,6 +95,7 @@ class HeldCopy:
     in_flight: int = 0
     loading: bool = False
     rate_per_min: float = 0.0  # requests per minute to this copy, smoothed
+    device_bytes: int = 0  # held (or reserved, loading) on the GPU, apart from size_bytes
 
 
 def formats_of(labels: tuple[str, ...]) -> tuple[str, ...]:
@@ -126,6 +130,8 @@ class InstanceRecord:
     published_ms: int = 0
     labels: tuple[str, ...] = ()
     data_address: str = ""  # host:port of V2 inference; empty: `address`
+    device_capacity_bytes: int = 0  # GPU bytes models may hold; 0: no GPU
+    device_used_bytes: int = 0  # GPU bytes held or reserved (loads in progress included)
 
     @property
     def inference_address(self) -> str:
@@ -140,9 +146,11 @@ class InstanceRecord:
         return frozenset(f"mt:{t}" for t in self.model_types)
 
     def to_view(self) -> InstanceView:
-        copies = {m: CopyView(c.size_bytes, c.last_used_ms, c.in_flight, c.loading) for m, c in self.copies.items()}
+        copies = {m: CopyView(c.size_bytes, c.last_used_ms, c.in_flight, c.loading, c.device_bytes)
+                  for m, c in self.copies.items()}
         return InstanceView(self.instance_id, self.capacity_bytes, self.used_bytes, self.loading_bytes, self.zone,
-                            self.advertised_labels, copies, self.request_rate_per_min, self.shutting_down)
+                            self.advertised_labels, copies, self.request_rate_per_min, self.shutting_down,
+                            self.device_capacity_bytes, self.device_used_bytes)
 
     @property
     def lru_last_used_ms(self) -> int | None:

@@ -222,7 +222,8 @@ class InstanceAgent(AsyncClosing):
         entry = self._manager.entries().get(model_id)
         if entry is not None:
             self._seen[model_id] = entry
-        self._record_change(model_id, loaded_change(self.instance_id, _now_ms(), size_bytes))
+        device_bytes = entry.device_bytes if entry is not None else 0
+        self._record_change(model_id, loaded_change(self.instance_id, _now_ms(), size_bytes, device_bytes))
 
     def model_load_failed(self, model_id: str, seconds: float, error: BaseException) -> None:
         self._record_change(model_id, load_failed_change(self.instance_id, _now_ms(), error,

@@ -10,9 +10,11 @@ process driven over the model-runtime SPI (`meshserve agent`). What the agent re
   request counters (`stats`): what the record publishes (rates from the counters' growth)
   and what LRU eviction chooses from;
 - `capacity_bytes` and `used_bytes` (loaded plus loads in progress, plus
-  `backend_overhead_bytes`: what the process took for good to serve its formats);
+  `backend_overhead_bytes`: what the process took for good to serve its formats); with a
+  GPU, `device_capacity_bytes` (None: none) and `device_used_bytes`, and each entry's
+  `device_bytes`, apart from host memory;
 - `unload(model_id)`: eviction (it waits for requests in flight);
-- `set_room_maker(hook)`: called with (model id, predicted bytes) before each load reserves
+- `set_room_maker(hook)`: called with (model id, predicted bytes, predicted device bytes) before each load reserves
   its bytes, where the agent evicts LRU copies;
 - `add_observer(observer)`: `model_loaded` / `model_load_failed` / `model_unloaded` after
   each, which the agent turns into model record writes.
@@ -37,6 +39,14 @@ class ModelHolder(Protocol):
     def used_bytes(self) -> int: ...
 
     backend_overhead_bytes: int
+
+    @property
+    def device_capacity_bytes(self) -> int | None: ...
+
+    @property
+    def device_used_bytes(self) -> int: ...
+
+    device_overhead_bytes: int
 
     def entries(self) -> dict[str, ModelEntry]: ...
 

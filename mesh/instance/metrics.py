@@ -3,7 +3,9 @@
 Guarantees: the metric names, types and buckets are ModelMesh's, so its dashboards read
 them unchanged; nothing here reads the manager (the owners set the values). Evictions are
 counted by `modelmesh_age_at_eviction_milliseconds_count`, as in ModelMesh (no counter).
-`meshserve_instance_loads_in_progress` is meshserve's own: ModelMesh has no gauge of it.
+`meshserve_instance_loads_in_progress` is meshserve's own: ModelMesh has no gauge of it, nor
+of GPU memory: `meshserve_instance_device_capacity_bytes` and `_device_used_bytes` are
+meshserve's, next to the host ones (0 on an instance without a GPU, as in its record).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class AgentMetrics:
                             registry=registry)
         self.loading = Gauge("meshserve_instance_loads_in_progress", "Models being loaded on this instance",
                              registry=registry)
+        self.device_capacity = Gauge("meshserve_instance_device_capacity_bytes",
+                                     "GPU bytes of models this instance may hold, apart from host memory (0: no GPU)",
+                                     registry=registry)
+        self.device_used = Gauge("meshserve_instance_device_used_bytes",
+                                 "GPU bytes held by loaded models and reserved by loads in progress, with the "
+                                 "backends' device overhead", registry=registry)
         self.age_at_eviction = Histogram("modelmesh_age_at_eviction_milliseconds",
                                          "Time since a copy's last use when it was evicted",
                                          buckets=AGE_BUCKETS_MS, registry=registry)
@@ -47,3 +55,8 @@ class AgentMetrics:
         self.capacity.set(capacity_bytes)
         self.used.set(used_bytes)
         self.used_bps.set(min(10_000, used_bytes * 10_000 // capacity_bytes) if capacity_bytes > 0 else 0)
+
+    def set_device_usage(self, capacity_bytes: int, used_bytes: int) -> None:
+        self.device_capacity.set(capacity_bytes)
+        self.device_used.set(used_bytes)
+

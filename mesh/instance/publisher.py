@@ -2,7 +2,7 @@
 
 Guarantees:
 - `RecordBuilder.snapshot()` reflects the manager at that moment: capacity, used and
-  loading bytes (an unloading copy still counts as used until it is gone, but is not listed:
+  loading bytes, and with a GPU its device capacity and used bytes (an unloading copy still counts as used until it is gone, but is not listed:
   it takes no requests), the copies with their last use and in-flight count, and request
   rates smoothed per model; it also sets the instance gauges;
 - request rates come from the manager's per-model counters read on each snapshot, so
@@ -74,8 +74,10 @@ class RecordBuilder:
             if entry.state is State.UNLOADING:
                 continue  # takes no requests: routers must not see it
             copies[model_id] = HeldCopy(entry.reserved_bytes, entry.last_used_ms, entry.in_flight,
-                                        entry.state is State.LOADING, round(rates.get(model_id, 0.0), 3))
+                                        entry.state is State.LOADING, round(rates.get(model_id, 0.0), 3),
+                                        entry.device_bytes)
         self.refresh_metrics(now_ms, entries)
+        device_capacity = self._manager.device_capacity_bytes
         return InstanceRecord(
             instance_id=self._instance_id,
             address=self._address,
@@ -91,6 +93,8 @@ class RecordBuilder:
             published_ms=now_ms,
             labels=self._labels,
             data_address=self._data_address,
+            device_capacity_bytes=device_capacity or 0,
+            device_used_bytes=self._manager.device_used_bytes if device_capacity is not None else 0,
         )
 
     def document(self) -> dict[str, Any]:
@@ -103,6 +107,10 @@ class RecordBuilder:
         entries = self._manager.entries() if entries is None else entries
         self._metrics.set_usage(self._manager.capacity_bytes, self._manager.backend_overhead_bytes
                                 + sum(e.reserved_bytes for e in entries.values()))
+        device_capacity = self._manager.device_capacity_bytes  # None: no GPU, the gauges stay 0
+        if device_capacity is not None:
+            self._metrics.set_device_usage(device_capacity, self._manager.device_overhead_bytes
+                                           + sum(e.device_bytes for e in entries.values()))
         self._metrics.models.set(len(entries))
         self._metrics.loading.set(sum(1 for e in entries.values() if e.state is State.LOADING))
         loaded = [e.last_used_ms for e in entries.values() if e.state is State.LOADED]

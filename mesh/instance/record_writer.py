@@ -37,13 +37,14 @@ _RESYNC = object()  # queue item: retry the writes kept while etcd was unreachab
 _BACKOFF = Backoff(initial_s=0.4, max_s=2.0)
 
 
-def loaded_change(instance_id: str, now_ms: int, size_bytes: int) -> Change:
-    """The instance claims a loaded copy, with its measured size, and its failure is forgotten."""
+def loaded_change(instance_id: str, now_ms: int, size_bytes: int, device_bytes: int = 0) -> Change:
+    """The instance claims a loaded copy, with its measured size (host and GPU bytes), and its
+    failure is forgotten."""
 
     def change(record: ModelRecord) -> ModelRecord:
         failures = {i: f for i, f in record.failures.items() if i != instance_id}
         return replace(record, copies={**record.copies, instance_id: CopyClaim("loaded", now_ms)},
-                       size_estimate_bytes=size_bytes, failures=failures)
+                       size_estimate_bytes=size_bytes, device_size_estimate_bytes=device_bytes, failures=failures)
 
     return change
 

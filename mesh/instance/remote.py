@@ -12,6 +12,10 @@ own SPI server (`mesh.instance.spi_front`).
   before calling loadModel; the size loadModel reports (else modelSize, else the
   prediction) replaces it. The capacity is the runtime's `capacityInBytes` unless given,
   re-read at each health check (a meshserve runtime's shrinks as it sets up a new backend).
+  A runtime with a GPU says so in meshserve's own fields: `deviceCapacityInBytes` in
+  runtimeStatus (0: no GPU), `deviceSizeInBytes` in predictModelSize, loadModel and
+  modelSize; device bytes are then accounted apart from host bytes, as in process. Other
+  runtimes leave them 0: host memory only.
 - Errors: the runtime's status codes become the runtime's errors (`runtimes.errors`), so the
   agent answers the fabric with the same codes and the model records blame a model (or
   not) as for an in-process load: RESOURCE_EXHAUSTED -> CapacityExhausted; UNAVAILABLE,
@@ -50,7 +54,7 @@ from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
 from runtimes.errors import CapacityExhausted, InvalidInput, LoadFailed, ModelNotFound, RuntimeError_
-from runtimes.lifecycle import ModelLifecycle, State
+from runtimes.lifecycle import Footprint, ModelLifecycle, State
 
 __all__ = ["RemoteModels", "RuntimeNotReady", "runtime_error"]
 
@@ -135,6 +139,7 @@ class RemoteModels(ModelLifecycle):
             return None
         if not self._capacity_given:
             self._capacity_bytes = status.capacityInBytes
+        self._take_device_capacity(status)
         if status.defaultModelSizeInBytes:
             self.default_model_size = status.defaultModelSizeInBytes
         if not self.capacity_bytes:
@@ -158,6 +163,7 @@ class RemoteModels(ModelLifecycle):
                     # A runtime's room shrinks once it serves a new format (its library's
                     # overhead comes off its capacityInBytes, `runtimes.backend_setup`).
                     self._capacity_bytes = status.capacityInBytes
+                self._take_device_capacity(status)
             else:
                 failures += 1
                 log.warning("runtime at %s: runtimeStatus failed (%d of %d): %s", self.runtime_address, failures,
@@ -166,7 +172,11 @@ class RemoteModels(ModelLifecycle):
                     return reason
             await asyncio.sleep(interval_s)  # the health check's period
 
-    async def predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
+    def _take_device_capacity(self, status: rt.RuntimeStatusResponse) -> None:
+        """The runtime's GPU memory for models, as it reports it (0: no GPU)."""
+        self.set_device_capacity(status.deviceCapacityInBytes or None)
+
+    async def predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> Footprint:
         """The runtime's predictModelSize, or the default model size when it cannot tell."""
         request = rt.PredictModelSizeRequest(modelId=model_id, modelType=model_type, modelPath=model_path,
                                              modelKey=model_key or "")
@@ -174,16 +184,16 @@ class RemoteModels(ModelLifecycle):
             reply = await self._spi.predictModelSize(request, timeout=self._call_timeout_s)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return self.default_model_size
+                return Footprint(self.default_model_size)
             raise runtime_error(error, model_id, self.runtime_address) from None
-        return reply.sizeInBytes or self.default_model_size
+        return Footprint(reply.sizeInBytes or self.default_model_size, reply.deviceSizeInBytes)
 
     # -- the lifecycle's steps, over the SPI ---------------------------------------------
-    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> int:
+    async def _predict(self, model_id: str, model_type: str, model_path: str, model_key: str | None) -> Footprint:
         return await self.predict(model_id, model_type, model_path, model_key)
 
     async def _bring_in(self, model_id: str, model_type: str, model_path: str,
-                        model_key: str | None) -> tuple[Any, int]:
+                        model_key: str | None) -> tuple[Any, Footprint]:
         request = rt.LoadModelRequest(modelId=model_id, modelType=model_type, modelPath=model_path,
                                       modelKey=model_key or "")
         try:
@@ -191,11 +201,11 @@ class RemoteModels(ModelLifecycle):
         except grpc.aio.AioRpcError as error:
             raise runtime_error(error, model_id, self.runtime_address) from None
         self.max_concurrency[model_id] = reply.maxConcurrency
-        size = reply.sizeInBytes
-        if not size:
+        size = Footprint(reply.sizeInBytes, reply.deviceSizeInBytes)
+        if not size.host:
             try:
-                size = (await self._spi.modelSize(rt.ModelSizeRequest(modelId=model_id),
-                                                  timeout=self._call_timeout_s)).sizeInBytes
+                answer = await self._spi.modelSize(rt.ModelSizeRequest(modelId=model_id), timeout=self._call_timeout_s)
+                size = Footprint(answer.sizeInBytes, answer.deviceSizeInBytes)
             except grpc.aio.AioRpcError as error:  # loaded all the same: the prediction stands
                 log.info("runtime at %s: modelSize of %s failed (%s); keeping the predicted size",
                          self.runtime_address, model_id, error.code().name)

@@ -2,7 +2,8 @@
 
 Guarantees (the victim rule is `mesh.domain.lru.choose_victims`):
 - a copy with a request in flight or a load in progress is never evicted; victims go least
-  recently used first and no more than needed;
+  recently used first and no more than needed, of the kind that is short: host memory, or
+  the GPU's where the holder has one (`device_capacity_bytes`) and the load needs some;
 - a copy loaded less than `fresh_copy_grace_s` ago that has not served yet is spared (the
   call that asked for it is on its way);
 - when nothing can go now, the load waits up to `room_wait_s` for a request to finish or a
@@ -34,6 +35,7 @@ class _Candidate:
     last_used_ms: int
     in_flight: int
     loading: bool
+    device_bytes: int
 
 
 async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
@@ -62,8 +64,8 @@ class LruRoomMaker:
         self._room_wait_s = room_wait_s
         self._fresh_grace_ms = int(fresh_copy_grace_s * 1000)
 
-    async def make_room(self, model_id: str, predicted_bytes: int) -> None:
-        """Evict LRU idle copies so `predicted_bytes` fit.
+    async def make_room(self, model_id: str, predicted_bytes: int, predicted_device_bytes: int = 0) -> None:
+        """Evict LRU idle copies so `predicted_bytes` (and `predicted_device_bytes` on the GPU) fit.
 
         Runs under the manager's room lock, right before it reserves the bytes. When no
         copy can go now (all busy, or fresh), waits for a request to finish or a fresh
@@ -75,7 +77,7 @@ class LruRoomMaker:
         give_up_at = loop.time() + self._room_wait_s
         try:
             while True:
-                victims, wake, grace_ends_s = self._victims(model_id, predicted_bytes)
+                victims, wake, grace_ends_s = self._victims(model_id, predicted_bytes, predicted_device_bytes)
                 if victims is None:
                     return  # fits already
                 if victims:
@@ -92,22 +94,29 @@ class LruRoomMaker:
         except Exception:  # noqa: BLE001 - a failed eviction must not fail the load by itself
             log.exception("making room for %s failed", model_id)
 
-    def _victims(self, model_id: str, predicted_bytes: int) -> tuple[list[str] | None, list[asyncio.Event], float]:
+    def _victims(self, model_id: str, predicted_bytes: int,
+                 predicted_device_bytes: int) -> tuple[list[str] | None, list[asyncio.Event], float]:
         """(None if it fits, else the LRU victims, [] when none can go now; events that
         signal a busy copy going idle; seconds until the first fresh copy's grace ends)."""
         manager = self._manager
         needed = predicted_bytes - (manager.capacity_bytes - manager.used_bytes)
-        if needed <= 0 or predicted_bytes > manager.capacity_bytes:
+        device_capacity = manager.device_capacity_bytes
+        if device_capacity is None:  # no GPU: the manager checks host memory only
+            device_needed, too_large = 0, False
+        else:
+            device_needed = predicted_device_bytes - (device_capacity - manager.device_used_bytes)
+            too_large = predicted_device_bytes > device_capacity
+        if (needed <= 0 and device_needed <= 0) or predicted_bytes > manager.capacity_bytes or too_large:
             return None, [], 0.0  # fits, or never will (the manager refuses it: ModelTooLarge)
         now_ms = self._clock()
         entries = manager.entries()
         candidates = {
-            m: _Candidate(e.reserved_bytes, e.last_used_ms, e.in_flight, e.state is not State.LOADED)
+            m: _Candidate(e.reserved_bytes, e.last_used_ms, e.in_flight, e.state is not State.LOADED, e.device_bytes)
             for m, e in entries.items()
         }
         fresh = [m for m, e in entries.items() if e.state is State.LOADED and e.stats.inference_count == 0
                  and e.stats.fail.count == 0 and now_ms - e.since_ms < self._fresh_grace_ms]
-        victims = choose_victims(candidates, needed, protect=(model_id, *fresh))
+        victims = choose_victims(candidates, needed, protect=(model_id, *fresh), needed_device_bytes=device_needed)
         if victims:
             return victims, [], 0.0
         busy = [e.idle for e in entries.values() if e.state is State.LOADED and e.in_flight > 0]

@@ -43,7 +43,8 @@ class AgentRuntimeServicer(rt_grpc.ModelRuntimeServicer):
     @mapped_errors
     async def loadModel(self, request, context):
         size = await self._models.load(request.modelId, request.modelType, request.modelPath, request.modelKey)
-        return rt.LoadModelResponse(sizeInBytes=size, maxConcurrency=self._models.max_concurrency.get(request.modelId, 0))
+        return rt.LoadModelResponse(sizeInBytes=size, maxConcurrency=self._models.max_concurrency.get(request.modelId, 0),
+                                    deviceSizeInBytes=self._models.device_size_of(request.modelId))
 
     @mapped_errors
     async def unloadModel(self, request, context):
@@ -53,11 +54,12 @@ class AgentRuntimeServicer(rt_grpc.ModelRuntimeServicer):
     @mapped_errors
     async def predictModelSize(self, request, context):
         size = await self._models.predict(request.modelId, request.modelType, request.modelPath, request.modelKey)
-        return rt.PredictModelSizeResponse(sizeInBytes=size)
+        return rt.PredictModelSizeResponse(sizeInBytes=size.host, deviceSizeInBytes=size.device)
 
     @mapped_errors
     async def modelSize(self, request, context):
-        return rt.ModelSizeResponse(sizeInBytes=self._models.size_of(request.modelId))
+        return rt.ModelSizeResponse(sizeInBytes=self._models.size_of(request.modelId),
+                                    deviceSizeInBytes=self._models.device_size_of(request.modelId))
 
     @mapped_errors
     async def runtimeStatus(self, request, context):
@@ -68,6 +70,7 @@ class AgentRuntimeServicer(rt_grpc.ModelRuntimeServicer):
         reply = rt.RuntimeStatusResponse()
         reply.CopyFrom(status)
         reply.capacityInBytes = self._models.capacity_bytes
+        reply.deviceCapacityInBytes = self._models.device_capacity_bytes or 0
         if not self._ready.is_set() and reply.status == rt.RuntimeStatusResponse.READY:
             reply.status = rt.RuntimeStatusResponse.STARTING
         return reply

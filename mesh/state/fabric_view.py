@@ -161,9 +161,7 @@ class FabricView(AsyncClosing):
     def model_view(self, record: ModelRecord) -> ModelView:
         """The model as the placement engine sees it, with live rate and last-used time."""
         last_used = max([record.last_used_ms, *(c.last_used_ms for c in self._holders.get(record.model_id, {}).values())])
-        view = record.to_view(self.rate_per_min(record.model_id))
-        return ModelView(view.id, view.model_type, view.size_estimate_bytes, last_used or None,
-                         view.rate_per_min, view.recorded_instance_ids)
+        return replace(record.to_view(self.rate_per_min(record.model_id)), last_used_ms=last_used or None)
 
     def snapshot(self, now_ms: int) -> Snapshot:
         """The whole fabric for the placement engine (O(models + copies); not for the request path)."""

@@ -93,6 +93,9 @@ class Backend(ABC):
     file_suffixes: tuple[str, ...]
     #: Format versions advertised as `mt:<name>:<version>`, as ServingRuntimes list them.
     versions: tuple[str, ...] = ()
+    #: Its models live on a GPU device when the runtime has one (their device memory is
+    #: measured around the load); False: CPU only, whatever the device.
+    uses_device: bool = False
 
     @abstractmethod
     def load(self, model_file: Path, device: Device) -> LoadedModel:

@@ -103,6 +103,7 @@ class OnnxBackend(Backend):
     name = "onnx"
     file_suffixes = (".onnx",)
     versions = ("1",)  # as ModelMesh's and KServe's runtimes list ONNX
+    uses_device = True  # the CUDA provider, when this onnxruntime build has it
 
     def __init__(self, intra_op_threads: int = 1) -> None:
         self._intra_op_threads = intra_op_threads

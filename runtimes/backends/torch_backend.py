@@ -24,6 +24,7 @@ class TorchBackend(Backend):
     name = "pytorch"
     file_suffixes = (".pt2", ".pt", ".torchscript")
     versions = ("1", "2")  # "1" as ModelMesh's and KServe's runtimes list PyTorch; "2" for torch.export
+    uses_device = True
 
     def __init__(self, threads: int = 1) -> None:
         self._threads = max(1, threads)

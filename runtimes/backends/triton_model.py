@@ -89,6 +89,7 @@ class TritonLayoutBackend(Backend):
         self.config = config
         self.name = inner.name
         self.file_suffixes = inner.file_suffixes
+        self.uses_device = inner.uses_device
 
     def load(self, model_file: Path, device: Device) -> LoadedModel:
         model = self.inner.load(model_file, device)

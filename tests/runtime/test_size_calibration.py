@@ -210,9 +210,9 @@ def test_a_derived_capacity_leaves_out_the_memory_the_process_already_holds():
     from runtimes.sizes import container_memory_limit
 
     buffer = 256 << 20
-    derived = resolve_capacity(RuntimeSettings(capacity_buffer=buffer), Device("cpu"))
+    derived = resolve_capacity(RuntimeSettings(capacity_buffer=buffer))
     held = resident_bytes()  # this test process: numpy, ONNX Runtime, gRPC imported
     assert held > 32 << 20
     # Not promised to models: what the process holds now (within a few MiB of allocator noise) and the buffer.
     assert abs((container_memory_limit() - held - buffer) - derived) < 16 << 20
-    assert resolve_capacity(RuntimeSettings(capacity=123 << 20), Device("cpu")) == 123 << 20  # given: as given
+    assert resolve_capacity(RuntimeSettings(capacity=123 << 20)) == 123 << 20  # given: as given

@@ -16,6 +16,7 @@ class C:
     last_used_ms: int
     in_flight: int = 0
     loading: bool = False
+    device_bytes: int = 0
 
 
 # -- choose_victims --------------------------------------------------------------------

@@ -113,7 +113,7 @@ class ModelManager(ModelLifecycle):
         super().__init__(config.capacity_bytes, observer)
         self.config = config
         #: Measures loads on the GPU (None on the CPU: nothing to measure there).
-        self.meter = meter if meter is not None else DeviceMeter() if config.device.is_gpu else None
+        self.meter = (meter or DeviceMeter()) if config.device.is_gpu else None
         self._backends = backends
         self._artifacts = artifacts
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)

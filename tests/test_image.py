@@ -140,7 +140,7 @@ def test_the_gpu_image_takes_cuda_torch_and_only_the_gpu_onnxruntime():
     assert "pip uninstall --yes onnxruntime onnxruntime-gpu" in run
     assert "pip install --no-deps -c requirements/constraints.txt onnxruntime-gpu" in run
     assert "CUDAExecutionProvider" in run
-    assert PYPROJECT["project"]["optional-dependencies"]["gpu"] == ["onnxruntime-gpu>=1.18"]
+    assert PYPROJECT["project"]["optional-dependencies"]["gpu"] == ["onnxruntime-gpu>=1.18", "nvidia-ml-py>=12"]
     constraints = (REPO / "requirements" / "constraints.txt").read_text().splitlines()
     assert any(line.startswith("onnxruntime-gpu==") for line in constraints)
 

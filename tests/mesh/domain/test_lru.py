@@ -55,6 +55,16 @@ def test_does_not_evict_beyond_need() -> None:
     assert choose_victims(copies, 10) == ["c"]
 
 
+def test_gpu_bytes_are_freed_by_copies_that_hold_some_and_no_more_than_needed() -> None:
+    # "a" is the oldest but holds nothing on the GPU; "b" and "c" do.
+    copies = {"a": C(10, 100), "b": C(10, 200, device_bytes=50), "c": C(10, 300, device_bytes=80)}
+    assert choose_victims(copies, 0, needed_device_bytes=40) == ["b"]  # not "a": it frees no GPU bytes
+    assert choose_victims(copies, 15, needed_device_bytes=40) == ["a", "b"]  # both kinds short
+    assert choose_victims(copies, 0, needed_device_bytes=100) == ["b", "c"]
+    assert choose_victims(copies, 0, needed_device_bytes=200) is None
+    assert choose_victims(copies, 0, needed_device_bytes=0) == []
+
+
 def test_ties_on_last_use_break_by_model_id() -> None:
     copies = {"z": C(10, 5), "y": C(10, 5), "x": C(10, 5)}
     assert choose_victims(copies, 10) == ["x"]
@@ -97,3 +107,26 @@ def test_victim_properties(copies: dict[str, C], needed: int, protect: set[str])
         assert freed - copies[v].size_bytes < needed
     # Deterministic and independent of the mapping's order.
     assert choose_victims(dict(reversed(list(copies.items()))), needed, protect) == victims
+
+
+@settings(max_examples=300, deadline=None)
+@given(copies=st.dictionaries(st.sampled_from([f"m{i}" for i in range(12)]),
+                              st.builds(C, size_bytes=st.integers(0, 1000), last_used_ms=st.integers(0, 50),
+                                        in_flight=st.integers(0, 2), loading=st.booleans(),
+                                        device_bytes=st.integers(0, 1000)), max_size=12),
+       needed=st.integers(-10, 4000), needed_device=st.integers(-10, 4000))
+def test_victim_properties_with_gpu_bytes(copies: dict[str, C], needed: int, needed_device: int) -> None:
+    victims = choose_victims(copies, needed, needed_device_bytes=needed_device)
+    idle = [c for c in copies.values() if c.in_flight == 0 and not c.loading]
+    if needed <= 0 and needed_device <= 0:
+        assert victims == []
+        return
+    if victims is None:  # only refuses when one kind cannot be freed even by every idle copy
+        assert sum(c.size_bytes for c in idle) < needed or sum(c.device_bytes for c in idle) < needed_device
+        return
+    freed = (sum(copies[v].size_bytes for v in victims), sum(copies[v].device_bytes for v in victims))
+    assert freed[0] >= needed and freed[1] >= needed_device
+    for v in victims:  # minimal: without any one victim, one kind is short
+        c = copies[v]
+        assert c.in_flight == 0 and not c.loading
+        assert freed[0] - c.size_bytes < needed or freed[1] - c.device_bytes < needed_device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
@@ -27,6 +28,8 @@ from mesh.domain.placement import (
     plan_rehoming,
     plan_scaling,
     supports,
+    with_load,
+    without_copy,
 )
 
 MIN = 60_000
@@ -64,6 +67,66 @@ def test_loads_in_progress_count_against_free_space() -> None:
     # A full-by-loading instance cannot take it even though nothing is "used" yet.
     full = inst("c", copies={"x": CopyView(95, 0, loading=True)})
     assert isinstance(choose_instance(model(), [full]), NoFit)
+
+
+# -- GPU memory, apart from host memory ------------------------------------------------------
+
+
+def gpu(id: str, cap: int = 100, device_cap: int = 100, *, copies: dict[str, CopyView] | None = None) -> InstanceView:
+    """An instance with a GPU, its host and device use agreeing with its copies."""
+    plain = inst(id, cap, copies=copies)
+    device_used = sum(c.device_bytes for c in (copies or {}).values())
+    return replace(plain, device_capacity_bytes=device_cap, device_used_bytes=device_used)
+
+
+def gpu_model(id: str = "g", size: int = 10, device: int = 60) -> ModelView:
+    return replace(model(id, size), device_size_estimate_bytes=device)
+
+
+def test_a_model_with_device_bytes_fits_only_where_the_gpu_and_the_host_both_have_room() -> None:
+    device_full = gpu("a", copies={"x": CopyView(5, 0, device_bytes=50, in_flight=1)})  # 50 free on the GPU
+    host_full = gpu("b", copies={"y": CopyView(95, 0, in_flight=1)})  # GPU empty, 5 free on the host
+    result = choose_instance(gpu_model(), [device_full, host_full])
+    assert isinstance(result, NoFit) and result.for_room and "60 on a GPU" in result.reason
+    roomy = gpu("c")
+    assert choose_instance(gpu_model(), [device_full, host_full, roomy]) == Choice("c")
+
+
+def test_a_model_with_device_bytes_prefers_the_gpu_with_most_free_device_memory() -> None:
+    more_host = gpu("a", cap=1000, copies={"x": CopyView(10, 0, device_bytes=30)})
+    more_device = gpu("b", cap=100, device_cap=1000)
+    assert choose_instance(gpu_model(), [more_host, more_device]) == Choice("b")
+    assert choose_instance(model(), [more_host, more_device]) == Choice("a")  # host only: host free decides
+
+
+def test_eviction_frees_the_kind_that_is_short() -> None:
+    copies = {"old-cpu": CopyView(30, 100), "gpu-1": CopyView(5, 200, device_bytes=50),
+              "gpu-2": CopyView(5, 300, device_bytes=40)}
+    inst_ = gpu("a", copies=copies)  # host 60 free, GPU 10 free
+    choice = choose_instance(gpu_model(device=40), [inst_])
+    assert choice == Choice("a", ("gpu-1",))  # the older copy on the host would free no GPU bytes
+    after = with_load(inst_, "g", 10, choice.evict, 400, device_bytes=40)
+    assert after.device_used_bytes == 80 and after.copies["g"].device_bytes == 40 and after.loading_bytes == 10
+    assert without_copy(after, "g").device_used_bytes == 40
+    assert isinstance(choose_instance(gpu_model(device=101), [inst_]), NoFit)  # more than the whole GPU
+
+
+def test_without_a_gpu_a_model_runs_on_the_cpu_and_all_its_bytes_are_host_bytes() -> None:
+    cpu = inst("cpu", cap=100, copies={"x": CopyView(40, 0, in_flight=1)})  # 60 free
+    assert choose_instance(gpu_model(size=10, device=40), [cpu]) == Choice("cpu")  # 50 of host memory
+    assert isinstance(choose_instance(gpu_model(size=10, device=55), [cpu]), NoFit)  # 65 > 60
+    after = with_load(cpu, "g", 10, (), 1, device_bytes=40)
+    assert after.loading_bytes == 50 and after.device_used_bytes == 0 and after.copies["g"].device_bytes == 0
+
+
+def test_scaling_and_rehoming_account_device_bytes_per_decision() -> None:
+    hot = replace(gpu_model("g", device=60), last_used_ms=1000, rate_per_min=10_000.0)
+    instances = [gpu("a", copies={"g": CopyView(10, 1000, device_bytes=60)}), gpu("b"), gpu("c", device_cap=50)]
+    plan = plan_scaling(Snapshot(1000, tuple(instances), {"g": hot}), PlacementConfig(scale_up_rate_per_copy=2000))
+    assert [a.instance_id for a in plan.adds] == ["b"]  # "c"'s GPU is too small; one more would not fit anywhere
+    moved = plan_rehoming(Snapshot(1000, (gpu("b"), gpu("c", device_cap=50)), {"g": replace(hot, rate_per_min=0)}),
+                          gone=[instances[0]])
+    assert [r.choice for r in moved] == [Choice("b")]
 
 
 def test_skips_unsupported_types_and_shutting_down_instances() -> None:

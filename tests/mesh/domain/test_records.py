@@ -20,6 +20,7 @@ sizes = st.integers(min_value=0, max_value=2**50)
 model_records = st.builds(
     ModelRecord, model_id=ids, model_type=st.sampled_from(["onnx", "pytorch"]), storage_path=st.text(max_size=30),
     storage_key=st.text(max_size=30), registered_ms=times, last_used_ms=times, size_estimate_bytes=sizes,
+    device_size_estimate_bytes=sizes,
     copies=st.dictionaries(ids, st.builds(CopyClaim, state=st.sampled_from(["loading", "loaded"]), since_ms=times), max_size=4),
     failures=st.dictionaries(ids, st.builds(LoadFailure, reason=st.text(max_size=40), time_ms=times, expires_ms=times), max_size=3),
     vmodel_refs=st.lists(ids, max_size=3).map(tuple), auto_delete=st.booleans(),
@@ -30,8 +31,9 @@ instance_records = st.builds(
     labels=st.lists(st.sampled_from(["mt:onnx", "mt:onnx:1", "rt:triton-2.x", "pv:grpc-v2"]), max_size=4, unique=True).map(tuple),
     shutting_down=st.booleans(), request_rate_per_min=st.floats(min_value=0, max_value=1e9),
     copies=st.dictionaries(ids, st.builds(HeldCopy, size_bytes=sizes, last_used_ms=times,
-                                          in_flight=st.integers(0, 1000), loading=st.booleans()), max_size=5),
-    published_ms=times,
+                                          in_flight=st.integers(0, 1000), loading=st.booleans(),
+                                          device_bytes=sizes), max_size=5),
+    published_ms=times, device_capacity_bytes=sizes, device_used_bytes=sizes,
 )
 
 
@@ -82,6 +84,28 @@ def test_instance_record_maps_to_the_placement_view():
     assert view.free_bytes == 50 and view.labels == frozenset({"mt:onnx", "rt:triton-2.x"}) and view.loads_in_progress == 1
     assert view.copies["a"].in_flight == 2
     assert record.lru_last_used_ms == 5
+
+
+def test_device_memory_maps_to_the_view_and_records_without_it_are_of_instances_without_a_gpu():
+    record = InstanceRecord("i1", "h:1", capacity_bytes=100, used_bytes=40, device_capacity_bytes=1000,
+                            device_used_bytes=300, copies={"a": HeldCopy(40, 5, device_bytes=300)})
+    view = record.to_view()
+    assert view.has_device and view.device_free_bytes == 700 and view.copies["a"].device_bytes == 300
+    assert view.free_bytes == 60  # host memory apart
+    model = ModelRecord("m", "onnx", "p", size_estimate_bytes=10, device_size_estimate_bytes=200)
+    assert model.to_view().device_size_estimate_bytes == 200
+    # Written by an agent older than GPU memory (or of an instance without one): no device fields.
+    document = json.loads(encode(record))
+    for name in ("device_capacity_bytes", "device_used_bytes"):
+        del document[name]
+    del document["copies"]["a"]["device_bytes"]
+    older = decode(InstanceRecord, json.dumps(document)).to_view()
+    assert not older.has_device and older.device_free_bytes == 0 and older.copies["a"].device_bytes == 0
+    model_document = json.loads(encode(model))
+    del model_document["device_size_estimate_bytes"]
+    assert decode(ModelRecord, json.dumps(model_document)).device_size_estimate_bytes == 0
+    with pytest.raises(RecordError, match="device_used_bytes"):
+        decode(InstanceRecord, json.dumps({**json.loads(encode(record)), "device_used_bytes": "300"}))
 
 
 def test_labels_round_trip_and_a_record_written_before_labels_advertises_its_types():

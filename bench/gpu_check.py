@@ -11,10 +11,16 @@ Steps, each printed as a row of a markdown table:
    TorchScript Linear, a torch.export MLP, a TorchScript `x * 2` with FP16 and BF16 inputs,
    and the tests' ONNX `add` model (which must run on the CUDA provider when it is there);
 3. a model of `--size-mb` (a chain of square Linear layers), as TorchScript and as ONNX:
-   load time, the size the backend measured, the file's size, device memory before and
-   after, one inference checked against the CPU, and that unloading gives the memory back.
+   load time, the size the backend measured, the device size the runtime measures
+   (`runtimes.device_memory.DeviceMeter`: device memory in use after the load less
+   before, NVML first), the file's size, one inference checked against the CPU, and that
+   unloading gives the memory back;
+4. `--cycles` load/unload cycles (default 100) of a model of `--cycle-size-mb` per backend:
+   device memory in use after them less before, and the time per cycle;
+5. batching on vs off on the device: a hook (`batching_on_vs_off`) that reports n/a until
+   the runtime has a dynamic batching option (issue #18's other half, built on its own branch).
 
-    python bench/gpu_check.py [--size-mb 500] [--device cuda|cpu] [--out FILE]
+    python bench/gpu_check.py [--size-mb 500] [--cycles 100] [--cycle-size-mb 64] [--device cuda|cpu] [--out FILE]
 
 `--device cpu` runs the same steps on the CPU, to try the script where there is no GPU.
 Exit status: 0 every check passed, 1 a check failed, 2 no CUDA device for `--device cuda`.
@@ -23,6 +29,8 @@ Exit status: 0 every check passed, 1 a check failed, 2 no CUDA device for `--dev
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import sys
 import tempfile
 import time
@@ -42,6 +50,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from runtimes.backends import Device, LoadedModel  # noqa: E402
 from runtimes.backends.onnx_backend import OnnxBackend  # noqa: E402
 from runtimes.backends.torch_backend import TorchBackend  # noqa: E402
+from runtimes.device_memory import DeviceMeter, read_device_memory  # noqa: E402
+from runtimes.model_manager import ManagerConfig  # noqa: E402
 from tests.support.models import add_onnx, exported_mlp, torchscript_linear  # noqa: E402
 
 MIB = 1 << 20
@@ -62,12 +72,19 @@ class Report:
 
 
 def device_memory(device: torch.device) -> int:
-    """Bytes in use on the GPU by every allocator in this process (torch's and ONNX Runtime's):
-    the driver's total minus free. 0 on the CPU."""
+    """Bytes in use on the GPU by every allocator (torch's and ONNX Runtime's), as the runtime
+    reads them (`runtimes.device_memory`: NVML, else torch). 0 on the CPU."""
     if device.type != "cuda":
         return 0
-    free, total = torch.cuda.mem_get_info(device)
-    return total - free
+    memory = read_device_memory(device.index or 0)
+    return memory.used if memory is not None else 0
+
+
+def measured_load(backend, path: Path, device: Device) -> tuple[LoadedModel, int]:
+    """The loaded model and the device bytes its load took, measured as the model manager does."""
+    if not device.is_gpu:
+        return backend.load(path, device), 0
+    return DeviceMeter().measure(device.index, functools.partial(backend.load, path, device))
 
 
 def synchronize(device: torch.device) -> None:
@@ -186,7 +203,7 @@ def large_model(report: Report, work: Path, device: Device, target: torch.device
         synchronize(target)
         before = device_memory(target)
         started = time.perf_counter()
-        loaded: LoadedModel = backend.load(path, device)
+        loaded, device_bytes = measured_load(backend, path, device)
         synchronize(target)
         seconds = time.perf_counter() - started
         held = device_memory(target) - before
@@ -201,14 +218,56 @@ def large_model(report: Report, work: Path, device: Device, target: torch.device
         size = f"{measured / MIB:.0f} MiB" if measured else "not measured (the manager uses file size x size_factor)"
         file_bytes = path.stat().st_size
         detail = (f"{layers} x Linear({width}, {width}) on {where}; file {file_bytes / MIB:.0f} MiB; load {seconds:.2f} s; "
-                  f"size {size}; device memory used {held / MIB:.0f} MiB, after unload {kept / MIB:.0f} MiB")
+                  f"size {size}; measured on the device {device_bytes / MIB:.0f} MiB; device memory used "
+                  f"{held / MIB:.0f} MiB, after unload {kept / MIB:.0f} MiB")
         # Unloading must give the weights back; libraries' handles and workspaces may stay.
         report.row(f"{label} ~{size_mb} MB", right and kept < file_bytes // 10, detail)
+
+
+def load_unload_cycles(report: Report, work: Path, device: Device, target: torch.device, size_mb: int,
+                       cycles: int) -> None:
+    """`cycles` loads and unloads of one model per backend: what stays in use on the device."""
+    width = 2048
+    layers = max(1, round(size_mb * MIB / (width * width * 4)))
+    module = linear_chain(width, layers)
+    files = {"TorchScript": work / "cycle-pt" / "model.pt", "ONNX": work / "cycle-onnx" / "model.onnx"}
+    for path in files.values():
+        path.parent.mkdir(parents=True)
+    torch.jit.script(module).save(str(files["TorchScript"]))
+    chain_as_onnx(module, files["ONNX"])
+    for label, backend in (("TorchScript", TorchBackend()), ("ONNX", OnnxBackend())):
+        path = files[label]
+        backend.load(path, device).unload()  # the backend's one-time setup on the device, not the cycles'
+        synchronize(target)
+        before = device_memory(target)
+        started = time.perf_counter()
+        for _ in range(cycles):
+            backend.load(path, device).unload()
+        synchronize(target)
+        seconds = (time.perf_counter() - started) / cycles
+        kept = device_memory(target) - before
+        file_bytes = path.stat().st_size
+        report.row(f"{label} {cycles} load/unload cycles", kept < file_bytes // 4,
+                   f"{file_bytes / MIB:.0f} MiB model; {seconds * 1000:.0f} ms per cycle; device memory after "
+                   f"{cycles} cycles {kept / MIB:+.0f} MiB against before")
+
+
+def batching_on_vs_off(report: Report) -> None:
+    """Hook for dynamic batching on the device (issue #18's other half): n/a until the
+    runtime's ManagerConfig has a batching option; then: one model, concurrent small
+    requests, throughput and latency with it on and off."""
+    options = [f.name for f in dataclasses.fields(ManagerConfig) if "batch" in f.name]
+    if not options:
+        report.row("batching on vs off", None, "no dynamic batching option in this runtime yet (hook: batching_on_vs_off)")
+        return
+    report.row("batching on vs off", None, f"batching options {options} exist; this hook is not filled in yet")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=500, help="size of the large model (default 500)")
+    parser.add_argument("--cycles", type=int, default=100, help="load/unload cycles per backend (default 100)")
+    parser.add_argument("--cycle-size-mb", type=int, default=64, help="size of the cycled model (default 64)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
@@ -224,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         environment(report, target)
         small_models(report, work, device, target)
         large_model(report, work, device, target, args.size_mb)
+        load_unload_cycles(report, work, device, target, args.cycle_size_mb, args.cycles)
+        batching_on_vs_off(report)
     if args.out:
         args.out.write_text("\n".join(report.lines) + "\n")
     print("\nevery check passed" if not report.failed else "\nSOME CHECKS FAILED", flush=True)

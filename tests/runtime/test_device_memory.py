@@ -9,29 +9,22 @@ CPU). What a real load takes on a real device is for the `gpu` tests (test_gpu_m
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from puller import Puller
-from runtimes.backends import BackendRegistry, Device
-from runtimes.backends.onnx_backend import OnnxBackend
+from runtimes.backends import Device
 from runtimes.backends.onnx_tensors import constant_tensor_bytes
 from runtimes.device_memory import (DeviceMemory, DeviceMeter, _from_nvml, device_capacity, nvidia_device_present,
                                     read_device_memory)
 from runtimes.errors import CapacityExhausted, ModelTooLarge
-from runtimes.model_manager import ManagerConfig, ModelManager
 from runtimes.server import resolve_device_capacity
 from runtimes.settings import RuntimeSettings
 from tests.support import models
-from tests.support.stand_in_gpu import StandInGpu
-
-MIB = 1 << 20
-FIXED = 64 << 10
+from tests.support.stand_in_gpu import FIXED_COST as FIXED
+from tests.support.stand_in_gpu import MIB, StandInGpu, gpu_manager
 
 
 @pytest.mark.skipif(nvidia_device_present(), reason="this machine has an NVIDIA device")
@@ -88,21 +81,6 @@ def weighted(tmp_path: Path) -> dict[str, Path]:
     """ONNX models of ~1 MiB and ~2 MiB of weights."""
     return {name: models.add_onnx(tmp_path / "store" / name / "model.onnx", weights=floats).parent
             for name, floats in (("one", 250_000), ("two", 500_000))}
-
-
-@contextlib.asynccontextmanager
-async def gpu_manager(tmp_path: Path, gpu: StandInGpu, device_capacity: int | None,
-                      device: Device = Device("cuda", 0)) -> AsyncIterator[ModelManager]:
-    """A real manager of real ONNX models on `device`, its device readings from `gpu`."""
-    puller = Puller(tmp_path / "cache")
-    config = ManagerConfig(capacity_bytes=64 * MIB, device=device, model_fixed_cost=FIXED)
-    manager = ModelManager(config, BackendRegistry([OnnxBackend()]), puller, meter=DeviceMeter(gpu))
-    manager.set_device_capacity(device_capacity)
-    try:
-        yield manager
-    finally:
-        await manager.close()
-        await puller.aclose()
 
 
 async def test_a_load_on_the_gpu_is_charged_its_device_bytes_apart_from_host_bytes(tmp_path, weighted):

@@ -7,14 +7,25 @@ Each measured load reads the device twice, before and after (`DeviceMeter.measur
 reading after a load grows the device's use by the next of `growths`, as if that load had
 put so many bytes on the device. A reading after takes the next growth only once per
 measured load, so the script holds only while measured loads of a device do not overlap,
-which the meter promises.
+which the meter promises. `gpu_manager` is a real model manager on "cuda" that reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from runtimes.device_memory import DeviceMemory
+from puller import Puller
+from runtimes.backends import BackendRegistry, Device
+from runtimes.backends.onnx_backend import OnnxBackend
+from runtimes.device_memory import DeviceMemory, DeviceMeter
+from runtimes.model_manager import ManagerConfig, ModelManager
+
+MIB = 1 << 20
+#: What each model is charged besides its own data (fixed: GPU runtimes are not calibrated).
+FIXED_COST = 64 << 10
 
 
 class StandInGpu:
@@ -33,3 +44,19 @@ class StandInGpu:
                 self.used += self.growths.pop(0) if self.growths else 0
             self.reads += 1
             return DeviceMemory(self.total, self.total - self.used)
+
+
+@contextlib.asynccontextmanager
+async def gpu_manager(tmp_path: Path, gpu: StandInGpu, device_capacity: int | None,
+                      device: Device = Device("cuda", 0)) -> AsyncIterator[ModelManager]:
+    """A real manager of real ONNX models on `device` (64 MiB of host memory), its device
+    readings from `gpu`; ONNX Runtime runs them on the CPU for want of a CUDA provider."""
+    puller = Puller(tmp_path / "cache")
+    config = ManagerConfig(capacity_bytes=64 * MIB, device=device, model_fixed_cost=FIXED_COST)
+    manager = ModelManager(config, BackendRegistry([OnnxBackend()]), puller, meter=DeviceMeter(gpu))
+    manager.set_device_capacity(device_capacity)
+    try:
+        yield manager
+    finally:
+        await manager.close()
+        await puller.aclose()

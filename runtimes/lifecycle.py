@@ -275,7 +275,9 @@ class ModelLifecycle:
             entry = self._entries[model_id]
             for observer in self._observers:
                 observer.model_loaded(model_id, self._clock() - started, entry.reserved_bytes)
-            log.info("loaded %s (%s) in %.3fs", model_id, format_size(entry.reserved_bytes), self._clock() - started)
+            on_device = f", {format_size(entry.device_bytes)} on the GPU" if entry.device_bytes else ""
+            log.info("loaded %s (%s%s) in %.3fs", model_id, format_size(entry.reserved_bytes), on_device,
+                     self._clock() - started)
             return entry.reserved_bytes
 
     def _reserve(self, model_id: str, size: Footprint) -> None:

@@ -30,6 +30,11 @@ def method_path(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
+_READY = method_path("ModelReady")
+#: `ModelReadyResponse(ready=False)`, serialized: proto3 leaves a false bool out, so it is empty.
+_NOT_READY = Reply(b"", (), ())
+
+
 class DataPlane:
     def __init__(self, router: Router, view: FabricView, default_deadline_s: float) -> None:
         self.router = router
@@ -70,15 +75,22 @@ class DataPlane:
     async def forward(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
                       timeout: float | None, model_header: str | None = None,
                       vmodel_header: str | None = None) -> Reply:
-        """Forward a serialized request (`method`: full path) and return the instance's reply."""
+        """Forward a serialized request (`method`: full path) and return the instance's reply.
+        ModelReady of a model (or vmodel) that is not registered answers `ready: false`, as
+        Triton and the runtime do, so that tritonclient's `is_model_ready` returns False."""
         try:
             name = read_model_name(body)
         except MalformedRequest as error:
             raise InvalidRequest(f"malformed request: {error}") from None
-        model_id = self.target(name, model_header, vmodel_header)
-        if model_id != name:
-            body = with_model_name(body, model_id)
-        if model_header is not None or vmodel_header is not None:
-            metadata = (*(metadata or ()), (MODEL_HEADER, model_id))
-        return await self.router.call(method, body, model_id, metadata,
-                                      self.default_deadline_s if timeout is None else timeout)
+        try:
+            model_id = self.target(name, model_header, vmodel_header)
+            if model_id != name:
+                body = with_model_name(body, model_id)
+            if model_header is not None or vmodel_header is not None:
+                metadata = (*(metadata or ()), (MODEL_HEADER, model_id))
+            return await self.router.call(method, body, model_id, metadata,
+                                          self.default_deadline_s if timeout is None else timeout)
+        except ModelNotFound:
+            if method == _READY:
+                return _NOT_READY
+            raise

@@ -32,7 +32,7 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
-from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity
+from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity, NoLiveInstance
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
@@ -244,7 +244,7 @@ class Router(AsyncClosing):
             except TimeoutError:
                 raise DeadlineExceeded(f"model '{model_id}' was not loaded within the call's deadline "
                                        f"({remaining:.3g}s){why}") from None
-            except LoadingFailed as error:
+            except (LoadingFailed, NoLiveInstance) as error:
                 raise Unavailable(str(error)) from None
             except LoaderNoCapacity as error:
                 raise NoCapacity(str(error) or f"no instance has room for model '{model_id}'") from None

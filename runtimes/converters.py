@@ -40,6 +40,9 @@ def infer_request_from_proto(request: pb.ModelInferRequest) -> InferRequest:
     for index, tensor in enumerate(request.inputs):
         shape = list(tensor.shape)
         if raw:
+            if tensor.HasField("contents"):  # Triton refuses the mix too: which one would be the data?
+                raise InvalidInput(f"input '{tensor.name}': contents must not be given when the request uses "
+                                   "raw_input_contents; send every input one way")
             data = decode_raw(tensor.name, tensor.datatype, shape, raw[index])
         else:
             data = _decode_typed(tensor, shape)

@@ -7,6 +7,7 @@
   RegistryConflict                            ABORTED
   NoCapacity                                  RESOURCE_EXHAUSTED
   NoSupportingRuntime (a NoCapacity)          RESOURCE_EXHAUSTED (the message names the missing labels)
+  NoLiveInstance (a NoCapacity)               UNAVAILABLE (no runtime in the fabric at all; the message says so)
   LoadingFailed                               UNAVAILABLE (the reasons are in the message)
   StoreUnavailable, StoreClosed               UNAVAILABLE (etcd unreachable; the message says so)
   TimeoutError                                DEADLINE_EXCEEDED
@@ -29,6 +30,7 @@ from mesh.domain.errors import (
     ModelInUse,
     ModelNotRegistered,
     NoCapacity,
+    NoLiveInstance,
     NoSupportingRuntime,
     PreconditionFailed,
     RegistryConflict,
@@ -50,6 +52,7 @@ STATUS_OF_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     RegistryConflict: grpc.StatusCode.ABORTED,
     NoCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NoSupportingRuntime: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NoLiveInstance: grpc.StatusCode.UNAVAILABLE,
     LoadingFailed: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     StoreClosed: grpc.StatusCode.UNAVAILABLE,

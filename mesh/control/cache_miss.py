@@ -15,7 +15,8 @@ there is none:
    is tried, at most `max_load_attempts` per call; instances with a live failure record
    are not tried again until it expires, so a broken model is not retried in a loop;
 6. a model whose type needs runtime labels that no live instance advertises fails at once
-   with `NoSupportingRuntime` (naming the labels), rather than waiting for room.
+   with `NoSupportingRuntime` (naming the labels), rather than waiting for room; with no
+   live instance at all, with `NoLiveInstance` (UNAVAILABLE: a runtime must join).
 
 A claim whose instance is gone (lease expired) or that is older than the loading
 timeout no longer counts; the controller removes such claims.
@@ -34,7 +35,7 @@ import grpc
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.etcd.keys import Keys
-from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity, NoSupportingRuntime
+from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity, NoLiveInstance, NoSupportingRuntime
 from mesh.domain.placement import NoFit, PlacementConfig, choose_instance
 from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.domain.records import CopyClaim, LoadFailure, ModelRecord, to_document
@@ -42,7 +43,7 @@ from mesh.state.registry import Registry
 from mesh.control.runtime_client import RuntimeClients
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 
-__all__ = ["CacheMiss", "LoadingFailed", "MissConfig", "NoCapacity", "NoSupportingRuntime"]
+__all__ = ["CacheMiss", "LoadingFailed", "MissConfig", "NoCapacity", "NoLiveInstance", "NoSupportingRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class CacheMiss(AsyncClosing):
     async def ensure_loaded(self, model_id: str, timeout: float) -> list[str]:
         """Ids of instances holding a loaded copy, loading one first if there is none.
 
-        Raises ModelNotRegistered, LoadingFailed, NoSupportingRuntime (no live instance has
-        the labels its type needs), NoCapacity, or TimeoutError when `timeout` seconds pass
+        Raises ModelNotRegistered, LoadingFailed, NoLiveInstance (the fabric has none),
+        NoSupportingRuntime (no live instance has the labels its type needs), NoCapacity, or TimeoutError when `timeout` seconds pass
         first (a load already started goes on).
         """
         loaded = self._view.loaded_on(model_id)
@@ -121,6 +122,8 @@ class CacheMiss(AsyncClosing):
             choice = choose_instance(model, self._live_instance_views(), self._view.placement(self.config.placement),
                                      exclude=failures.keys() | refused)
             if isinstance(choice, NoFit):
+                if choice.no_instances:
+                    raise NoLiveInstance(model_id)
                 if choice.unsupported:
                     raise NoSupportingRuntime(model_id, model.labels)
                 if refused or choice.for_room:

@@ -21,6 +21,7 @@ __all__ = [
     "ModelInUse",
     "ModelNotRegistered",
     "NoCapacity",
+    "NoLiveInstance",
     "NoSupportingRuntime",
     "PreconditionFailed",
     "RecordError",
@@ -101,3 +102,18 @@ class NoSupportingRuntime(NoCapacity):
         wanted = "|".join(self.labels) or "(none)"
         super().__init__(f"cannot load '{model_id}': no live instance has the runtime labels {wanted} "
                          f"its model type needs (is a runtime serving that type running?)")
+
+
+class NoLiveInstance(NoCapacity):
+    """The fabric has no live instance at all (none registered, or every one shutting down).
+
+    Not the model's type and not room: nothing can serve until a runtime (re)joins, which
+    is an availability problem (UNAVAILABLE, retryable), not a capacity one.
+    """
+
+    retryable = True
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(f"cannot serve '{model_id}': the fabric has no live runtime instance (none is "
+                         f"registered, or every one is shutting down); start a runtime or wait for one to join")

@@ -322,12 +322,14 @@ class NoFit:
     """No instance can take the copy now; ``reason`` says why, for status and logs.
     ``for_room``: instances with the model's labels exist but none has room now (a wait may
     help); ``unsupported``: no instance that is not shutting down has the model's labels
-    (no runtime for it in the fleet); neither: the instances with its labels are all
-    excluded or hold a copy already."""
+    (no runtime for it in the fleet); ``no_instances`` (with ``unsupported``): there is no
+    instance that is not shutting down at all; neither: the instances with its labels are
+    all excluded or hold a copy already."""
 
     reason: str
     for_room: bool = False
     unsupported: bool = False
+    no_instances: bool = False
 
 
 @dataclass(frozen=True)
@@ -508,6 +510,8 @@ def choose_instance(
         ranked.append((key, Choice(inst.id, tuple(victims))))
     if ranked:
         return min(ranked, key=lambda kc: kc[0])[1]
+    if not any(not inst.shutting_down for inst in instances):
+        return NoFit(f"no live instance at all to take {model.id!r}", unsupported=True, no_instances=True)
     if not saw_support:
         return NoFit(f"no live instance has the labels {format_labels(model.labels)} that model"
                      f" {model.id!r} of type {model.model_type!r} needs", unsupported=True)

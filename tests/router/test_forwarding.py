@@ -12,6 +12,7 @@ import tritonclient.grpc.aio as aioclient
 from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
+from mesh.domain.errors import NoLiveInstance
 from protos import grpc_service_pb2 as pb
 from tests.router.conftest import StubLoader
 
@@ -143,6 +144,50 @@ async def test_unknown_model_is_not_found_with_a_message(routed):
     assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert "no-such-model" in caught.value.message() and "not registered" in caught.value.message()
     assert loader.calls == ["no-such-model"]
+
+
+class NoInstances:
+    """A loader standing in for the cache miss of a fabric where no runtime is running."""
+
+    async def ensure_loaded(self, model_id: str, timeout: float) -> list[str]:
+        raise NoLiveInstance(model_id)
+
+
+async def test_no_instance_at_all_is_unavailable_saying_so(fabric, router_factory):
+    running = await router_factory(fabric.view, NoInstances())
+    with pytest.raises(InferenceServerException) as caught:
+        await asyncio.to_thread(_infer_sync, _address(running), "add", _x())
+    assert caught.value.status() == "StatusCode.UNAVAILABLE"
+    assert "no live runtime instance" in caught.value.message() and "'add'" in caught.value.message()
+
+
+async def test_model_ready_of_an_unregistered_model_is_false_not_an_error(routed):
+    """As Triton and the runtime answer: tritonclient's is_model_ready returns False instead of raising."""
+    running, loader, _ = routed
+    async with aioclient.InferenceServerClient(_address(running)) as client:
+        assert await client.is_model_ready("no-such-model") is False
+        assert await client.is_model_ready("add") is True
+        # An unknown vmodel named by header is not ready either; other calls still say NOT_FOUND.
+        assert await client.is_model_ready("add", headers={"mm-vmodel-id": "no-such-vmodel"}) is False
+        with pytest.raises(InferenceServerException) as caught:
+            await client.get_model_metadata("no-such-model")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+async def test_raw_and_typed_contents_together_are_refused(routed, runtimes):
+    """Triton refuses a request that gives an input both ways; so does the runtime, and the router passes that on."""
+    running, _, _ = routed
+    request = pb.ModelInferRequest(model_name="add")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+    request.raw_input_contents.append(np.ones(4, dtype=np.float32).tobytes())
+    for address in (runtimes[0].address, _address(running)):
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+                    request.SerializeToString(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input 'x'" in caught.value.details() and "raw_input_contents" in caught.value.details()
 
 
 async def test_model_errors_pass_through_unchanged(routed, runtimes):

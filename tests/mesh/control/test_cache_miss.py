@@ -13,7 +13,8 @@ import pytest
 
 from mesh.instance.agent import InstanceAgent
 from mesh.api.status import status_of
-from mesh.control.cache_miss import CacheMiss, LoadingFailed, MissConfig, NoCapacity, NoSupportingRuntime
+from mesh.control.cache_miss import (CacheMiss, LoadingFailed, MissConfig, NoCapacity, NoLiveInstance,
+                                     NoSupportingRuntime)
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.domain.records import CopyClaim, ModelRecord
@@ -142,6 +143,20 @@ async def test_a_type_no_live_instance_has_the_labels_for_fails_at_once(fabric, 
     assert not counter.loaded and not counter.failed
     record = caller.view.model("sk")
     assert not record.copies and not record.failures  # nothing claimed, nothing blamed
+
+
+async def test_a_fabric_without_any_instance_is_unavailable_not_out_of_capacity(etcd_server, etcd, keys, tmp_path):
+    """No runtime at all (none started, all gone): UNAVAILABLE at once, saying so, not
+    RESOURCE_EXHAUSTED about the model's type."""
+    async with Caller(etcd_server.endpoint, keys) as caller:
+        registry = Registry(etcd, keys)
+        await register(registry, tmp_path, "lonely")
+        async with asyncio.timeout(5):
+            with pytest.raises(NoLiveInstance) as raised:
+                await caller.miss.ensure_loaded("lonely", timeout=30)
+    assert raised.value.retryable and status_of(raised.value) == grpc.StatusCode.UNAVAILABLE
+    assert "'lonely'" in str(raised.value) and "no live runtime instance" in str(raised.value)
+    assert not caller.view.model("lonely").copies  # nothing claimed
 
 
 async def test_a_label_expression_type_loads_only_where_its_labels_are(fabric, tmp_path):

@@ -15,10 +15,15 @@ unchanged to one instance holding a loaded copy and returns the reply bytes. It 
 - retries: an instance that answers UNAVAILABLE (unreachable, dying) or NOT_FOUND (its
   copy is gone) is excluded for the rest of this call and marked suspect for
   `suspect_s` (others try it last), and the call goes to another copy, or waits for
-  the fabric to change and loads again, at most `max_tries` forwards, within the deadline.
+  the fabric to change and loads again, at most `max_tries` forwards, within the deadline;
+- backpressure: a RESOURCE_EXHAUSTED marked `protos.limits.BUSY_TRAILER` (the copy's queue
+  or its runtime's is full) goes to another loaded copy, each tried once; with none left
+  the caller gets that answer (no load is waited for: the caller backs off). The model is
+  reported saturated to the `scaler` (`CacheMiss.scale_up`: one copy more), at most once
+  per model per `saturation_report_s`, in a task of its own.
 
 Guarantees: every failure is a `router.errors.RouterError`; instance answers that are
-the model's business (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) come back as
+the model's business (INVALID_ARGUMENT, an unmarked RESOURCE_EXHAUSTED, ...) come back as
 `UpstreamError` unchanged. No lock is held across an await; the hit path allocates the
 candidate list and the call, nothing per message. The caller must `await close()`.
 """
@@ -32,6 +37,7 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
+from protos.limits import BUSY_TRAILER
 from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity, NoLiveInstance
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
@@ -39,7 +45,7 @@ from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailab
 from router.instance_stream import FRAME_MARGIN_BYTES, InstanceStream, StreamUnsupported
 from router.policy import LeastInFlight, Policy, ReplicaLoad
 
-__all__ = ["Loader", "Observer", "Reply", "Router"]
+__all__ = ["Loader", "Observer", "Reply", "Router", "Scaler"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +67,25 @@ class Loader(Protocol):
         ...
 
 
+class Scaler(Protocol):
+    """Where a router reports a saturated model (`mesh.control.cache_miss.CacheMiss`)."""
+
+    async def scale_up(self, model_id: str) -> str | None:
+        """Add one copy of `model_id` if placement allows; the instance it went to, or None."""
+        ...
+
+
 class Observer(Protocol):
     """Hooks for metrics (`router.metrics.RouterMetrics`); each must be quick."""
 
     def retried(self, reason: str) -> None: ...
 
     def cache_miss(self, seconds: float, model_id: str) -> None: ...
+
+
+def _is_busy(code: grpc.StatusCode, trailing: Metadata) -> bool:
+    """A RESOURCE_EXHAUSTED a runtime marked as backpressure (not the model's own answer)."""
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and any(key == BUSY_TRAILER for key, _ in trailing)
 
 
 class Reply(NamedTuple):
@@ -111,9 +130,13 @@ class Router(AsyncClosing):
     def __init__(self, view: FabricView, loader: Loader | None, *, policy: Policy | None = None,
                  max_tries: int = 3, suspect_s: float = 2.0, max_message_bytes: int = 16 << 20,
                  observer: Observer | None = None, clock: Callable[[], float] = time.monotonic,
-                 instance_streams: bool = True) -> None:
+                 instance_streams: bool = True, scaler: Scaler | None = None,
+                 saturation_report_s: float = 5.0) -> None:
         self._view = view
         self._loader = loader
+        self._scaler = scaler
+        self.saturation_report_s = saturation_report_s
+        self._saturation_reported: dict[str, float] = {}  # model id -> when (clock)
         self._policy = policy or LeastInFlight()
         self.max_tries = max(1, max_tries)
         self.suspect_s = suspect_s
@@ -147,10 +170,13 @@ class Router(AsyncClosing):
         gone: dict[str, int] | None = None  # instance -> its record's publish time when the copy was found gone
         tries = moves = 0
         last_failure = ""
+        busy: UpstreamError | None = None  # the last copy that refused the call as backpressure
         while True:
             if excluded or gone:
                 candidates = self._usable(candidates, excluded, gone)
             if not candidates:
+                if busy is not None:  # every copy left is busy (or gone): the caller backs off
+                    raise busy
                 candidates = await self._miss(model_id, deadline, excluded, gone, last_failure)
                 continue
             instance_id = self._choose(candidates)
@@ -174,11 +200,22 @@ class Router(AsyncClosing):
             except grpc.aio.AioRpcError as error:
                 reason = _RETRY_ELSEWHERE.get(error.code())
                 if reason is None:
-                    raise UpstreamError(error.code().name, error.details() or "",
-                                        tuple(error.trailing_metadata() or ())) from None
+                    upstream = UpstreamError(error.code().name, error.details() or "",
+                                             tuple(error.trailing_metadata() or ()))
+                    if not _is_busy(error.code(), upstream.trailing_metadata):
+                        raise upstream from None
+                    reason, busy = "busy", upstream
                 last_failure = f"instance {instance_id} at {endpoint.address}: {error.code().name}: {error.details()}"
             finally:
                 load.in_flight -= 1
+            if reason == "busy":
+                # Backpressure: this copy is full, not broken; try another loaded one (not a load).
+                self._saturated(model_id)
+                excluded = (excluded or set()) | {instance_id}
+                candidates = self._usable(self._view.loaded_on(model_id), excluded, gone)
+                if candidates and self._observer is not None:
+                    self._observer.retried(reason)
+                continue
             if self._observer is not None:
                 self._observer.retried(reason)
             if reason == "not_found":
@@ -199,6 +236,23 @@ class Router(AsyncClosing):
                 if tries >= self.max_tries:
                     raise Unavailable(f"model '{model_id}': no copy answered after {tries} tries; last: {last_failure}")
             candidates = self._view.loaded_on(model_id)
+
+    def _saturated(self, model_id: str) -> None:
+        """Ask the scaler for one copy more, at most once per model per saturation_report_s."""
+        if self._scaler is None or self._tasks.closed:
+            return
+        now = self._clock()
+        last = self._saturation_reported.get(model_id)
+        if last is not None and now - last < self.saturation_report_s:
+            return
+        self._saturation_reported[model_id] = now
+        self._tasks.spawn(self._scale_up(model_id), name=f"scale up {model_id}")
+
+    async def _scale_up(self, model_id: str) -> None:
+        try:
+            await self._scaler.scale_up(model_id)
+        except Exception as error:  # advice only: the next saturation asks again
+            log.info("model %s: no copy more for its saturation: %s: %s", model_id, type(error).__name__, error)
 
     def _choose(self, candidates: list[str]) -> str:
         if self._suspects:

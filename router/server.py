@@ -49,7 +49,7 @@ from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
 from router.observed import ObservedDataPlane
 from router.rest import make_app
-from router.routing import Loader, Router
+from router.routing import Loader, Router, Scaler
 from router.settings import RouterSettings
 from router.traffic import Observers, TrafficCounters
 
@@ -99,10 +99,12 @@ class RunningRouter:
 
 async def start_router(settings: RouterSettings, view: FabricView, loader: Loader | None, *,
                        registry: CollectorRegistry | None = None, management: ManagementStack | None = None,
-                       reuse_port: bool = False, metrics_port: int | None = None) -> RunningRouter:
+                       reuse_port: bool = False, metrics_port: int | None = None,
+                       scaler: Scaler | None = None) -> RunningRouter:
     """Start serving on `settings.host`/`port`/`rest_port` (0: any free port) with the given
     view and loader; returns once the ports are bound. `management` (`mesh.api.stack`) is
-    served on the same port, as ModelMesh serves its management API beside inference.
+    served on the same port, as ModelMesh serves its management API beside inference;
+    `scaler` is told of models whose copies are all busy (`router.routing`).
     StartupError (nothing left running) when a port cannot be bound."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry, per_model=settings.per_model_metrics,
@@ -111,7 +113,8 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     observer = Observers(metrics, traffic)
     router = Router(view, loader, max_tries=settings.max_tries, suspect_s=settings.suspect_s,
                     max_message_bytes=settings.max_message_bytes, observer=observer,
-                    instance_streams=settings.instance_streams)
+                    instance_streams=settings.instance_streams, scaler=scaler,
+                    saturation_report_s=settings.saturation_report_s)
     metrics.watch_in_flight(router.in_flight)
     dataplane = DataPlane(router, view, settings.default_deadline_s)
     ready = view_ready(view)
@@ -183,6 +186,7 @@ async def start_fabric_router(stack: contextlib.AsyncExitStack, settings: Router
     await view.start()
     management = await stack.enter_async_context(build_management(client, keys, view, runtimes, fabric.timings))
     running = await start_router(settings, view, management.cache_miss, management=management,
+                                 scaler=management.cache_miss,
                                  reuse_port=settings.workers > 1,
                                  metrics_port=settings.metrics_port + worker if settings.metrics_port else 0)
     stack.push_async_callback(running.stop)

@@ -28,6 +28,8 @@ class RouterSettings(BaseSettings):
     default_deadline_s: float = Field(60.0, gt=0, description="Deadline of a call that brings none (seconds); bounds the wait for a load.")
     max_tries: int = Field(3, ge=1, description="Instances one call is sent to at most before it fails UNAVAILABLE (copies gone or unreachable).")
     suspect_s: float = Field(2.0, ge=0, description="Seconds an instance that failed a call is tried last by other calls.")
+    saturation_report_s: float = Field(5.0, ge=0, description="A model whose copies refuse calls as busy (their runtime's "
+                                       "queue is full) is given one copy more at most once per this many seconds.")
     max_message_bytes: int = Field(16 << 20, gt=0, description="Largest gRPC message accepted from clients or sent to instances (bytes), both ways.")
     instance_streams: bool = Field(True, description="Send ModelInfer calls to meshserve runtimes as messages on one "
                                    "long-lived stream per instance (meshserve.stream.v1); instances without it, and "

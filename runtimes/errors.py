@@ -36,7 +36,13 @@ class ModelTooLarge(RuntimeError_):
 
 
 class Busy(RuntimeError_):
-    """Too many requests are queued for one model; retry later."""
+    """Too many requests are queued for one model (`limit` "model") or for the whole runtime
+    (`limit` "instance"); retry later, or on another copy. Backpressure, not a model error:
+    the servicers mark it so that a router can tell it from a model's own RESOURCE_EXHAUSTED."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class ModelUnavailable(RuntimeError_):

@@ -12,6 +12,7 @@ from typing import NoReturn
 import grpc
 
 from protos import grpc_service_pb2 as pb
+from protos.limits import BUSY_TRAILER
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
@@ -54,12 +55,19 @@ def status_of(error: RuntimeError_) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def trailers_of(error: RuntimeError_) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata an error's status carries: backpressure is marked (`BUSY_TRAILER`)."""
+    if isinstance(error, Busy):
+        return ((BUSY_TRAILER, error.limit),)
+    return ()
+
+
 async def abort_for(error: Exception, context: grpc.aio.ServicerContext, handler_name: str) -> NoReturn:
     """End the call with the error's status: ours map to their codes, anything else is INTERNAL with an id in the log."""
     if isinstance(error, grpc.aio.AbortError):  # the handler already chose the status
         raise error
     if isinstance(error, RuntimeError_):
-        await context.abort(status_of(error), str(error))
+        await context.abort(status_of(error), str(error), trailers_of(error))
     error_id = uuid.uuid4().hex[:12]
     log.error("internal error %s in %s", error_id, handler_name, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); see the runtime's log")

@@ -25,7 +25,10 @@ Guarantees:
 - In flight: a model being unloaded takes no new requests, and its unload
   waits for the requests already running.
 - Concurrency: each model runs at most `max_concurrency` requests at once;
-  `max_queue` more may wait; beyond that a request is refused at once (Busy).
+  `max_queue` more may wait; beyond that a request is refused at once (Busy, limit
+  "model"). All models together keep at most `max_instance_queue` requests waiting: a
+  request that would wait beyond that is refused at once too (Busy, limit "instance"), so
+  the memory of queued requests is bounded per process, not per model.
 
 Where inference runs: on the worker pool, so a slow model never stalls the event
 loop. A model proven fast (its last `inline_after` runs each took under
@@ -94,6 +97,7 @@ class ManagerConfig:
     default_model_size: int = 1 << 20
     max_concurrency: int = 8
     max_queue: int = 256
+    max_instance_queue: int = 1024  # requests waiting for a slot, all models together
     max_loading_concurrency: int = 2
     infer_threads: int = 4
     device: Device = Device()
@@ -119,6 +123,7 @@ class ModelManager(ModelLifecycle):
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._load_pool = ThreadPoolExecutor(config.max_loading_concurrency, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(config.infer_threads, thread_name_prefix="infer")
+        self._queued = 0  # requests waiting for a concurrency slot, all models together
         #: Told how long each pooled request waited for a concurrency slot (seconds; metrics).
         #: Inline runs take no slot and wait for none, so they are not reported.
         self.on_request_queued: Callable[[float], None] | None = None
@@ -263,8 +268,7 @@ class ModelManager(ModelLifecycle):
     async def run(self, model_id: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         """Run one request on a loaded model, honouring its concurrency limit."""
         entry = self.get(model_id)
-        if entry.in_flight >= self.config.max_concurrency + self.config.max_queue:
-            raise Busy(f"model '{model_id}' has {entry.in_flight} requests in flight or queued; retry later")
+        self._admit(model_id, entry)
         entry.in_flight += 1
         entry.idle.clear()
         queued_at = time.perf_counter_ns()
@@ -277,13 +281,16 @@ class ModelManager(ModelLifecycle):
                 outputs, cpu_ns, wall_ns = _timed_infer(entry.model, inputs, output_names)
                 finished = time.perf_counter_ns()
             else:
-                async with entry.slots:
+                await self._take_slot(entry)
+                try:
                     started = time.perf_counter_ns()
                     if self.on_request_queued is not None:
                         self.on_request_queued((started - queued_at) / 1e9)
                     outputs, cpu_ns, wall_ns = await asyncio.get_running_loop().run_in_executor(
                         self._infer_pool, _timed_infer, entry.model, inputs, output_names)
                     finished = time.perf_counter_ns()
+                finally:
+                    entry.slots.release()
             self._note_duration(entry, cpu_ns, wall_ns, inline)
             entry.stats.record_success(queued_at, started, finished)
             return outputs
@@ -294,6 +301,29 @@ class ModelManager(ModelLifecycle):
             entry.in_flight -= 1
             if entry.in_flight == 0:
                 entry.idle.set()
+
+    def _admit(self, model_id: str, entry: ModelEntry) -> None:
+        """Busy, naming the limit, when the request could only wait beyond the model's queue
+        or the runtime's; a request that finds a free slot is never refused."""
+        config = self.config
+        if entry.in_flight >= config.max_concurrency + config.max_queue:
+            raise Busy(f"model '{model_id}' has {entry.in_flight} requests in flight or queued, its limit "
+                       f"(max_concurrency {config.max_concurrency} + max_queue {config.max_queue}); "
+                       "retry later", limit="model")
+        if entry.slots.locked() and self._queued >= config.max_instance_queue:
+            raise Busy(f"this runtime has {self._queued} requests queued across its models, its limit "
+                       f"(max_instance_queue {config.max_instance_queue}); retry later", limit="instance")
+
+    async def _take_slot(self, entry: ModelEntry) -> None:
+        """A concurrency slot of the model; counted as queued while it waits for one."""
+        if not entry.slots.locked():
+            await entry.slots.acquire()  # free: returns without waiting
+            return
+        self._queued += 1
+        try:
+            await entry.slots.acquire()
+        finally:
+            self._queued -= 1
 
     def _runs_inline(self, entry: ModelEntry, inputs: dict[str, np.ndarray]) -> bool:
         config = self.config

@@ -142,6 +142,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         default_model_size=settings.default_model_size,
         max_concurrency=settings.max_concurrency,
         max_queue=settings.max_queue,
+        max_instance_queue=settings.max_instance_queue,
         max_loading_concurrency=settings.max_loading_concurrency,
         infer_threads=settings.infer_threads,
         device=device,

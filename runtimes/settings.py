@@ -49,7 +49,9 @@ class RuntimeSettings(BaseSettings):
         "measured per backend by loading probe models (ONNX at start-up, the others at their first load; CPU "
         "only; a GPU runtime charges 0).")
     max_concurrency: int = Field(8, description="Requests one model runs at once; more wait in its queue.")
-    max_queue: int = Field(256, description="Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.")
+    max_queue: int = Field(256, ge=0, description="Requests that may wait per model before new ones get RESOURCE_EXHAUSTED.")
+    max_instance_queue: int = Field(1024, ge=0, description="Requests that may wait across all models of this runtime "
+                                    "before new ones that would wait get RESOURCE_EXHAUSTED (bounds queued memory).")
     max_loading_concurrency: int = Field(2, description="Loads that run at once.")
     model_loading_timeout_ms: int = Field(
         0, ge=0, description="Longest a load may take, reported in runtimeStatus (ModelMesh's modelLoadingTimeoutMs); "

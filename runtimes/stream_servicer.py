@@ -34,7 +34,7 @@ from protos.stream_frames import entry, reply_entry, take_batch
 from runtimes import converters
 from runtimes.dataplane import InferenceService
 from runtimes.errors import InvalidInput, RuntimeError_
-from runtimes.grpc_servicers import MODEL_ID_HEADER, status_of
+from runtimes.grpc_servicers import MODEL_ID_HEADER, status_of, trailers_of
 from runtimes.metrics import RuntimeMetrics
 
 __all__ = ["FRAME_MARGIN_BYTES", "InferenceStreamServicer", "add_to_server"]
@@ -141,7 +141,7 @@ class InferenceStreamServicer:
         except RuntimeError_ as error:
             status = status_of(error)
             code = status.name
-            answer = entry(_reply_error(frame.id, status, str(error)))
+            answer = entry(_reply_error(frame.id, status, str(error), trailers_of(error)))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
@@ -199,8 +199,9 @@ def _header(frame: spb.CallFrame, key: str) -> str:
     raise InvalidInput("no model name in the request and no mm-model-id header")
 
 
-def _reply_error(call_id: int, code: grpc.StatusCode, message: str) -> bytes:
-    return spb.ReplyFrame(id=call_id, code=code.value[0], message=message).SerializeToString()
+def _reply_error(call_id: int, code: grpc.StatusCode, message: str, trailers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    return spb.ReplyFrame(id=call_id, code=code.value[0], message=message,
+                          trailing_metadata=[spb.Header(key=k, value=v) for k, v in trailers]).SerializeToString()
 
 
 class _Replies:

@@ -165,6 +165,30 @@ class CacheMiss(AsyncClosing):
                 raise LoadingFailed(model_id, {instance_id: outcome[0]})
             return True
 
+    async def scale_up(self, model_id: str) -> str | None:
+        """One more copy of a model whose copies refuse requests (backpressure, reported by a
+        router): on the instance placement chooses among those without one (LRU eviction
+        allowed, as for a scale-up by rate). Nothing when a load of it is under way, it has
+        no copy (the next call loads one), it has `max_copies_per_model`, or nothing fits.
+        The instance that got the copy, or None; LoadingFailed, TimeoutError (the loading
+        timeout)."""
+        record = self._view.model(model_id)
+        holders = self._view.loaded_on(model_id)
+        if record is None or not holders or self.pending_claims(record, self._clock()):
+            return None
+        placement = self._view.placement(self.config.placement)
+        if placement.max_copies_per_model is not None and len(holders) >= placement.max_copies_per_model:
+            return None
+        failures = record.live_failures(self._clock())
+        choice = choose_instance(self._view.model_view(record), self._live_instance_views(), placement,
+                                 exclude=failures.keys())
+        if isinstance(choice, NoFit):
+            log.info("model %s is saturated but gets no copy more: %s", model_id, choice.reason)
+            return None
+        log.info("model %s is saturated: one copy more on %s", model_id, choice.instance_id)
+        added = await self.add_copy(model_id, choice.instance_id, self.config.timings.loading_timeout_ms / 1000)
+        return choice.instance_id if added else None
+
     def pending_claims(self, record: ModelRecord, now_ms: int) -> frozenset[str]:
         """Instances that are loading the model now: a fresh `loading` claim on a live
         instance, a copy the instance itself publishes as loading, or a `loaded` claim the

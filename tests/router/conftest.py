@@ -145,13 +145,14 @@ class NeverLoads:
 
 @pytest.fixture
 async def router_factory() -> AsyncIterator[Callable]:
-    """`await router_factory(view, loader, **settings)` -> a started in-process router
+    """`await router_factory(view, loader, scaler=..., **settings)` -> a started in-process router
     on free loopback ports; stopped at teardown."""
     started: list[RunningRouter] = []
 
-    async def factory(view: FabricView, loader, registry: CollectorRegistry | None = None, **overrides) -> RunningRouter:
+    async def factory(view: FabricView, loader, registry: CollectorRegistry | None = None, scaler=None,
+                      **overrides) -> RunningRouter:
         values = {"host": "127.0.0.1", "port": 0, "rest_port": free_port(), "metrics_port": 0, **overrides}
-        running = await start_router(RouterSettings(**values), view, loader, registry=registry)
+        running = await start_router(RouterSettings(**values), view, loader, registry=registry, scaler=scaler)
         started.append(running)
         return running
 

@@ -297,6 +297,28 @@ async def test_model_error_trailers_pass_through(routed, echo):
     assert dict(caught.value.trailing_metadata())["x-why"] == "asked to"
 
 
+async def test_a_models_own_resource_exhausted_is_not_backpressure(fabric, echo, router_factory):
+    """RESOURCE_EXHAUSTED without the runtime's busy marker is the model's answer: passed back
+    as it is, not retried, and no saturation is reported."""
+    reported = []
+
+    class Scaler:
+        async def scale_up(self, model_id):
+            reported.append(model_id)
+
+    registry = CollectorRegistry()
+    running = await router_factory(fabric.view, None, registry=registry, scaler=Scaler())
+    async with grpc.aio.insecure_channel(_address(running)) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+                pb.ModelInferRequest(model_name="echo-model").SerializeToString(),
+                metadata=(("x-fail-with", "RESOURCE_EXHAUSTED"),), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details() == "echo says RESOURCE_EXHAUSTED"
+    assert len(echo.seen) == 1 and reported == []
+    assert not registry.get_sample_value("meshserve_router_retries_total", {"reason": "busy"})
+
+
 async def test_not_found_from_the_only_copy_waits_for_the_fabric_until_the_deadline(fabric, echo, router_factory):
     """NOT_FOUND from an instance means its copy is gone: never sent there again in this call; the error
     naming the last failure: with no other copy it waits for the fabric to change, up to the deadline."""

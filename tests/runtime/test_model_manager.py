@@ -173,6 +173,35 @@ async def test_full_queue_answers_at_once(manager, backend, tmp_path):
     assert len(await asyncio.gather(running, queued)) == 2
 
 
+async def test_busy_names_the_limit_the_model_or_the_whole_runtime(backend, tmp_path):
+    """Per model: max_concurrency + max_queue; per runtime: max_instance_queue waiting in all models
+    together. A request that finds a free slot is never refused by the runtime's bound."""
+    config = ManagerConfig(capacity_bytes=100, size_factor=1.0, max_concurrency=1, max_queue=1,
+                           max_instance_queue=1, infer_threads=4)
+    manager = ModelManager(config, BackendRegistry([backend]), LocalFiles())
+    try:
+        for name in ("a", "b"):
+            await manager.load(name, "onnx", str(_model_dir(tmp_path, name, 10)))
+        backend.infer_gate.clear()
+        x = {"x": np.zeros(1, np.float32)}
+        calls = [asyncio.create_task(manager.run("a", x, [])) for _ in range(2)]  # one runs, one waits
+        await _until(lambda: manager.entries()["a"].in_flight == 2, "a running and a queued")
+        with pytest.raises(Busy, match=r"model 'a' .*max_concurrency 1 \+ max_queue 1") as raised:
+            await manager.run("a", x, [])
+        assert raised.value.limit == "model"
+        calls.append(asyncio.create_task(manager.run("b", x, [])))  # b's slot is free: it runs
+        await _until(lambda: manager.entries()["b"].in_flight == 1, "b running")
+        with pytest.raises(Busy, match=r"1 requests queued across its models.*max_instance_queue 1") as raised:
+            await manager.run("b", x, [])  # it would wait, and the runtime's one queued place is taken
+        assert raised.value.limit == "instance"
+        backend.infer_gate.set()
+        assert len(await asyncio.gather(*calls)) == 3
+        await manager.run("b", x, [])  # nothing waits any more: served
+    finally:
+        backend.infer_gate.set()
+        await manager.close()
+
+
 async def test_failed_load_releases_its_reservation(manager, backend, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -159,6 +159,22 @@ async def test_a_fabric_without_any_instance_is_unavailable_not_out_of_capacity(
     assert not caller.view.model("lonely").copies  # nothing claimed
 
 
+async def test_a_saturated_model_gets_one_copy_more_up_to_its_limit(fabric, tmp_path, etcd, keys):
+    caller, registry, agents, counter = fabric
+    await register(registry, tmp_path, "hot")
+    first = await caller.miss.ensure_loaded("hot", timeout=30)
+    added = await caller.miss.scale_up("hot")
+    assert added is not None and added not in first
+    await caller.view.wait_for(lambda: len(caller.view.loaded_on("hot")) == 2, 10)
+    assert counter.loaded["hot"] == 2
+    # With max_copies_per_model 2 in the fabric's dynamic config, a third is not added.
+    await etcd.put(keys.config_item("placement"), {"max_copies_per_model": 2})
+    await caller.view.wait_for(lambda: caller.view.placement(caller.miss.config.placement).max_copies_per_model == 2, 10)
+    assert await caller.miss.scale_up("hot") is None
+    assert await caller.miss.scale_up("never-loaded") is None  # no copy: the next call loads one
+    assert counter.loaded["hot"] == 2
+
+
 async def test_a_label_expression_type_loads_only_where_its_labels_are(fabric, tmp_path):
     caller, registry, agents, counter = fabric
     await register(registry, tmp_path, "special", "rt:special|mt:onnx")

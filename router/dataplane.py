@@ -8,6 +8,9 @@ not defined), `mm-model-id` a concrete model (not both); without either, the req
 own model name (field 1), which may be a vmodel or a model. When the model the call goes
 to differs from the name in the request, the request is re-pointed at it
 (`router.wire.with_model_name`) and the instance gets `mm-model-id` as well.
+
+Size: a request over `max_message_bytes` is refused (MessageTooLarge, RESOURCE_EXHAUSTED
+naming the limit and its setting) before anything is forwarded, and so is a reply over it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mesh.state.fabric_view import FabricView
-from router.errors import InvalidRequest, ModelNotFound, RouterError
+from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
+from router.errors import InvalidRequest, MessageTooLarge, ModelNotFound, RouterError
 from router.routing import Reply, Router
 from router.wire import MalformedRequest, read_model_name, with_model_name
 
-__all__ = ["DataPlane", "MODEL_HEADER", "VMODEL_HEADER", "method_path"]
+__all__ = ["DataPlane", "LIMIT_SETTING", "MODEL_HEADER", "VMODEL_HEADER", "method_path"]
 
 MODEL_HEADER = "mm-model-id"
 VMODEL_HEADER = "mm-vmodel-id"
@@ -35,11 +39,24 @@ _READY = method_path("ModelReady")
 _NOT_READY = Reply(b"", (), ())
 
 
+#: How the message limit is set, for the errors that name it.
+LIMIT_SETTING = ("max_message_bytes (--max-message-bytes, MESHSERVE_ROUTER_MAX_MESSAGE_BYTES; "
+                 "grpcMaxMessageSizeBytes in model-serving-config)")
+
+
 class DataPlane:
-    def __init__(self, router: Router, view: FabricView, default_deadline_s: float) -> None:
+    def __init__(self, router: Router, view: FabricView, default_deadline_s: float,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.router = router
         self.view = view
         self.default_deadline_s = default_deadline_s
+        self.max_message_bytes = max_message_bytes
+
+    def check_size(self, what: str, size: int, *, request: bool) -> None:
+        """MessageTooLarge naming the limit and its setting when `size` is over it."""
+        if size > self.max_message_bytes:
+            raise MessageTooLarge(f"{what} of {size} bytes is larger than max ({self.max_message_bytes} bytes), "
+                                  f"the router's {LIMIT_SETTING}", request=request)
 
     def target(self, name: str, model_header: str | None = None, vmodel_header: str | None = None) -> str:
         """The concrete model id a call is for; InvalidRequest or ModelNotFound."""
@@ -78,6 +95,7 @@ class DataPlane:
         """Forward a serialized request (`method`: full path) and return the instance's reply.
         ModelReady of a model (or vmodel) that is not registered answers `ready: false`, as
         Triton and the runtime do, so that tritonclient's `is_model_ready` returns False."""
+        self.check_size("the request", len(body), request=True)  # before anything is forwarded
         try:
             name = read_model_name(body)
         except MalformedRequest as error:
@@ -88,9 +106,11 @@ class DataPlane:
                 body = with_model_name(body, model_id)
             if model_header is not None or vmodel_header is not None:
                 metadata = (*(metadata or ()), (MODEL_HEADER, model_id))
-            return await self.router.call(method, body, model_id, metadata,
-                                          self.default_deadline_s if timeout is None else timeout)
+            reply = await self.router.call(method, body, model_id, metadata,
+                                           self.default_deadline_s if timeout is None else timeout)
         except ModelNotFound:
             if method == _READY:
                 return _NOT_READY
             raise
+        self.check_size(f"the reply of model '{model_id}'", len(reply.body), request=False)
+        return reply

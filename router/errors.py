@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DeadlineExceeded", "InvalidRequest", "ModelNotFound", "NoCapacity", "RouterError",
+__all__ = ["DeadlineExceeded", "InvalidRequest", "MessageTooLarge", "ModelNotFound", "NoCapacity", "RouterError",
            "Unavailable", "Unimplemented", "UpstreamError"]
 
 
@@ -41,6 +41,17 @@ class DeadlineExceeded(RouterError):
 
 class NoCapacity(RouterError):
     code = "RESOURCE_EXHAUSTED"
+
+
+class MessageTooLarge(RouterError):
+    """A request (`request` True) or an instance's reply over the router's `max_message_bytes`;
+    the REST front answers a request 413 rather than RESOURCE_EXHAUSTED's 429."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, request: bool) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 class Unimplemented(RouterError):

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import grpc
 
 from protos import meshserve_stream_pb2 as spb
+from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
 from protos.stream_frames import call_entry, encode_varint, entry, take_batch
 
 __all__ = ["CALLS_PATH", "FRAME_MARGIN_BYTES", "InstanceStream", "StreamUnsupported"]
@@ -114,7 +115,7 @@ class _Stream:
 class InstanceStream:
     """The stream to one instance (opened lazily, reopened after a break)."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str, *, max_message_bytes: int = 16 << 20,
+    def __init__(self, channel: grpc.aio.Channel, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  clock=time.monotonic) -> None:
         self.address = address
         open_call = channel.stream_stream(CALLS_PATH, request_serializer=None,

@@ -2,7 +2,8 @@
 
 Handlers only convert: JSON -> a V2 protobuf request (`router.rest_codec`), then the same
 `DataPlane.forward` as gRPC, then the reply -> JSON. Errors are `{"error": "..."}`
-with the HTTP status of their gRPC code (one table, `HTTP_STATUS`).
+with the HTTP status of their gRPC code (one table, `HTTP_STATUS`), except a request over
+the router's `max_message_bytes` (the body as sent, or the V2 request it makes): 413.
 
 Routes: GET /v2/health/live, /v2/health/ready, /v2, /v2/models/{name}[/versions/{v}],
 /v2/models/{name}[/versions/{v}]/ready; POST /v2/models/{name}[/versions/{v}]/infer.
@@ -18,8 +19,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from protos import grpc_service_pb2 as pb
-from router.dataplane import DataPlane, method_path
-from router.errors import RouterError
+from router.dataplane import LIMIT_SETTING, DataPlane, method_path
+from router.errors import MessageTooLarge, RouterError
 from router.rest_codec import BadTensor, metadata_to_json, request_from_json, response_to_json
 from router.rest_v1 import add_v1_routes
 
@@ -91,6 +92,11 @@ def make_app(dataplane: DataPlane, *, ready: Callable[[], bool], version: str,
             return await handler(request)
         except BadTensor as error:
             return _error(400, str(error))
+        except MessageTooLarge as error:
+            return _error(413 if error.request else HTTP_STATUS[error.code], str(error))
+        except web.HTTPRequestEntityTooLarge:  # the body, as it came, before it is read
+            return _error(413, f"the request body is larger than max ({max_body_bytes} bytes), the router's "
+                          f"{LIMIT_SETTING}")
         except RouterError as error:
             return _error(HTTP_STATUS.get(error.code, 500), str(error))
         except web.HTTPException:

@@ -37,7 +37,7 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
-from protos.limits import BUSY_TRAILER
+from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
 from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity, NoLiveInstance
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
@@ -128,7 +128,7 @@ class _Endpoint:
 
 class Router(AsyncClosing):
     def __init__(self, view: FabricView, loader: Loader | None, *, policy: Policy | None = None,
-                 max_tries: int = 3, suspect_s: float = 2.0, max_message_bytes: int = 16 << 20,
+                 max_tries: int = 3, suspect_s: float = 2.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  observer: Observer | None = None, clock: Callable[[], float] = time.monotonic,
                  instance_streams: bool = True, scaler: Scaler | None = None,
                  saturation_report_s: float = 5.0) -> None:
@@ -144,8 +144,10 @@ class Router(AsyncClosing):
         self._clock = clock
         self.instance_streams = instance_streams
         # A stream's frame is a request (or reply) plus its id and headers: room for both.
+        # A reply up to a frame over the limit is taken, so that the data plane refuses it
+        # naming the router's setting (`DataPlane.check_size`) rather than grpc's words.
         self._max_message_bytes = max_message_bytes
-        frame_bytes = max_message_bytes + (FRAME_MARGIN_BYTES if instance_streams else 0)
+        frame_bytes = max_message_bytes + FRAME_MARGIN_BYTES
         self._options = [("grpc.max_receive_message_length", frame_bytes),
                          ("grpc.max_send_message_length", frame_bytes),
                          ("grpc.enable_retries", 0)]  # retries are ours: they know about copies

@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 MANAGEMENT_SERVICES = ("mmesh.ModelMesh", "meshserve.admin.MeshAdmin")
 
 
+def receive_limit(max_message_bytes: int) -> int:
+    """What grpc lets the router receive: twice the limit (grpc's own cap is 2 GiB - 1)."""
+    return min(2 * max_message_bytes, (1 << 31) - 1)
+
+
 def view_ready(view: FabricView) -> Any:
     """True once the view has read the fabric at least once (it stays true while etcd is
     away: the router serves from its last table)."""
@@ -116,10 +121,12 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
                     instance_streams=settings.instance_streams, scaler=scaler,
                     saturation_report_s=settings.saturation_report_s)
     metrics.watch_in_flight(router.in_flight)
-    dataplane = DataPlane(router, view, settings.default_deadline_s)
+    dataplane = DataPlane(router, view, settings.default_deadline_s, settings.max_message_bytes)
     ready = view_ready(view)
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Over the limit, so that the front refuses what is too large with an error that names
+        # the setting (`DataPlane.check_size`); grpc's own refusal is only for twice as much.
+        ("grpc.max_receive_message_length", receive_limit(settings.max_message_bytes)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ])

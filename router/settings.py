@@ -6,6 +6,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
+
 __all__ = ["RouterSettings"]
 
 
@@ -30,7 +32,10 @@ class RouterSettings(BaseSettings):
     suspect_s: float = Field(2.0, ge=0, description="Seconds an instance that failed a call is tried last by other calls.")
     saturation_report_s: float = Field(5.0, ge=0, description="A model whose copies refuse calls as busy (their runtime's "
                                        "queue is full) is given one copy more at most once per this many seconds.")
-    max_message_bytes: int = Field(16 << 20, gt=0, description="Largest gRPC message accepted from clients or sent to instances (bytes), both ways.")
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="Largest request or reply (bytes) "
+                                   "the router forwards, gRPC or REST; larger ones get RESOURCE_EXHAUSTED (REST: 413) "
+                                   "naming this limit. Runtimes must take at least as much: set theirs the same "
+                                   "(the operator and chart pass grpcMaxMessageSizeBytes to both).")
     instance_streams: bool = Field(True, description="Send ModelInfer calls to meshserve runtimes as messages on one "
                                    "long-lived stream per instance (meshserve.stream.v1); instances without it, and "
                                    "every call when off, go as one unary call each.")

@@ -45,6 +45,14 @@ class Busy(RuntimeError_):
         self.limit = limit
 
 
+class MessageTooLarge(RuntimeError_):
+    """A request or reply over the runtime's max_message_bytes; the message names the setting."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} of {size} bytes is larger than max ({limit} bytes), the runtime's "
+                         "max_message_bytes (--max-message-bytes, MESHSERVE_RUNTIME_MAX_MESSAGE_BYTES)")
+
+
 class ModelUnavailable(RuntimeError_):
     """The model is being unloaded or failed to load; retry elsewhere."""
 

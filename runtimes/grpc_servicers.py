@@ -12,7 +12,7 @@ from typing import NoReturn
 import grpc
 
 from protos import grpc_service_pb2 as pb
-from protos.limits import BUSY_TRAILER
+from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
@@ -25,6 +25,7 @@ from runtimes.errors import (
     InvalidInput,
     InvalidModel,
     LoadFailed,
+    MessageTooLarge,
     ModelNotFound,
     ModelUnavailable,
     RuntimeError_,
@@ -41,6 +42,7 @@ STATUS_OF_ERROR: dict[type[RuntimeError_], grpc.StatusCode] = {
     CapacityExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelTooLarge: grpc.StatusCode.FAILED_PRECONDITION,
     Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    MessageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 MODEL_ID_HEADER = "mm-model-id"
@@ -100,8 +102,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService over the transport-free InferenceService."""
 
     def __init__(self, service: InferenceService, manager: ModelManager, metrics: RuntimeMetrics | None,
-                 ready: asyncio.Event) -> None:
+                 ready: asyncio.Event, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._service = service
+        self._max_message_bytes = max_message_bytes
         self._manager = manager
         self._metrics = metrics
         self._ready = ready
@@ -139,7 +142,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             domain = converters.infer_request_from_proto(request)
             domain.model_id = _model_id(domain.model_id, context)
-            return converters.infer_response_to_proto(await self._service.infer(domain))
+            response = converters.infer_response_to_proto(await self._service.infer(domain))
+            size = response.ByteSize()
+            if size > self._max_message_bytes:  # grpc would refuse it with words of its own
+                raise MessageTooLarge(f"the reply of model '{domain.model_id}'", size, self._max_message_bytes)
+            return response
         except Exception as error:
             try:
                 await abort_for(error, context, "ModelInfer")

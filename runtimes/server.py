@@ -170,9 +170,10 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     manager.add_probe(metrics)
     manager.on_request_queued = metrics.request_queued
     ready = asyncio.Event()
-    # Streamed calls carry a request or reply plus a frame's id and headers; their own limit
-    # is max_message_bytes, checked per call (runtimes.stream_servicer).
-    frame_bytes = settings.max_message_bytes + (FRAME_MARGIN_BYTES if settings.stream_service else 0)
+    # Streamed calls carry a request or reply plus a frame's id and headers, and a router may
+    # re-point a request at its model (a longer name): grpc allows a frame more than
+    # max_message_bytes, which the servicers check themselves, naming the setting.
+    frame_bytes = settings.max_message_bytes + FRAME_MARGIN_BYTES
     options = [
         ("grpc.max_receive_message_length", frame_bytes),
         ("grpc.max_send_message_length", frame_bytes),
@@ -180,7 +181,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     ]
     server = grpc.aio.server(options=options)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(service, manager, metrics, ready), server)
+        InferenceServicer(service, manager, metrics, ready, settings.max_message_bytes), server)
     stream = InferenceStreamServicer(service, metrics, settings.max_message_bytes) if settings.stream_service else None
     if stream is not None:
         add_stream_to_server(stream, server)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
 from runtimes.sizes import parse_size
 
 
@@ -59,7 +60,9 @@ class RuntimeSettings(BaseSettings):
     infer_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), description="Worker threads running inference.")
     threads_per_model: int = Field(1, description="Intra-op threads of each model (ONNX Runtime session, torch).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run: auto picks cuda when a GPU is visible.")
-    max_message_bytes: int = Field(64 << 20, description="Largest gRPC message accepted or sent.")
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="Largest request or reply (bytes); "
+                                   "larger ones get RESOURCE_EXHAUSTED naming this limit. At least the routers' "
+                                   "max_message_bytes (the operator and chart pass grpcMaxMessageSizeBytes to both).")
     stream_service: bool = Field(True, description="Serve meshserve.stream.v1.InferenceStream, on which routers "
                                  "multiplex their ModelInfer calls; off, routers send this runtime unary calls.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -33,7 +33,7 @@ from protos import meshserve_stream_pb2 as spb
 from protos.stream_frames import entry, reply_entry, take_batch
 from runtimes import converters
 from runtimes.dataplane import InferenceService
-from runtimes.errors import InvalidInput, RuntimeError_
+from runtimes.errors import InvalidInput, MessageTooLarge, RuntimeError_
 from runtimes.grpc_servicers import MODEL_ID_HEADER, status_of, trailers_of
 from runtimes.metrics import RuntimeMetrics
 
@@ -129,11 +129,11 @@ class InferenceStreamServicer:
             except TimeoutError:
                 raise _CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             if len(body) > self._max_message_bytes:
+                raise MessageTooLarge(f"the reply of model '{model_name}'", len(body), self._max_message_bytes)
+            if len(body) > max_reply:  # what the router refuses of a unary reply
                 raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"Sent message larger than max ({len(body)} vs. {self._max_message_bytes})")
-            if len(body) > max_reply:  # what the router's channel would refuse of a unary reply
-                raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"Received message larger than max ({len(body)} vs. {max_reply})")
+                                  f"the reply of model '{model_name}' of {len(body)} bytes is larger than max "
+                                  f"({max_reply} bytes), the router's max_message_bytes")
             answer = reply_entry(frame.id, body)
         except _CallFailed as error:
             code = error.code.name
@@ -160,8 +160,7 @@ class InferenceStreamServicer:
         """(the decoded request, a coroutine of the reply's bytes), as the unary servicer does it."""
         body = frame.body  # a copy out of the batch, each time it is read
         if len(body) > self._max_message_bytes:
-            raise _CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"Received message larger than max ({len(body)} vs. {self._max_message_bytes})")
+            raise MessageTooLarge("the request", len(body), self._max_message_bytes)
         try:
             request = pb.ModelInferRequest.FromString(body)
         except DecodeError:

@@ -11,6 +11,7 @@ import grpc
 
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
+from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
 from mesh.domain.records import ModelRecord
 from mesh.aio.tasks import AsyncClosing
 
@@ -18,7 +19,7 @@ __all__ = ["RuntimeClients"]
 
 
 class RuntimeClients(AsyncClosing):
-    def __init__(self, *, max_message_bytes: int = 16 << 20) -> None:
+    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._options = [("grpc.max_receive_message_length", max_message_bytes),
                          ("grpc.max_send_message_length", max_message_bytes)]
         self._channels: dict[str, tuple[grpc.aio.Channel, rt_grpc.ModelRuntimeStub]] = {}

@@ -66,6 +66,33 @@ async def test_messages_over_grpcs_default_4_mib_pass_both_ways(routed):
     np.testing.assert_array_equal(result.as_numpy("z"), x * 2)
 
 
+async def test_an_oversized_request_is_refused_at_the_router_naming_the_limit(fabric, runtimes, router_factory, model_store):
+    """Over max_message_bytes: RESOURCE_EXHAUSTED naming the limit and its setting, before any
+    forwarding (the loader never hears of the model). Over twice the limit grpc refuses it
+    itself, with its own words; docs/operations.md says so."""
+    loader = StubLoader(fabric, {"add": model_store["add"]}, runtimes[0], "i0")
+    running = await router_factory(fabric.view, loader, max_message_bytes=1 << 20)
+    for rows, words in ((70_000, "larger than max (1048576 bytes), the router's max_message_bytes"),
+                        (200_000, "Received message larger than max")):
+        with pytest.raises(InferenceServerException) as caught:
+            await asyncio.to_thread(_infer_sync, _address(running), "add", _x(rows))
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert words in caught.value.message()
+    assert loader.calls == []
+
+
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "unary"])
+async def test_a_reply_over_the_routers_limit_names_it(fabric, runtimes, router_factory, streams):
+    """`add` answers twice its input: 0.75 MiB in passes a 1 MiB router, 1.5 MiB out does not."""
+    await fabric.publish("i0", runtimes[0], ["add"])
+    running = await router_factory(fabric.view, None, max_message_bytes=1 << 20, instance_streams=streams)
+    with pytest.raises(InferenceServerException) as caught:
+        await asyncio.to_thread(_infer_sync, _address(running), "add", _x((3 << 20) // 64))
+    assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "reply of model 'add'" in caught.value.message()
+    assert "larger than max (1048576 bytes), the router's max_message_bytes" in caught.value.message()
+
+
 async def test_infer_aio_client_concurrent(routed):
     running, loader, _ = routed
     async with aioclient.InferenceServerClient(_address(running)) as client:

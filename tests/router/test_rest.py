@@ -118,6 +118,26 @@ async def test_unknown_model_is_404(rest):
         assert response.status == 404
 
 
+async def test_bodies_over_the_limit_are_413_and_replies_429_naming_it(fabric, runtimes, router_factory):
+    """One limit, the router's max_message_bytes: a body over it is 413; a reply over it (the V2
+    reply of `add` is twice its input) is RESOURCE_EXHAUSTED's 429; both name the setting."""
+    await fabric.publish("i0", runtimes[0], ["add"])
+    running = await router_factory(fabric.view, None, max_message_bytes=64 << 10)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{running.rest_port}") as session:
+        big = json.dumps(_body([[1.0] * 4] * 20_000, shape=(20_000, 4))).encode()
+        async with session.post("/v2/models/add/infer", data=big, headers={"Content-Type": "application/json"}) as response:
+            body = await response.json()
+        assert response.status == 413 and "max_message_bytes" in body["error"] and "65536" in body["error"]
+        x = np.zeros((3_000, 4), dtype=np.float32)  # 48 KB in: under the limit; 96 KB out: over it
+        header = json.dumps({"inputs": [{"name": "x", "shape": [3_000, 4], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+        async with session.post("/v2/models/add/infer", data=header + x.tobytes(),
+                                headers={"Inference-Header-Content-Length": str(len(header))}) as response:
+            body = await response.json()
+        assert response.status == 429 and "reply of model 'add'" in body["error"]
+        assert "max_message_bytes" in body["error"]
+
+
 @pytest.mark.parametrize("datatype, data, expected", [
     ("UINT8", [1, 255], np.array([1, 255], dtype=np.uint8).tobytes()),
     ("INT64", [-1, 2], np.array([-1, 2], dtype=np.int64).tobytes()),

@@ -136,8 +136,8 @@ async def test_16_mib_messages_pass_both_ways(routed, stream_runtime):
 
 async def test_a_reply_over_the_routers_limit_fails_alone(routed, stream_runtime):
     """`add` answers y and z, each as large as x: 9 MiB in (under the router's 16 MiB), 18 MiB
-    out (under the runtime's 64 MiB, over the router's). That call fails as its unary reply
-    would at the router; the calls beside it on the stream do not."""
+    out (over the limit, the runtime's as the router's). That call fails alone, as its unary
+    reply would; the calls beside it on the stream do not."""
     running, address = routed
     big = np.ones(((9 << 20) // 16, 4), dtype=np.float32)
     small = np.ones((1, 4), dtype=np.float32)

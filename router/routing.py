@@ -37,10 +37,10 @@ from typing import NamedTuple, Protocol
 
 import grpc
 
-from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
 from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity, NoLiveInstance
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
+from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
 from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
 from router.instance_stream import FRAME_MARGIN_BYTES, InstanceStream, StreamUnsupported
 from router.policy import LeastInFlight, Policy, ReplicaLoad

@@ -12,10 +12,10 @@ from typing import NoReturn
 import grpc
 
 from protos import grpc_service_pb2 as pb
-from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
+from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
 from runtimes import converters
 from runtimes.dataplane import InferenceService
 from runtimes.errors import (

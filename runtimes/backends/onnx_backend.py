@@ -110,7 +110,11 @@ class OnnxBackend(Backend):
 
     def _providers(self, device: Device) -> list:
         if device.is_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
+            # Each session has its own device arena; grown to the next power of two (ONNX
+            # Runtime's default) it may hold up to twice what the model needs, on a GPU that
+            # many models share. Grown as requested, a model's measured device size is its own.
+            cuda = {"device_id": device.index, "arena_extend_strategy": "kSameAsRequested"}
+            return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def load(self, model_file: Path, device: Device) -> OnnxModel:

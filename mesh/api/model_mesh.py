@@ -25,6 +25,7 @@ from mesh.control.cache_miss import CacheMiss
 from mesh.control.runtime_client import RuntimeClients
 from mesh.domain.errors import InvalidRequest, LoadingFailed, ModelNotRegistered, NoCapacity, PreconditionFailed
 from mesh.domain.model_status import model_status, vmodel_status
+from mesh.domain.names import check_id, check_label, check_reference, check_storage_path
 from mesh.domain.records import ModelRecord, parse_model_key
 from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.etcd.errors import StoreUnavailable
@@ -33,32 +34,19 @@ from mesh.state.registry import Registry
 from mesh.state.vmodels import VModelChange, VModels
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from puller.spec import URI_SCHEMES
 
-__all__ = ["ModelMeshServicer", "check_id"]
+__all__ = ["ModelMeshServicer"]
 
 log = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 512  # etcd keys may be longer, but an id this long is a mistake, not a name
-
-
-def check_id(what: str, value: str) -> str:
-    """`value` if it can name a record; InvalidRequest with a friendly message if not."""
-    if not value:
-        raise InvalidRequest(f"{what} is required")
-    if "/" in value:
-        raise InvalidRequest(f"{what} must not contain '/': {value!r}")
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in value):
-        raise InvalidRequest(f"{what} must not contain control characters: {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidRequest(f"{what} is longer than {MAX_ID_LENGTH} characters")
-    return value
-
-
 def _model_record(model_id: str, info: mm.ModelInfo, now_ms: int, last_used_ms: int = 0) -> ModelRecord:
+    """The record a registration writes, its fields checked (`mesh.domain.names`); the
+    caller has checked `model_id` under its own field name."""
     if not info.type:
         raise InvalidRequest("modelInfo.type is required (the model type, e.g. onnx or pytorch)")
-    if not info.path:
-        raise InvalidRequest("modelInfo.path is required (where the model's files are)")
+    check_label("modelInfo.type", info.type)
+    check_storage_path("modelInfo.path", info.path, URI_SCHEMES)
     if info.key:
         try:
             parse_model_key(info.key)
@@ -110,7 +98,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer, AsyncClosing):
 
     @mapped_errors
     async def unregisterModel(self, request: mm.UnregisterModelRequest, context) -> mm.UnregisterModelResponse:
-        model_id = check_id("modelId", request.modelId)
+        model_id = check_reference("modelId", request.modelId)
         current = await self._registry.get(model_id)
         if current is None:
             raise ModelNotRegistered(f"model '{model_id}' is not registered")
@@ -123,11 +111,11 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer, AsyncClosing):
 
     @mapped_errors
     async def getModelStatus(self, request: mm.GetStatusRequest, context) -> mm.ModelStatusInfo:
-        return await self._status(check_id("modelId", request.modelId))
+        return await self._status(check_reference("modelId", request.modelId))
 
     @mapped_errors
     async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context) -> mm.ModelStatusInfo:
-        model_id = check_id("modelId", request.modelId)
+        model_id = check_reference("modelId", request.modelId)
         current = await self._registry.get(model_id)
         if current is None:
             raise ModelNotRegistered(f"model '{model_id}' is not registered")
@@ -142,9 +130,12 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer, AsyncClosing):
     @mapped_errors
     async def setVModel(self, request: mm.SetVModelRequest, context) -> mm.VModelStatusInfo:
         vmodel_id = check_id("vModelId", request.vModelId)
-        target = check_id("targetModelId", request.targetModelId)
+        # A target registered by this call is a new name; otherwise it names an existing model.
+        check_target = check_id if request.HasField("modelInfo") else check_reference
+        target = check_target("targetModelId", request.targetModelId)
         if request.expectedTargetModelId:
-            check_id("expectedTargetModelId", request.expectedTargetModelId)
+            check_reference("expectedTargetModelId", request.expectedTargetModelId)
+        check_label("owner", request.owner)
         model = _model_record(target, request.modelInfo, self._clock()) if request.HasField("modelInfo") else None
         if request.autoDeleteTargetModel and model is None:
             raise InvalidRequest("autoDeleteTargetModel needs modelInfo (it applies to a model registered by this call)")
@@ -162,12 +153,12 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer, AsyncClosing):
 
     @mapped_errors
     async def deleteVModel(self, request: mm.DeleteVModelRequest, context) -> mm.DeleteVModelResponse:
-        await self._vmodels.delete(check_id("vModelId", request.vModelId), request.owner)
+        await self._vmodels.delete(check_reference("vModelId", request.vModelId), request.owner)
         return mm.DeleteVModelResponse()
 
     @mapped_errors
     async def getVModelStatus(self, request: mm.GetVModelStatusRequest, context) -> mm.VModelStatusInfo:
-        return await self._vstatus(check_id("vModelId", request.vModelId), request.owner)
+        return await self._vstatus(check_reference("vModelId", request.vModelId), request.owner)
 
     # -- helpers ------------------------------------------------------------------------------
     async def _status(self, model_id: str) -> mm.ModelStatusInfo:

@@ -10,9 +10,10 @@ from router.dataplane import MODEL_HEADER, VMODEL_HEADER
 
 __all__ = ["budget", "split_metadata"]
 
-# Headers that belong to this hop (HTTP/2 and gRPC transport), not to the caller.
+# Headers that belong to this hop (HTTP/2 and gRPC transport), not to the caller; the
+# caller's credential is the router's to check (`mesh.api.auth`), never the instances' to see.
 _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection", "accept-encoding",
-                          "content-length", MODEL_HEADER, VMODEL_HEADER})
+                          "content-length", "authorization", MODEL_HEADER, VMODEL_HEADER})
 
 
 #: The router gives up this much before the caller's deadline (at most 10 % of it), so its

@@ -44,7 +44,8 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def make_app(dataplane: DataPlane, *, ready: Callable[[], bool], version: str,
-             max_body_bytes: int = 16 << 20) -> web.Application:
+             max_body_bytes: int = 16 << 20, middlewares=()) -> web.Application:
+    """The REST app; `middlewares` run outside its error mapping (the auth check, when on)."""
     async def live(request: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
@@ -106,7 +107,7 @@ def make_app(dataplane: DataPlane, *, ready: Callable[[], bool], version: str,
             log.exception("internal error %s in %s %s", error_id, request.method, request.path)
             return _error(500, f"internal error (id {error_id}); see the router's log")
 
-    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[*middlewares, errors], client_max_size=max_body_bytes)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", server_ready)
     app.router.add_get("/v2", server_metadata)

@@ -27,6 +27,9 @@ from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
+from mesh.api.auth.authorizer import Authorizer
+from mesh.api.auth.interceptor import AuthInterceptor
+from mesh.api.auth.settings import AuthSettings, build_authorizer
 from mesh.api.stack import ManagementStack, build_management
 from mesh.cli.process import (
     StartupError,
@@ -49,6 +52,7 @@ from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
 from router.observed import ObservedDataPlane
 from router.rest import make_app
+from router.rest_auth import auth_middleware
 from router.routing import Loader, Router, Scaler
 from router.settings import RouterSettings
 from router.traffic import Observers, TrafficCounters
@@ -105,11 +109,12 @@ class RunningRouter:
 async def start_router(settings: RouterSettings, view: FabricView, loader: Loader | None, *,
                        registry: CollectorRegistry | None = None, management: ManagementStack | None = None,
                        reuse_port: bool = False, metrics_port: int | None = None,
-                       scaler: Scaler | None = None) -> RunningRouter:
+                       scaler: Scaler | None = None, authorizer: Authorizer | None = None) -> RunningRouter:
     """Start serving on `settings.host`/`port`/`rest_port` (0: any free port) with the given
     view and loader; returns once the ports are bound. `management` (`mesh.api.stack`) is
     served on the same port, as ModelMesh serves its management API beside inference;
     `scaler` is told of models whose copies are all busy (`router.routing`).
+    `authorizer` (`mesh.api.auth`) guards both ports; None: no interceptor or middleware at all.
     StartupError (nothing left running) when a port cannot be bound."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry, per_model=settings.per_model_metrics,
@@ -123,7 +128,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     metrics.watch_in_flight(router.in_flight)
     dataplane = DataPlane(router, view, settings.default_deadline_s, settings.max_message_bytes)
     ready = view_ready(view)
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=[AuthInterceptor(authorizer)] if authorizer else None, options=[
         # Over the limit, so that the front refuses what is too large with an error that names
         # the setting (`DataPlane.check_size`); grpc's own refusal is only for twice as much.
         ("grpc.max_receive_message_length", receive_limit(settings.max_message_bytes)),
@@ -147,7 +152,9 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     try:
         if settings.rest_port:
             # REST calls count as the V2 calls they become, in the metrics and the dashboard alike.
-            app = make_app(ObservedDataPlane(dataplane, observer), ready=ready, version=meshserve_version(), max_body_bytes=settings.max_message_bytes)
+            app = make_app(ObservedDataPlane(dataplane, observer), ready=ready, version=meshserve_version(),
+                           max_body_bytes=settings.max_message_bytes,
+                           middlewares=[auth_middleware(authorizer)] if authorizer else ())
             figures = management.mesh_admin if management is not None else MeshAdminServicer(view)
             running.dashboard = attach_dashboard(app, view, figures, traffic, sample_s=settings.dashboard_sample_s)
             runner = web.AppRunner(app, access_log=None)
@@ -180,11 +187,12 @@ async def _serve_once_ready(view: FabricView, health: health_aio.HealthServicer,
 
 
 async def start_fabric_router(stack: contextlib.AsyncExitStack, settings: RouterSettings, fabric: FabricSettings,
-                              worker: int = 0) -> RunningRouter:
+                              worker: int = 0, auth: AuthSettings | None = None) -> RunningRouter:
     """A router of the fabric: its watched view, cache miss and management stack, every part
     entered on `stack` so that its exit closes them in reverse order."""
     if not fabric.etcd_endpoints:
         raise StartupError("--etcd (or MESHSERVE_ETCD) is required")
+    authorizer = build_authorizer(auth or AuthSettings())  # before anything starts: a bad token file is one line
     keys = fabric.keys()
     client = await stack.enter_async_context(fabric.etcd_client())
     view = FabricView(client, keys)
@@ -195,15 +203,17 @@ async def start_fabric_router(stack: contextlib.AsyncExitStack, settings: Router
     running = await start_router(settings, view, management.cache_miss, management=management,
                                  scaler=management.cache_miss,
                                  reuse_port=settings.workers > 1,
-                                 metrics_port=settings.metrics_port + worker if settings.metrics_port else 0)
+                                 metrics_port=settings.metrics_port + worker if settings.metrics_port else 0,
+                                 authorizer=authorizer)
     stack.push_async_callback(running.stop)
     return running
 
 
-def _worker(router_values: dict[str, Any], fabric_values: dict[str, Any], worker: int) -> None:
-    settings, fabric = RouterSettings(**router_values), FabricSettings(**fabric_values)
+def _worker(router_values: dict[str, Any], fabric_values: dict[str, Any], auth_values: dict[str, Any],
+            worker: int) -> None:
+    settings, fabric, auth = RouterSettings(**router_values), FabricSettings(**fabric_values), AuthSettings(**auth_values)
     configure_logging(settings.log_level, _log_prefix(settings, worker))
-    status = run_server("router", lambda stack: start_fabric_router(stack, settings, fabric, worker))
+    status = run_server("router", lambda stack: start_fabric_router(stack, settings, fabric, worker, auth))
     raise SystemExit(status)
 
 
@@ -211,11 +221,11 @@ def _log_prefix(settings: RouterSettings, worker: int) -> str:
     return f"[router {worker}] " if settings.workers > 1 else ""
 
 
-def run_workers(settings: RouterSettings, fabric: FabricSettings) -> int:
+def run_workers(settings: RouterSettings, fabric: FabricSettings, auth: AuthSettings | None = None) -> int:
     """Start `settings.workers` router processes (spawned, not forked: grpc does not
     survive a fork) and wait; SIGTERM/SIGINT are passed on. Returns the worst exit code."""
     context = multiprocessing.get_context("spawn")
-    values = (settings.model_dump(), fabric.model_dump())
+    values = (settings.model_dump(), fabric.model_dump(), (auth or AuthSettings()).model_dump())
     processes = [context.Process(target=_worker, args=(*values, i), name=f"router-{i}")
                  for i in range(settings.workers)]
     for process in processes:
@@ -236,13 +246,14 @@ def run_workers(settings: RouterSettings, fabric: FabricSettings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return settings_parser("meshserve router", "Route V2 inference calls to loaded model copies.", FabricSettings, RouterSettings)
+    return settings_parser("meshserve router", "Route V2 inference calls to loaded model copies.", FabricSettings, RouterSettings,
+                           AuthSettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings, fabric = parse_settings(build_parser(), argv, "router", RouterSettings, FabricSettings)
+    settings, fabric, auth = parse_settings(build_parser(), argv, "router", RouterSettings, FabricSettings, AuthSettings)
     if settings.workers > 1:
         configure_logging(settings.log_level, _log_prefix(settings, -1))
-        return run_workers(settings, fabric)
+        return run_workers(settings, fabric, auth)
     configure_logging(settings.log_level)
-    return run_server("router", lambda stack: start_fabric_router(stack, settings, fabric))
+    return run_server("router", lambda stack: start_fabric_router(stack, settings, fabric, auth=auth))

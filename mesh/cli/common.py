@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 from pydantic import Field, ValidationError
@@ -58,19 +59,40 @@ class CliSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="ignore")
 
+    #: Read from the environment only: a token on a command line shows in `ps`.
+    FLAGS_SKIP: ClassVar[tuple[str, ...]] = ("token",)
+
     router: str = Field(DEFAULT_ROUTER, description="HOST:PORT of a router (or controller) serving "
                         "mmesh.ModelMesh, meshserve.admin.MeshAdmin and V2 inference.")
     cli_timeout_s: float = Field(30.0, description="Deadline of one call (seconds); loads wait up to this long.")
+    token_file: str = Field("", description="File whose first line is the bearer token sent with every call (a "
+                            "router or controller with auth on needs one: its management or inference token).")
+    token: str = Field("", description="The bearer token itself (environment only); token_file wins when both are set.")
+
+    def bearer_token(self) -> str:
+        """The token to send ('' for none); CliError when the token file cannot be read."""
+        if not self.token_file:
+            return self.token.strip()
+        try:
+            lines = [line.strip() for line in Path(self.token_file).read_text(encoding="utf-8").splitlines()]
+        except OSError as error:
+            raise CliError(f"cannot read --token-file {self.token_file}: {error.strerror or error}") from None
+        token = next((line for line in lines if line and not line.startswith("#")), "")
+        if not token:
+            raise CliError(f"--token-file {self.token_file} holds no token")
+        return token
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, timeout_help: str = "deadline of a call in seconds "
                      "(default 30, env MESHSERVE_CLI_TIMEOUT_S)") -> None:
     parser.add_argument("--router", help=f"router address HOST:PORT (env MESHSERVE_ROUTER, default {DEFAULT_ROUTER})")
     parser.add_argument("--timeout", type=float, dest="cli_timeout_s", metavar="SECONDS", help=timeout_help)
+    parser.add_argument("--token-file", metavar="FILE", help="file holding the bearer token to send (env "
+                        "MESHSERVE_TOKEN_FILE; or the token itself in MESHSERVE_TOKEN)")
 
 
 def _settings(args: argparse.Namespace) -> CliSettings:
-    given = {k: getattr(args, k) for k in ("router", "cli_timeout_s") if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in ("router", "cli_timeout_s", "token_file") if getattr(args, k, None) is not None}
     try:
         settings = CliSettings(**given)
     except ValidationError as error:
@@ -129,6 +151,11 @@ def describe_rpc_error(error: grpc.RpcError, address: str, method: str = "") -> 
                 f"{_short(details)}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and details.lower() in ("deadline exceeded", ""):
         return f"no answer from {address} in time (raise --timeout, or check that the router is up)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (f"{address} refused the call: it needs a valid token (give --token-file, MESHSERVE_TOKEN_FILE "
+                "or MESHSERVE_TOKEN)")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"{address} refused the call: the token does not allow {method or 'it'} (a management token does)"
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return (f"the server at {address} does not serve {method or 'this call'}: is --router a meshserve router "
                 "or controller?")
@@ -143,16 +170,35 @@ def _short(details: str) -> str:
     return details.rsplit(": ", 1)[-1] if len(details) > 120 else details
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call of the channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+
 class Connection:
     """One channel to the router and the stubs of the services the commands use."""
 
     def __init__(self, settings: CliSettings) -> None:
         self.address = settings.router
         self.timeout = settings.cli_timeout_s
+        token = settings.bearer_token()
         self.channel = grpc.insecure_channel(self.address, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ])
+        if token:
+            self.channel = grpc.intercept_channel(self.channel, _BearerToken(token))
         self.mesh = mm_grpc.ModelMeshStub(self.channel)
         self.admin = admin_grpc.MeshAdminStub(self.channel)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)

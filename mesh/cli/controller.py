@@ -31,6 +31,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
+from mesh.api.auth.interceptor import AuthInterceptor
+from mesh.api.auth.settings import AuthSettings, build_authorizer
 from mesh.api.stack import build_management
 from mesh.cli.process import (StartupError, bind_grpc, configure_logging, parse_settings, run_server, settings_parser,
                               start_metrics)
@@ -73,7 +75,8 @@ class ControllerSettings(BaseSettings):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return settings_parser("meshserve controller", "Management API and leader-elected background work of a fabric.", FabricSettings, ControllerSettings)
+    return settings_parser("meshserve controller", "Management API and leader-elected background work of a fabric.", FabricSettings, ControllerSettings,
+                           AuthSettings)
 
 
 async def wait_for_etcd(client: EtcdClient, stop: asyncio.Event, retry_s: float = 1.0) -> bool:
@@ -96,11 +99,13 @@ async def wait_for_etcd(client: EtcdClient, stop: asyncio.Event, retry_s: float 
 
 
 async def start_controller(stack: contextlib.AsyncExitStack, controller: ControllerSettings,
-                           fabric: FabricSettings, stop: asyncio.Event) -> int:
+                           fabric: FabricSettings, stop: asyncio.Event, auth: AuthSettings | None = None) -> int:
     """Bind, serve the management API and start campaigning; every part is entered on
-    `stack`, so the caller's exit closes them in reverse order. Returns the bound port."""
+    `stack`, so the caller's exit closes them in reverse order. Returns the bound port.
+    `auth` (`mesh.api.auth`): who may call it; off, no interceptor is installed."""
     if not fabric.etcd_endpoints:
         raise StartupError("--etcd (or MESHSERVE_ETCD) is required")
+    authorizer = build_authorizer(auth or AuthSettings())  # before anything starts: a bad token file is one line
     keys = fabric.keys()
     client = await stack.enter_async_context(fabric.etcd_client())
     replica_id = controller.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -109,7 +114,8 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
     stack.push_async_callback(view.close)
     management = await stack.enter_async_context(build_management(client, keys, view, runtimes, fabric.timings))
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[AuthInterceptor(authorizer)] if authorizer else None,
+                             options=[("grpc.so_reuseport", 0)])
     management.add_to_server(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -155,7 +161,8 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
 
 
 def main(argv: list[str] | None = None) -> int:
-    controller, fabric = parse_settings(build_parser(), argv, "controller", ControllerSettings, FabricSettings)
+    controller, fabric, auth = parse_settings(build_parser(), argv, "controller", ControllerSettings, FabricSettings,
+                                              AuthSettings)
     configure_logging(controller.log_level)
     stop = asyncio.Event()
-    return run_server("controller", lambda stack: start_controller(stack, controller, fabric, stop), stop=stop)
+    return run_server("controller", lambda stack: start_controller(stack, controller, fabric, stop, auth), stop=stop)

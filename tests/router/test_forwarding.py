@@ -254,14 +254,17 @@ async def test_malformed_request_bytes(routed):
 class EchoInstance:
     """A real gRPC server standing in for an instance: ModelInfer echoes the caller's
     metadata back (as initial and trailing metadata) and the model name it was sent;
-    `x-fail-with: CODE` makes it fail with that status and a trailer."""
+    `x-fail-with: CODE` makes it fail with that status and a trailer. `credentials` keeps
+    every `authorization` value it was sent (the router must send none)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, tuple]] = []
+        self.credentials: list[str] = []
         self.server = grpc.aio.server()
 
         async def infer(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
             metadata = tuple((k, v) for k, v in context.invocation_metadata() if k.startswith(("x-", "mm-")))
+            self.credentials += [v for k, v in context.invocation_metadata() if k == "authorization"]
             request = pb.ModelInferRequest.FromString(body)
             self.seen.append((request.model_name, metadata))
             fail = dict(metadata).get("x-fail-with")
@@ -292,11 +295,13 @@ async def test_metadata_passes_both_ways(routed, echo):
     async with grpc.aio.insecure_channel(_address(running)) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
             pb.ModelInferRequest(model_name="echo-model", id="r1").SerializeToString(),
-            metadata=(("x-trace-id", "abc"), ("x-blob-bin", b"\x00\x01")), timeout=5)
+            metadata=(("x-trace-id", "abc"), ("authorization", "Bearer the-callers-secret"),
+                      ("x-blob-bin", b"\x00\x01")), timeout=5)
         response = pb.ModelInferResponse.FromString(await call)
         initial, trailing = dict(await call.initial_metadata()), dict(await call.trailing_metadata())
     assert (response.model_name, response.id) == ("echo-model", "r1")
     assert echo.seen == [("echo-model", (("x-trace-id", "abc"), ("x-blob-bin", b"\x00\x01")))]
+    assert echo.credentials == []  # the caller's credential is the router's, not the instance's
     assert initial["x-initial"] == "hello"
     assert trailing["x-trace-id-echo"] == "abc" and trailing["x-blob-echo-bin"] == b"\x00\x01"
 

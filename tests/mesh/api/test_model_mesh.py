@@ -210,3 +210,31 @@ async def test_etcd_unreachable_is_unavailable_with_a_message(private_etcd, priv
         await private_etcd.astart()
         info = await api.stub.getModelStatus(mm.GetStatusRequest(modelId="m"), timeout=20, wait_for_ready=True)
         assert info.status == S.NOT_LOADED
+
+
+async def test_registrations_with_bad_names_or_paths_are_refused_and_write_nothing(api):
+    before = (await api.client.get_prefix(api.keys.prefix))[1]
+    cases = [
+        (api.stub.registerModel(_info("../escape")), "modelId"),
+        (api.stub.registerModel(_info("a b")), "modelId"),
+        (api.stub.registerModel(_info("x" * 257)), "modelId is longer than 256"),
+        (api.stub.registerModel(mm.RegisterModelRequest(modelId="m", modelInfo=mm.ModelInfo(
+            type="onnx", path="s3://bucket/../other"))), "modelInfo.path must not contain '..'"),
+        (api.stub.registerModel(mm.RegisterModelRequest(modelId="m", modelInfo=mm.ModelInfo(
+            type="onnx", path="gs://bucket/m"))), "modelInfo.path has an unsupported scheme 'gs://'"),
+        (api.stub.registerModel(mm.RegisterModelRequest(modelId="m", modelInfo=mm.ModelInfo(
+            type="onnx\n", path="s3://b/m"))), "modelInfo.type must not contain control characters"),
+        (api.stub.setVModel(mm.SetVModelRequest(vModelId="v:../x", targetModelId="m", modelInfo=mm.ModelInfo(
+            type="onnx", path="s3://b/m"))), "vModelId"),
+        (api.stub.setVModel(mm.SetVModelRequest(vModelId="v", targetModelId=".hidden", modelInfo=mm.ModelInfo(
+            type="onnx", path="s3://b/m"))), "targetModelId"),
+        (api.stub.setVModel(mm.SetVModelRequest(vModelId="v", targetModelId="m", modelInfo=mm.ModelInfo(
+            type="onnx", path="file:///models/%2e%2e/etc"))), "modelInfo.path must not contain '..'"),
+    ]
+    for call, why in cases:
+        code, message = await _code(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and why in message, (why, message)
+    assert (await api.client.get_prefix(api.keys.prefix))[1] == before
+    # modelmesh-serving's concrete ids and Kubernetes names register.
+    for model_id in ("example-sklearn-isvc__isvc-3642375d03", "mnist.v2"):
+        assert (await api.stub.registerModel(_info(model_id))).status == S.NOT_LOADED

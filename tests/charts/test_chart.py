@@ -95,6 +95,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "servingConfig": {"extra": {"runtimePodLabels": {"cost-center": "ai"}, "allowAnyPVC": True}},
         "topologySpread": {"enabled": False},
     },
+    "auth": {"auth": {"managementTokenSecret": "mgmt-tokens", "inferenceTokenSecret": "infer-tokens",
+                      "inferenceTokenKey": "list", "managementClientIdentities": ["ops.example.com", "ci"]}},
     "grafana-dashboard": {"dashboards": {"grafana": {"enabled": True, "annotations": {"grafana_folder": "Serving"}}}},
     "digest-and-no-tests": {
         "image": {"digest": "sha256:" + "ab" * 32},
@@ -293,6 +295,7 @@ CROSS_FIELD = [
      r"defaultRuntime.autoscaling.maxReplicas \(2\) must be at least"),
     ({"defaultRuntime": {"device": "cpu", "gpu": {"enabled": True}}}, r"device is cpu but defaultRuntime.gpu.enabled"),
     ({"defaultRuntime": {"resources": {"limits": {"memory": None}}}}, r"limits.memory is required"),
+    ({"auth": {"inferenceTokenSecret": "infer-tokens"}}, r"auth.inferenceTokenSecret is set but the management API"),
 ]
 
 
@@ -970,3 +973,35 @@ def test_the_grafana_dashboard_config_map_holds_the_docs_dashboard_for_the_sidec
     (moved,) = _dashboard_config_maps(elsewhere)
     assert moved["metadata"]["namespace"] == "monitoring"
     assert moved["metadata"]["labels"]["grafana_dashboard"] == "meshserve"
+
+
+def _mounted_secret(pod_spec: dict[str, Any], container: dict[str, Any], path: str) -> str:
+    """The Secret whose volume is mounted (as a folder: rotations reach it) where `path` lies."""
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert "subPath" not in mount
+    volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+    return volume["secret"]["secretName"]
+
+
+def test_auth_secrets_reach_the_router_the_controller_and_the_test_pod(chart):
+    from mesh.api.auth.settings import AuthSettings
+    from mesh.cli import controller as controller_cli
+    from mesh.cli.process import read_settings
+    from router import server as router_server
+
+    rendered = render(chart, SCENARIOS["auth"])
+    for component, parser in (("router", router_server.build_parser()), ("controller", controller_cli.build_parser())):
+        container = rendered.container(component)
+        args = parser.parse_args(_args_of(container, component))
+        auth = read_settings(AuthSettings, args, kind=component, environ={})
+        spec = rendered.workload(component)["spec"]["template"]["spec"]
+        assert _mounted_secret(spec, container, auth.management_token_file) == "mgmt-tokens"
+        assert _mounted_secret(spec, container, auth.inference_token_file) == "infer-tokens"
+        assert auth.inference_token_file.endswith("/list")
+        assert auth.identities() == ("ops.example.com", "ci")
+    test_pod = rendered.one("Pod")["spec"]
+    lister = next(c for c in test_pod["containers"] if c["name"] == "list-models")
+    token_file = _flag(_args_of(lister, "list"), "--token-file")
+    assert _mounted_secret(test_pod, lister, token_file) == "mgmt-tokens"
+    defaults = render(chart, {})
+    assert not any(a.startswith("--management") for a in _args_of(defaults.container("router"), "router"))

@@ -272,3 +272,54 @@ annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Auth (values auth): the flags, mounts and volumes of a process serving the management API or
+inference (router, controller). Secrets are mounted as folders, not subPaths, so that a
+rotated Secret reaches the file and the process re-reads it.
+*/}}
+{{- define "meshserve.authMount" -}}/etc/meshserve/auth{{- end -}}
+{{- define "meshserve.managementTokenFile" -}}{{ include "meshserve.authMount" . }}/management/{{ .Values.auth.managementTokenKey }}{{- end -}}
+{{- define "meshserve.inferenceTokenFile" -}}{{ include "meshserve.authMount" . }}/inference/{{ .Values.auth.inferenceTokenKey }}{{- end -}}
+
+{{- define "meshserve.authArgs" -}}
+{{- $a := .Values.auth -}}
+{{- if $a.managementTokenSecret }}
+- --management-token-file
+- {{ include "meshserve.managementTokenFile" . | quote }}
+{{- end }}
+{{- if $a.inferenceTokenSecret }}
+- --inference-token-file
+- {{ include "meshserve.inferenceTokenFile" . | quote }}
+{{- end }}
+{{- if $a.managementClientIdentities }}
+- --management-client-identities
+- {{ join "," $a.managementClientIdentities | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "meshserve.authVolumeMounts" -}}
+{{- if .Values.auth.managementTokenSecret }}
+- name: management-tokens
+  mountPath: {{ include "meshserve.authMount" . }}/management
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.inferenceTokenSecret }}
+- name: inference-tokens
+  mountPath: {{ include "meshserve.authMount" . }}/inference
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "meshserve.authVolumes" -}}
+{{- if .Values.auth.managementTokenSecret }}
+- name: management-tokens
+  secret:
+    secretName: {{ .Values.auth.managementTokenSecret }}
+{{- end }}
+{{- if .Values.auth.inferenceTokenSecret }}
+- name: inference-tokens
+  secret:
+    secretName: {{ .Values.auth.inferenceTokenSecret }}
+{{- end }}
+{{- end -}}

@@ -16,7 +16,7 @@ on the list) but that credential lacks the permission.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mesh.api.auth.permissions import Permission
@@ -53,23 +53,29 @@ class Authorizer:
         return True  # not classified: refused
 
     def refusal(self, permission: Permission | None, method: str, token: str | None,
-                identities: Iterable[str] = ()) -> Refusal | None:
+                identities: Sequence[str] = ()) -> Refusal | None:
         """None when the call may go ahead; else why not."""
         if not self.guards(permission):
             return None
-        management = (token is not None and self._management is not None and self._management.matches(token)) \
-            or not self.management_identities.isdisjoint(identities)
-        if permission is Permission.MANAGEMENT and management:
+        # Inference callers are the many: their token is tried against the inference file first.
+        inference = permission is Permission.INFERENCE and self._matches(self._inference, token)
+        if inference:
             return None
-        inference = token is not None and self._inference is not None and self._inference.matches(token)
-        if permission is Permission.INFERENCE and (management or inference):
+        management = self._matches(self._management, token) or not self.management_identities.isdisjoint(identities)
+        if management and permission is not None:
             return None
+        if permission is not Permission.INFERENCE:
+            inference = self._matches(self._inference, token)  # only to tell a known token from a guess
         if permission is None:
             return Refusal("PERMISSION_DENIED", f"{method} is not classified for authorization; refused")
-        known = management or inference or any(True for _ in identities)
+        known = management or inference or bool(identities)  # a verified certificate is known
         if not known:
             hint = "no credential" if token is None else "an unknown token"
             return Refusal("UNAUTHENTICATED", f"{method} needs the {permission.value} permission and the call "
                                               f"brought {hint} (send 'authorization: Bearer <token>')")
         return Refusal("PERMISSION_DENIED", f"{method} needs the {permission.value} permission, which the "
                                             "call's credential does not have")
+
+    @staticmethod
+    def _matches(tokens: TokenFile | None, token: str | None) -> bool:
+        return token is not None and tokens is not None and tokens.matches(token)

@@ -43,6 +43,7 @@ def _processes() -> list[Process]:
     from mesh.cli import runtime as runtime_cli
     from mesh.cli import up
     from mesh.cli import common as cli_common
+    from mesh.api.auth.settings import AuthSettings
     from mesh.operator.settings import OperatorSettings
     from mesh.settings import FabricSettings
     from router import server as router_server
@@ -62,11 +63,11 @@ def _processes() -> list[Process]:
                 "own port and seats the runtime as an instance.", agent_cli.build_parser,
                 [agent_cli.AgentSettings, FabricSettings]),
         Process("meshserve controller", "One controller replica: the management API, and the background work "
-                "while it is the leader.", controller_cli.build_parser, [controller_cli.ControllerSettings, FabricSettings]),
+                "while it is the leader.", controller_cli.build_parser, [controller_cli.ControllerSettings, FabricSettings, AuthSettings]),
         Process("meshserve operator", "The Kubernetes operator (see kubernetes.md): Predictors, "
                 "InferenceServices and ServingRuntimes into the fabric; without `--etcd` it reads the "
                 "`model-serving-etcd` secret.", operator_cli.build_parser, [OperatorSettings, FabricSettings]),
-        Process("meshserve router", "The V2 gRPC/REST front door.", router_server.build_parser, [RouterSettings, FabricSettings]),
+        Process("meshserve router", "The V2 gRPC/REST front door.", router_server.build_parser, [RouterSettings, FabricSettings, AuthSettings]),
         Process("meshserve up", "The local fabric (etcd, controller, runtimes, router, example models). Its "
                 "variables use the prefix `MESHSERVE_UP_` so that they cannot collide with the variables of "
                 "the processes it starts.", up.build_parser, [up.UpSettings]),

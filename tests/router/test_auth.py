@@ -239,3 +239,14 @@ async def test_the_command_line_sends_its_token_and_says_in_one_line_when_it_is_
     assert code == 0, err
     code, out, err = await _meshserve("list", *router, env={**env, "MESHSERVE_TOKEN_FILE": str(token_file)})
     assert code == 0 and "cli-model" in out, err
+
+
+@pytest.mark.parametrize("command", [("router", "--workers", "2"), ("controller",)], ids=["router-workers", "controller"])
+async def test_a_token_file_that_cannot_be_read_stops_the_process_with_one_line(command, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSERVE_")}
+    missing = tmp_path / "no-such-file"
+    code, _, err = await _meshserve(*command, "--etcd", f"127.0.0.1:{free_port()}", "--port", "0",
+                                    "--metrics-port", "0", "--management-token-file", str(missing), env=env)
+    lines = [line for line in err.splitlines() if line.startswith("meshserve ")]
+    assert code == 1 and lines and all(f"cannot read token file {missing}" in line for line in lines), err
+    assert "Traceback" not in err

@@ -10,6 +10,7 @@ UNAUTHENTICATED or PERMISSION_DENIED before the method runs: it changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -60,8 +61,9 @@ def _guarded(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMethodHand
     if inspect.isasyncgenfunction(behavior):
         async def guarded(request, context):
             await check(context)
-            async for reply in behavior(request, context):
-                yield reply
+            async with contextlib.aclosing(behavior(request, context)) as replies:  # its cleanup runs on cancel
+                async for reply in replies:
+                    yield reply
     else:
         async def guarded(request, context):
             await check(context)

@@ -2,7 +2,8 @@
 with `grpc.ssl_server_credentials` (client certificates required), the management stack
 over a real etcd, and clients holding certificates the test makes (`cryptography`). Each
 client certificate is self-signed and trusted by the server as its own root, which stands
-in for a CA signing the clients' certificates."""
+in for a CA signing the clients' certificates. A stand-in streaming method (an echo under
+ModelStreamInfer's name) shows an identity let through reaches a streaming handler whole."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ async def test_an_allowed_client_certificate_grants_management_and_another_does_
     server_cert, server_key = self_signed(tmp_path / "server", "meshserve-router")
     ops_cert, ops_key = self_signed(tmp_path / "ops", "ops-client")  # the CN on the allow-list
     other_cert, other_key = self_signed(tmp_path / "other", "intruder")  # verified, but not allowed
-    authorizer = build_authorizer(AuthSettings(management_client_identities="ops-client"))
+    (tmp_path / "inference-tokens").write_text("some-inference-token\n")  # inference guarded too
+    authorizer = build_authorizer(AuthSettings(management_client_identities="ops-client",
+                                               inference_token_file=str(tmp_path / "inference-tokens")))
     credentials = grpc.ssl_server_credentials([(server_key.read_bytes(), server_cert.read_bytes())],
                                               root_certificates=ops_cert.read_bytes() + other_cert.read_bytes(),
                                               require_client_auth=True)
@@ -39,6 +42,13 @@ async def test_an_allowed_client_certificate_grants_management_and_another_does_
     async with RuntimeClients() as runtimes, build_management(etcd, keys, view, runtimes, FabricTimings()) as management:
         server = grpc.aio.server(interceptors=[AuthInterceptor(authorizer)])
         management.add_to_server(server)
+
+        async def echo_stream(requests, context):
+            async for body in requests:
+                yield body
+
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(echo_stream)}),))
         port = server.add_secure_port("127.0.0.1:0", credentials)
         await server.start()
 
@@ -56,6 +66,12 @@ async def test_an_allowed_client_certificate_grants_management_and_another_does_
                 assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert await management.registry.get("by-intruder") is None
                 assert await management.registry.get("by-ops") is not None
+                stream = "/inference.GRPCInferenceService/ModelStreamInfer"
+                replies = [r async for r in allowed.stream_stream(stream)(iter([b"a", b"b"]), timeout=10)]
+                assert replies == [b"a", b"b"]
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    _ = [r async for r in other.stream_stream(stream)(iter([b"a"]), timeout=10)]
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED  # known (verified), not allowed
         finally:
             await server.stop(None)
             await view.close()

@@ -147,10 +147,13 @@ def statistics_to_proto(entries: list[tuple[str, ModelEntry]]) -> pb.ModelStatis
         stats = entry.stats
         item = response.model_stats.add(
             name=model_id, version="1", last_inference=stats.last_inference_ms,
-            inference_count=stats.inference_count, execution_count=stats.inference_count,
+            inference_count=stats.inference_count, execution_count=stats.execution_count,
         )
         for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
             duration = getattr(stats, name)
             target = getattr(item.inference_stats, name)
             target.count, target.ns = duration.count, duration.ns
+        for rows, duration in sorted(stats.batches.items()):
+            batch = item.batch_stats.add(batch_size=rows)
+            batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
     return response

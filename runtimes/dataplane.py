@@ -40,6 +40,7 @@ class InferRequest:
     output_names: list[str] = field(default_factory=list)
     request_id: str = ""
     parameters: dict = field(default_factory=dict)
+    deadline: float | None = None  # time.perf_counter() seconds by which it must have run; None: none
 
 
 @dataclass
@@ -128,12 +129,18 @@ class InferenceService:
         return entry is not None and entry.state is State.LOADED
 
     def signature(self, model_id: str) -> ModelSignature:
-        model = self._manager.get(model_id).model
+        entry = self._manager.get(model_id)
+        model = entry.model
         config = model.triton_config
-        if config is None:
-            return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs))
-        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs), config.version,
-                              config.max_batch_size, config.dynamic_batching)
+        version, max_batch_size, batching = "1", 0, None
+        if config is not None:
+            version, max_batch_size, batching = config.version, config.max_batch_size, config.dynamic_batching
+        if entry.batcher is not None:  # what the model's requests really run under
+            policy = entry.batcher.policy
+            max_batch_size = max_batch_size or policy.max_batch_size
+            batching = DynamicBatching(policy.preferred_batch_sizes, policy.max_queue_delay_us)
+        return ModelSignature(model_id, model.platform, list(model.inputs), list(model.outputs), version,
+                              max_batch_size, batching)
 
     def statistics(self, model_id: str) -> list[tuple[str, ModelEntry]]:
         if model_id:
@@ -148,7 +155,7 @@ class InferenceService:
         index.check_outputs(request.model_id, request.output_names)
         arrays = {tensor.name: tensor.data for tensor in request.inputs}
         input_ns = time.perf_counter_ns() - checked_at
-        results = await self._manager.run(request.model_id, arrays, list(request.output_names))
+        results = await self._manager.run(request.model_id, arrays, list(request.output_names), request.deadline)
         output_started = time.perf_counter_ns()
         outputs = [_output(name, array) for name, array in results.items()]
         entry.stats.record_conversions(input_ns, time.perf_counter_ns() - output_started)

@@ -53,6 +53,10 @@ class MessageTooLarge(RuntimeError_):
                          "max_message_bytes (--max-message-bytes, MESHSERVE_RUNTIME_MAX_MESSAGE_BYTES)")
 
 
+class DeadlineExceeded(RuntimeError_):
+    """The request's deadline passed before it could run."""
+
+
 class ModelUnavailable(RuntimeError_):
     """The model is being unloaded or failed to load; retry elsewhere."""
 

@@ -21,6 +21,7 @@ from runtimes.dataplane import InferenceService
 from runtimes.errors import (
     Busy,
     CapacityExhausted,
+    DeadlineExceeded,
     ModelTooLarge,
     InvalidInput,
     InvalidModel,
@@ -43,6 +44,7 @@ STATUS_OF_ERROR: dict[type[RuntimeError_], grpc.StatusCode] = {
     ModelTooLarge: grpc.StatusCode.FAILED_PRECONDITION,
     Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
     MessageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 MODEL_ID_HEADER = "mm-model-id"
@@ -142,6 +144,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             domain = converters.infer_request_from_proto(request)
             domain.model_id = _model_id(domain.model_id, context)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                domain.deadline = started + remaining
             response = converters.infer_response_to_proto(await self._service.infer(domain))
             size = response.ByteSize()
             if size > self._max_message_bytes:  # grpc would refuse it with words of its own

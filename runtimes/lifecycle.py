@@ -44,6 +44,7 @@ from runtimes.stats import ModelStats
 
 if TYPE_CHECKING:
     from runtimes.backends import LoadedModel
+    from runtimes.batching import Batcher
 
 __all__ = ["Footprint", "LifecycleObserver", "LifecycleProbe", "ModelEntry", "ModelLifecycle", "RoomMaker", "State"]
 
@@ -102,8 +103,8 @@ class State(enum.Enum):
 class ModelEntry:
     """One model held (or being loaded or unloaded), with its bytes and its use.
 
-    `model`, `slots` and `fast_runs` are the in-process manager's (the backend's loaded
-    model, its concurrency slots, its inline-run streak); a holder whose models live in
+    `model`, `slots`, `batcher` and `fast_runs` are the in-process manager's (the backend's
+    loaded model, its concurrency slots, its dynamic batcher, its inline-run streak); a holder whose models live in
     another process leaves them unset and keeps `stats` from that process's counters.
     """
 
@@ -116,6 +117,7 @@ class ModelEntry:
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     slots: asyncio.Semaphore | None = None
+    batcher: Batcher | None = None  # None: each request runs alone
     fast_runs: int = 0  # consecutive runs under ManagerConfig.inline_below_ns (negative: backing off)
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 

@@ -12,7 +12,9 @@
 - `RuntimeMetrics`: those plus the runtime's own requests: `modelmesh_invoke_model_milliseconds
   {method, code}` (the call into the model, as ModelMesh times its call into the model
   server) and `modelmesh_req_queue_delay_milliseconds` (a request's wait for one of its
-  model's concurrency slots). With `per_model` the invoke histogram also has `modelId` and
+  model's concurrency slots; for a batched model, for its batch to start) and
+  `meshserve_batch_size` (the rows of each batch a batched model ran; Triton's
+  inference count over execution count, as a distribution). With `per_model` the invoke histogram also has `modelId` and
   `vModelId` (always empty here: only the router knows the name a caller used), for at most
   `max_models` distinct models.
 """
@@ -22,6 +24,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 
 from protos.metrics_exposition import MODEL_SIZE_BUCKETS, TIMING_BUCKETS_MS, BareCounter, BoundedLabels
+
+#: Rows per batch: powers of two up to Triton's usual largest max_batch_size.
+BATCH_SIZE_BUCKETS = tuple(2 ** k for k in range(11))
 
 __all__ = ["LifecycleMetrics", "RuntimeMetrics"]
 
@@ -82,6 +87,8 @@ class RuntimeMetrics(LifecycleMetrics):
         self.queue_delay = Histogram("modelmesh_req_queue_delay_milliseconds",
                                      "Time a request waited for its model's concurrency slot.",
                                      buckets=TIMING_BUCKETS_MS, registry=registry)
+        self.batch_size = Histogram("meshserve_batch_size", "Rows of each batch a batched model ran.",
+                                    buckets=BATCH_SIZE_BUCKETS, registry=registry)
         # Label lookups cost microseconds per call; keep the children (bounded by the label cap).
         self._children: dict[tuple[str, ...], Histogram] = {}
 
@@ -94,3 +101,6 @@ class RuntimeMetrics(LifecycleMetrics):
 
     def request_queued(self, seconds: float) -> None:
         self.queue_delay.observe(seconds * 1000)
+
+    def batch_ran(self, rows: int) -> None:
+        self.batch_size.observe(rows)

@@ -29,6 +29,12 @@ Guarantees:
   "model"). All models together keep at most `max_instance_queue` requests waiting: a
   request that would wait beyond that is refused at once too (Busy, limit "instance"), so
   the memory of queued requests is bounded per process, not per model.
+  A request whose deadline passed while it waited is not run (DeadlineExceeded).
+- Batching: a model with a batching policy (`runtimes.batching_policy`: its modelKey,
+  its config.pbtxt, or `batching`, the runtime's default) runs its requests through its
+  `runtimes.batching.Batcher`: up to `max_concurrency` batches at once (and no more than
+  `infer_threads`), each taking one slot; its requests count against `max_queue` as
+  single ones do, and as queued against `max_instance_queue` until answered.
 
 Where inference runs: on the worker pool, so a slow model never stalls the event
 loop. A model proven fast (its last `inline_after` runs each took under
@@ -54,8 +60,10 @@ import numpy as np
 
 from puller.errors import InvalidStorageUri, PullError, UnsafePath
 from runtimes.backends import TRITON, Backend, BackendRegistry, Device, LoadedModel
+from runtimes.batching import BatchHooks, Batcher
+from runtimes.batching_policy import BatchingPolicy, batching_policy
 from runtimes.device_memory import DeviceMeter
-from runtimes.errors import Busy, InvalidInput, InvalidModel, LoadFailed
+from runtimes.errors import Busy, DeadlineExceeded, InvalidInput, InvalidModel, LoadFailed
 from runtimes.lifecycle import Footprint, LifecycleObserver, ModelEntry, ModelLifecycle, RoomMaker, State
 from runtimes.load_gate import LoadGate
 from runtimes.memory import release_free_memory
@@ -107,6 +115,7 @@ class ManagerConfig:
     inline_max_bytes: int = 64 << 10
     inline_backoff: int = 100
     model_fixed_cost: int = 0  # charged to each model of a backend absent from ModelManager.fixed_costs
+    batching: BatchingPolicy | None = None  # for models whose key and config.pbtxt say nothing; None: off
 
 
 class ModelManager(ModelLifecycle):
@@ -127,6 +136,9 @@ class ModelManager(ModelLifecycle):
         #: Told how long each pooled request waited for a concurrency slot (seconds; metrics).
         #: Inline runs take no slot and wait for none, so they are not reported.
         self.on_request_queued: Callable[[float], None] | None = None
+        #: Told the rows of each batch a batched model runs (metrics).
+        self.on_batch_run: Callable[[int], None] | None = None
+        self._policies: dict[str, BatchingPolicy] = {}  # of loads between their bring-in and LOADED
         #: Bytes each model of a backend costs besides its own data, by backend name: a
         #: session, objects, first-run buffers (`runtimes.calibration` measures them).
         self.fixed_costs: dict[str, int] = {}
@@ -213,8 +225,16 @@ class ModelManager(ModelLifecycle):
         """The loaded model and its size: the backend's fixed cost plus what the backend measured
         (a backend that cannot measure: bytes on disk times the size factor); on a GPU, the
         device bytes the load took, which leave the host only what the backend measured beyond them."""
-        wanted = resolve_model_type(model_type, parse_model_key(model_key))
+        key = parse_model_key(model_key)
+        wanted = resolve_model_type(model_type, key)
         model, backend, on_disk, device_bytes = await self._fetch_and_load(model_id, wanted.name, model_path, model_key)
+        try:
+            policy = batching_policy(model, key, self.config.batching)
+        except (InvalidInput, InvalidModel):
+            await self._discard(model_id, model)
+            raise
+        if policy is not None:
+            self._policies[model_id] = policy
         own = model.size_bytes() or max(int(on_disk * self.config.size_factor), 1)
         if device_bytes:
             own = max(own - device_bytes, 1)  # 1, not 0: a host size of 0 would mean "not measured"
@@ -255,8 +275,26 @@ class ModelManager(ModelLifecycle):
 
     def _loaded(self, entry: ModelEntry) -> None:
         entry.slots = asyncio.Semaphore(self.config.max_concurrency)
+        policy = self._policies.pop(entry.model_id, None)
+        if policy is not None:
+            max_batches = min(self.config.max_concurrency, self.config.infer_threads)
+            entry.batcher = Batcher(entry.model_id, entry.model, policy, entry.slots, max_batches, self._infer_pool,
+                                    entry.stats, self._batch_hooks(entry))
+
+    def _batch_hooks(self, entry: ModelEntry) -> BatchHooks:
+        def queued(seconds: float) -> None:
+            if self.on_request_queued is not None:
+                self.on_request_queued(seconds)
+
+        def batch_ran(rows: int) -> None:
+            if self.on_batch_run is not None:
+                self.on_batch_run(rows)
+
+        return BatchHooks(queued, batch_ran, lambda size: self._inline_allowed(entry, size),
+                          lambda cpu_ns, wall_ns, inline: self._note_duration(entry, cpu_ns, wall_ns, inline))
 
     async def _discard(self, model_id: str, handle: LoadedModel) -> None:
+        self._policies.pop(model_id, None)
         await asyncio.get_running_loop().run_in_executor(self._load_pool, handle.unload)
 
     async def _release(self, model_id: str, handle: LoadedModel | None) -> None:
@@ -265,14 +303,24 @@ class ModelManager(ModelLifecycle):
         await self._artifacts.release(model_id)
 
     # -- requests -----------------------------------------------------------
-    async def run(self, model_id: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        """Run one request on a loaded model, honouring its concurrency limit."""
+    async def run(self, model_id: str, inputs: dict[str, np.ndarray], output_names: list[str],
+                  deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run one request on a loaded model, honouring its concurrency limit (and its batching);
+        `deadline` (time.perf_counter() seconds): not run once it passed."""
         entry = self.get(model_id)
         self._admit(model_id, entry)
         entry.in_flight += 1
         entry.idle.clear()
         queued_at = time.perf_counter_ns()
         try:
+            if entry.batcher is not None:
+                self._queued += 1  # until answered: the batcher's queue is the model's
+                try:
+                    outputs, started, finished = await entry.batcher.submit(inputs, output_names, deadline)
+                finally:
+                    self._queued -= 1
+                entry.stats.record_success(queued_at, started, finished)
+                return outputs
             # An inline run holds the event loop from start to end, so it cannot add to the
             # concurrency in flight: it needs no slot, only that none is queued before it.
             inline = self._runs_inline(entry, inputs) and not entry.slots.locked()
@@ -286,6 +334,8 @@ class ModelManager(ModelLifecycle):
                     started = time.perf_counter_ns()
                     if self.on_request_queued is not None:
                         self.on_request_queued((started - queued_at) / 1e9)
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        raise DeadlineExceeded(f"model '{model_id}': the request's deadline passed while it was queued")
                     outputs, cpu_ns, wall_ns = await asyncio.get_running_loop().run_in_executor(
                         self._infer_pool, _timed_infer, entry.model, inputs, output_names)
                     finished = time.perf_counter_ns()
@@ -326,13 +376,16 @@ class ModelManager(ModelLifecycle):
             self._queued -= 1
 
     def _runs_inline(self, entry: ModelEntry, inputs: dict[str, np.ndarray]) -> bool:
-        config = self.config
-        if entry.fast_runs < config.inline_after:
+        if entry.fast_runs < self.config.inline_after:
             return False
         size = 0
         for array in inputs.values():
             size += array.nbytes
-        return size <= config.inline_max_bytes
+        return self._inline_allowed(entry, size)
+
+    def _inline_allowed(self, entry: ModelEntry, input_bytes: int) -> bool:
+        """Whether a run of a model with these input bytes may hold the event loop (see the module docstring)."""
+        return entry.fast_runs >= self.config.inline_after and input_bytes <= self.config.inline_max_bytes
 
     def _note_duration(self, entry: ModelEntry, cpu_ns: int, wall_ns: int, inline: bool) -> None:
         config = self.config

@@ -21,6 +21,7 @@ from protos.metrics_exposition import MetricsServer, serve_metrics
 from puller import Puller
 from runtimes.backends import BackendRegistry, Device
 from runtimes.backend_setup import BackendSetup
+from runtimes.batching_policy import BatchingPolicy
 from runtimes.dataplane import InferenceService
 from runtimes.device_memory import DeviceMemoryReader, device_capacity, nvidia_device_present, read_device_memory
 from runtimes.grpc_servicers import InferenceServicer, ModelRuntimeServicer
@@ -90,6 +91,14 @@ def resolve_device_capacity(settings: RuntimeSettings, device: Device,
     return device_capacity(memory, settings.device_memory_reserve)
 
 
+def default_batching(settings: RuntimeSettings) -> BatchingPolicy | None:
+    """The batching of models whose modelKey and config.pbtxt say nothing; None: off."""
+    if settings.dynamic_batching_max_batch_size <= 1:
+        return None
+    return BatchingPolicy(settings.dynamic_batching_max_batch_size,
+                          max_queue_delay_us=settings.dynamic_batching_max_queue_delay_us)
+
+
 def set_up_backends_on_first_use(manager: ModelManager, backends: BackendRegistry,
                                   settings: RuntimeSettings) -> BackendSetup:
     """Each backend is imported and (unless the settings fix the cost per model, or the
@@ -147,6 +156,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         infer_threads=settings.infer_threads,
         device=device,
         model_fixed_cost=settings.model_fixed_cost or 0,
+        batching=default_batching(settings),
     )
     registry = registry or CollectorRegistry()
     metrics = RuntimeMetrics(registry, per_model=settings.per_model_metrics,
@@ -169,6 +179,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     manager.add_observer(metrics)
     manager.add_probe(metrics)
     manager.on_request_queued = metrics.request_queued
+    manager.on_batch_run = metrics.batch_ran
     ready = asyncio.Event()
     # Streamed calls carry a request or reply plus a frame's id and headers, and a router may
     # re-point a request at its model (a longer name): grpc allows a frame more than

@@ -54,6 +54,13 @@ class RuntimeSettings(BaseSettings):
     max_instance_queue: int = Field(1024, ge=0, description="Requests that may wait across all models of this runtime "
                                     "before new ones that would wait get RESOURCE_EXHAUSTED (bounds queued memory).")
     max_loading_concurrency: int = Field(2, description="Loads that run at once.")
+    dynamic_batching_max_batch_size: int = Field(
+        0, ge=0, description="Batch the requests of every model with a batch dimension (a variable first "
+        "dimension) up to this many rows, as Triton's dynamic batcher; 0: off. A model's modelKey `batching` "
+        "or config.pbtxt `dynamic_batching` says otherwise for that model (docs/models.md).")
+    dynamic_batching_max_queue_delay_us: int = Field(
+        100, ge=0, description="Longest a request waits for others to batch with, with the runtime's default "
+        "batching (microseconds).")
     model_loading_timeout_ms: int = Field(
         0, ge=0, description="Longest a load may take, reported in runtimeStatus (ModelMesh's modelLoadingTimeoutMs); "
         "0 leaves it to the placement layer. In a fabric the fabric's loading timeout is reported.")

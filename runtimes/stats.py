@@ -27,10 +27,24 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     last_inference_ms: int = 0
+    #: Backend calls; None until the model's requests run batched (then a call may serve several).
+    executions: int | None = None
+    #: Batched calls' compute by batch size (rows), as Triton's batch_stats.
+    batches: dict[int, Duration] = field(default_factory=dict)
 
     @property
     def inference_count(self) -> int:
         return self.success.count
+
+    @property
+    def execution_count(self) -> int:
+        """Backend calls: one per request, unless requests ran batched."""
+        return self.success.count if self.executions is None else self.executions
+
+    def record_execution(self, rows: int, calls: int, ns: int) -> None:
+        """A batch of `rows` ran in `calls` backend calls (more than one: it ran again request by request)."""
+        self.executions = (self.executions or 0) + calls
+        self.batches.setdefault(rows, Duration()).add(ns)
 
     def record_success(self, queued_ns: int, started_ns: int, finished_ns: int) -> None:
         self.success.add(finished_ns - queued_ns)

@@ -123,7 +123,7 @@ class InferenceStreamServicer:
             timeout = frame.timeout_us / 1e6 if frame.timeout_us else None
             try:
                 async with asyncio.timeout(timeout):
-                    request, body = self._infer_bytes(frame)
+                    request, body = self._infer_bytes(frame, started + timeout if timeout else None)
                     model_name = request.model_name
                     body = await body
             except TimeoutError:
@@ -156,7 +156,7 @@ class InferenceStreamServicer:
                 self._metrics.observe_inference(model_name, code, time.perf_counter() - started)
         replies.post(*answer)
 
-    def _infer_bytes(self, frame: spb.CallFrame):
+    def _infer_bytes(self, frame: spb.CallFrame, deadline: float | None):
         """(the decoded request, a coroutine of the reply's bytes), as the unary servicer does it."""
         body = frame.body  # a copy out of the batch, each time it is read
         if len(body) > self._max_message_bytes:
@@ -168,6 +168,7 @@ class InferenceStreamServicer:
         domain = converters.infer_request_from_proto(request)
         if not domain.model_id:
             domain.model_id = _header(frame, MODEL_ID_HEADER)
+        domain.deadline = deadline
         return request, self._respond(domain)
 
     async def _respond(self, domain) -> bytes:

@@ -76,6 +76,42 @@ def dense_onnx(path: Path, inputs: int, outputs: int, seed: int = 0) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def mlp_onnx(path: Path, widths: tuple[int, ...], seed: int = 0) -> Path:
+    """An FP32 MLP x [-1, widths[0]] -> y [-1, widths[-1]]: MatMul + bias per layer, Relu between
+    layers (e.g. (784, 128, 10), MNIST-sized; (1024,) * 5, four 1024-wide layers)."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers, current = [], [], "x"
+    for layer, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+        weights = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        initializers += [numpy_helper.from_array(weights, f"W{layer}"),
+                         numpy_helper.from_array(np.zeros(fan_out, np.float32), f"b{layer}")]
+        last = layer == len(widths) - 2
+        nodes += [helper.make_node("MatMul", [current, f"W{layer}"], [f"m{layer}"]),
+                  helper.make_node("Add", [f"m{layer}", f"b{layer}"], ["y" if last else f"a{layer}"])]
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{layer}"], [f"h{layer}"]))
+            current = f"h{layer}"
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, widths[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, widths[-1]])],
+        initializer=initializers,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def lookup_onnx(path: Path, table: list[int]) -> Path:
+    """OUT = table[IDX] (INT64 [-1, -1] -> INT64 [-1, -1], ONNX Gather): an integer model whose
+    index out of the table's range the model itself rejects."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "IDX"], ["OUT"], axis=0)], "lookup",
+        [helper.make_tensor_value_info("IDX", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("OUT", TensorProto.INT64, [None, None])],
+        initializer=[numpy_helper.from_array(np.asarray(table, dtype=np.int64), "table")],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def torchscript_linear(path: Path, in_features: int = 4, out_features: int = 2) -> tuple[Path, object]:
     """A TorchScript Linear(in, out) with fixed weights; returns the path and the module."""
     import torch

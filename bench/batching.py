@@ -1,0 +1,248 @@
+"""Dynamic batching off vs on, in one run: in a model manager of this process, and through a
+real runtime process.
+
+What it measures: requests/s and p50/p99 latency (one row per request) for two ONNX MLPs, an
+MNIST-sized one (784-128-10) and a heavier one (four 1024-wide layers), at 1, 8 and 32
+concurrent callers, each model loaded twice: as it is, and with `{"batching":
+{"max_batch_size": 32, "max_queue_delay_us": D}}` in its modelKey. Two sections:
+
+- in process: caller tasks await `ModelManager.run` directly (a manager with the runtime's
+  defaults, the worker pool included; no gRPC): what the batcher itself does to a model;
+- runtime: the same models in a `meshserve runtime` process, ModelInfer from
+  `bench/runtime_infer.py`'s load generator (one asyncio grpc.aio client, pre-serialized
+  requests): what a caller sees, gRPC and decoding included.
+
+Off and on alternate for each caller count, `--repeats` times; the
+median repeat by requests/s is shown, and the ratios are medians of each repeat's own
+ratio, so drift in the machine's load cancels out. The mean batch size of a window is the
+model's inference count over its execution count (V2 ModelStatistics, before and after).
+The runtime's CPU time per request (from /proc, over the window) is the figure least moved
+by other work on the machine: off/on is how many more requests the same cores serve.
+
+The exit status and the verdicts are the runtime section's. The issue's targets: at 32 callers at least 2x the requests/s with batching on for the
+heavier model; p99 on no worse than p99 off plus D; at 1 caller, p50 on no more than D over
+p50 off.
+
+    python bench/batching.py [--seconds 3] [--warmup 1] [--callers 1,8,32] [--repeats 1]
+                             [--delay-us 500] [--max-batch-size 32] [-- extra runtime flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.runtime_infer import Result, call_once, measure, median_by_rps, own_cpu_seconds  # noqa: E402
+from protos import grpc_service_pb2 as pb  # noqa: E402
+
+MODELS = {"mnist": (784, 128, 10), "heavy": (1024,) * 5}
+TARGET_SPEEDUP = 2.0
+
+
+def request_for(model_id: str, width: int) -> bytes:
+    request = pb.ModelInferRequest(model_name=model_id, id="bench")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, width])
+    request.raw_input_contents.append(np.random.default_rng(0).random((1, width), dtype=np.float32).tobytes())
+    return request.SerializeToString()
+
+
+def counts(address: str, model_id: str) -> tuple[int, int]:
+    """(inference count, execution count) of the model, from V2 ModelStatistics."""
+    from protos import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(name=model_id), timeout=10).model_stats[0]
+    return stats.inference_count, stats.execution_count
+
+
+async def window(address: str, pid: int, model_id: str, request: bytes, callers: int,
+                 args) -> tuple[Result, float]:
+    """One measured window and its mean batch size."""
+    before = counts(address, model_id)
+    result = await measure(model_id, address, pid, request, callers, args.warmup, args.seconds)
+    after = counts(address, model_id)
+    return result, (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
+async def in_process_window(manager, model_id: str, x: np.ndarray, callers: int, args) -> tuple[Result, float]:
+    """`callers` tasks await ModelManager.run back to back; what completes in the window counts."""
+    stats = manager.get(model_id).stats
+    clock = time.perf_counter
+    begin = clock() + args.warmup
+    end = begin + args.seconds
+    latencies: list[float] = []
+    counted = {}
+
+    async def caller() -> None:
+        while (started := clock()) < end:
+            await manager.run(model_id, {"x": x}, [])
+            finished = clock()
+            if begin <= finished < end:
+                latencies.append(finished - started)
+
+    async def cpu_window() -> float:
+        await asyncio.sleep(max(begin - clock(), 0))
+        cpu0, counted["before"] = own_cpu_seconds(), (stats.inference_count, stats.execution_count)
+        await asyncio.sleep(max(end - clock(), 0))
+        counted["after"] = stats.inference_count, stats.execution_count
+        return own_cpu_seconds() - cpu0
+
+    cpu, *_ = await asyncio.gather(cpu_window(), *(caller() for _ in range(callers)))
+    (i0, e0), (i1, e1) = counted["before"], counted["after"]
+    return Result(model_id, callers, len(latencies), args.seconds, np.array(latencies), cpu, 0.0), (i1 - i0) / max(e1 - e0, 1)
+
+
+async def run_all(args, measure_one) -> dict:
+    """{(model, callers): {"off": [(Result, batch)], "on": [...]}}, off and on alternating;
+    `measure_one(model_id, width, callers)` measures one window."""
+    runs: dict = {}
+    for name, widths in ((n, MODELS[n]) for n in args.models):
+        for callers in args.callers:
+            slot = runs[(name, callers)] = {"off": [], "on": []}
+            for _ in range(args.repeats):
+                for mode, model_id in (("off", name), ("on", f"{name}-batched")):
+                    result, batch = await measure_one(model_id, widths[0], callers)
+                    slot[mode].append((result, batch))
+                    print(f"  {name} {mode:3s} callers={callers}: {result.rps:,.0f} req/s, p99 "
+                          f"{result.percentile_ms(99):.2f} ms, batch {batch:.1f}", file=sys.stderr, flush=True)
+    return runs
+
+
+async def in_process(args, store: Path, key: str) -> dict:
+    from runtimes.backends import BackendRegistry
+    from runtimes.model_manager import ManagerConfig, ModelManager
+    from runtimes.settings import RuntimeSettings
+    from tests.runtime.test_model_manager import LocalFiles
+
+    defaults = RuntimeSettings()
+    config = ManagerConfig(capacity_bytes=4 << 30, max_concurrency=defaults.max_concurrency,
+                           max_queue=defaults.max_queue, infer_threads=defaults.infer_threads)
+    manager = ModelManager(config, BackendRegistry.default(defaults.threads_per_model), LocalFiles())
+    try:
+        for name in args.models:
+            await manager.load(name, "onnx", str(store / name))
+            await manager.load(f"{name}-batched", "onnx", str(store / name), key)
+        rows = {width: np.random.default_rng(0).random((1, width), dtype=np.float32)
+                for width in (MODELS[n][0] for n in args.models)}
+        return await run_all(args, lambda model_id, width, callers: in_process_window(
+            manager, model_id, rows[width], callers, args))
+    finally:
+        await manager.close()
+
+
+def through_runtime(args, store: Path, key: str) -> dict:
+    from tests.support.runtime_process import start_runtime_process
+
+    runtime = start_runtime_process(store.parent / "runtime", *args.runtime_flags, capacity="2GiB")
+    try:
+        for name, widths in ((n, MODELS[n]) for n in args.models):
+            runtime.load(name, store / name, "onnx")
+            runtime.load(f"{name}-batched", store / name, "onnx", key)
+            replies = [pb.ModelInferResponse.FromString(call_once(runtime.address, request_for(m, widths[0])))
+                       for m in (name, f"{name}-batched")]
+            if replies[0].raw_output_contents != replies[1].raw_output_contents:
+                raise SystemExit(f"{name}: the batched copy answered differently")
+        return asyncio.run(run_all(args, lambda model_id, width, callers: window(
+            runtime.address, runtime.process.pid, model_id, request_for(model_id, width), callers, args)))
+    finally:
+        runtime.stop()
+
+
+def report(args, runs: dict, section: str) -> bool:
+    delay_ms = args.delay_us / 1000
+    print(f"\n### {section}\n")
+    print("| model | callers | batching | requests/s | p50 ms | p99 ms | mean batch | runtime CPU µs/req |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    ratios = {}
+    for (name, callers), slot in runs.items():
+        for mode in ("off", "on"):
+            shown = median_by_rps([r for r, _ in slot[mode]])
+            batch = next(b for r, b in slot[mode] if r is shown)
+            print(f"| {name} | {callers} | {mode} | {shown.rps:,.0f} | {shown.percentile_ms(50):.2f} | "
+                  f"{shown.percentile_ms(99):.2f} | {batch:.1f} | {shown.server_us_per_request():.0f} |")
+        pairs = list(zip((r for r, _ in slot["off"]), (r for r, _ in slot["on"])))
+        ratios[(name, callers)] = {
+            "speedup": float(np.median([on.rps / off.rps for off, on in pairs])),
+            "p99 on - off ms": float(np.median([on.percentile_ms(99) - off.percentile_ms(99) for off, on in pairs])),
+            "p50 on - off ms": float(np.median([on.percentile_ms(50) - off.percentile_ms(50) for off, on in pairs])),
+            "cpu off/on": float(np.median([off.server_us_per_request() / on.server_us_per_request() for off, on in pairs])),
+        }
+    print("\n| model | callers | requests/s on/off | runtime CPU per request off/on | p99 on - off (ms) | p50 on - off (ms) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for (name, callers), row in ratios.items():
+        print(f"| {name} | {callers} | {row['speedup']:.2f} | {row['cpu off/on']:.2f} | {row['p99 on - off ms']:+.2f} "
+              f"| {row['p50 on - off ms']:+.2f} |")
+
+    top, low = max(args.callers), min(args.callers)
+    heavy = ratios.get(("heavy", top))
+    checks = [
+        *([(f"heavy at {top} callers: {heavy['speedup']:.2f}x the requests/s (target >= {TARGET_SPEEDUP:g}x)",
+            heavy["speedup"] >= TARGET_SPEEDUP)] if heavy else []),
+        *((f"{name} at {callers} callers: p99 {row['p99 on - off ms']:+.2f} ms (target <= +{delay_ms:g} ms)",
+           row["p99 on - off ms"] <= delay_ms) for (name, callers), row in ratios.items()),
+        *((f"{name} at {low} caller(s): p50 {ratios[(name, low)]['p50 on - off ms']:+.2f} ms "
+           f"(target <= +{delay_ms:g} ms)", ratios[(name, low)]["p50 on - off ms"] <= delay_ms) for name in args.models),
+    ]
+    print()
+    for text, ok in checks:
+        print(f"- {'meets' if ok else 'MISSES'}: {text}")
+    return all(ok for _, ok in checks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured window per model, mode and caller count")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up before each window (seconds)")
+    parser.add_argument("--callers", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, default=1, help="windows per model, mode and caller count")
+    parser.add_argument("--delay-us", type=int, default=500, help="max_queue_delay_us of the batched copies")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="max_batch_size of the batched copies")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)} (default all)")
+    parser.add_argument("--runtime-only", action="store_true", help="leave out the in-process section")
+    parser.add_argument("runtime_flags", nargs="*", help="extra flags for the runtime process (after --)")
+    args = parser.parse_args(argv)
+
+    from tests.support.models import mlp_onnx
+
+    load_before = os.getloadavg()[0]
+    key = json.dumps({"batching": {"max_batch_size": args.max_batch_size, "max_queue_delay_us": args.delay_us}})
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
+        store = Path(tmp) / "store"
+        for name in args.models:
+            mlp_onnx(store / name / "model.onnx", MODELS[name])
+        sections = {}
+        if not args.runtime_only:
+            sections["In process (ModelManager.run; CPU is this process's)"] = asyncio.run(in_process(args, store, key))
+        sections["Through a runtime process (ModelInfer over gRPC; CPU is the runtime's)"] = \
+            through_runtime(args, store, key)
+
+    cores = len(os.sched_getaffinity(0))
+    print(f"## Dynamic batching off vs on: ONNX MLPs {', '.join(f'{n} {MODELS[n]}' for n in args.models)}, one row "
+          f"per request, max_batch_size {args.max_batch_size}, max_queue_delay_us {args.delay_us}\n")
+    print(f"{cores} CPU cores shared by the client and the runtime (loopback); {args.warmup:g} s warm-up, "
+          f"{args.seconds:g} s window, {args.repeats} repeat(s) (median shown); runtime flags "
+          f"{' '.join(args.runtime_flags) or '(defaults)'}. 1-min load average before the run: {load_before:.2f}.\n")
+    met = [report(args, runs, section) for section, runs in sections.items()][-1]
+    if load_before > 0.5:
+        print(f"\nWarning: the machine was busy before the run (load {load_before:.2f}); latencies include waits "
+              "for CPU that other work took.")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

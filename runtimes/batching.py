@@ -22,7 +22,8 @@ join its queue; one collector task forms batches in arrival order:
   `BatchHooks.runs_inline`, as single requests of such a model run), and the outputs split
   back by each request's rows (views, no copy).
 - Each request keeps its own deadline and its own error: one whose deadline passed while it
-  waited is answered DeadlineExceeded and not run; one whose caller went away is dropped. A
+  waited is answered DeadlineExceeded and not run; one whose caller went away is dropped
+  (its batch, if it runs already, still runs: `wait_idle` before the model goes). A
   batch the backend rejects runs again one request at a time, so a request with bad values
   fails alone and its batch-mates get their answers.
 """
@@ -81,6 +82,8 @@ class Batcher:
         self._slots = slots
         self._batch_turns = asyncio.Semaphore(max_batches)
         self._running = 0  # batches in flight
+        self._idle = asyncio.Event()  # no batch in flight
+        self._idle.set()
         self._tasks: set[asyncio.Task] = set()  # theirs: the loop keeps only weak references
         self._pool = pool
         self._stats = stats
@@ -105,6 +108,10 @@ class Batcher:
         except asyncio.CancelledError:  # the future is cancelled with the wait: the collector drops it
             self._arrived.set()  # now, rather than when the delay of a batch it was waiting for ends
             raise
+
+    async def wait_idle(self) -> None:
+        """Until no batch runs: one whose callers all went away still holds the model."""
+        await self._idle.wait()
 
     def _batch_key(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> tuple[int, tuple | None]:
         rows = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
@@ -133,6 +140,7 @@ class Batcher:
                 raise
             if batch:
                 self._running += 1
+                self._idle.clear()
                 task = loop.create_task(self._execute(batch))  # it releases the turn and the slot
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -237,6 +245,8 @@ class Batcher:
                 raise
         finally:
             self._running -= 1
+            if not self._running:
+                self._idle.set()
             self._release()
             self._arrived.set()  # a batch waiting for more may start now that this one is done
 

@@ -298,6 +298,9 @@ class ModelManager(ModelLifecycle):
         await asyncio.get_running_loop().run_in_executor(self._load_pool, handle.unload)
 
     async def _release(self, model_id: str, handle: LoadedModel | None) -> None:
+        entry = self._entries.get(model_id)
+        if entry is not None and entry.batcher is not None:
+            await entry.batcher.wait_idle()  # a batch whose callers went away may still run
         if handle is not None:
             await asyncio.get_running_loop().run_in_executor(self._load_pool, handle.unload)
         await self._artifacts.release(model_id)

@@ -221,6 +221,22 @@ async def test_batches_of_a_model_proven_fast_run_on_the_event_loop(store):
         await manager.close()
 
 
+async def test_unload_waits_for_a_batch_whose_callers_went_away(held, store):
+    manager, backend = held
+    await manager.load("identity", "onnx", str(store["identity"]), _key(max_batch_size=4, max_queue_delay_us=0))
+    model = backend.models[0]
+    call = asyncio.create_task(manager.run("identity", {"IN": np.ones((1, 3), np.int32)}, []))
+    await async_wait_until(_async(lambda: model.running), 10, "the batch to be in flight")
+    call.cancel()  # its caller goes: the model has nothing in flight, but the batch still runs
+    unload = asyncio.create_task(manager.unload("identity"))
+    await async_wait_until(_async(lambda: manager.entries()["identity"].in_flight == 0
+                                  and manager.entries()["identity"].state is State.UNLOADING), 10, "UNLOADING, idle")
+    assert not unload.done() and not model.unloaded
+    backend.gate.set()
+    await unload
+    assert model.unloaded and model.calls == [1]
+
+
 def _async(condition):
     async def check():
         return condition()

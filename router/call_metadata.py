@@ -6,14 +6,14 @@ headers; `budget` is the time the router gives a call out of the caller's deadli
 
 from __future__ import annotations
 
-from router.dataplane import MODEL_HEADER, VMODEL_HEADER
+from router.dataplane import MODEL_HEADER, TRIED_HEADER, VMODEL_HEADER
 
 __all__ = ["budget", "split_metadata"]
 
 # Headers that belong to this hop (HTTP/2 and gRPC transport), not to the caller; the
 # caller's credential is the router's to check (`mesh.api.auth`), never the instances' to see.
 _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "connection", "accept-encoding",
-                          "content-length", "authorization", MODEL_HEADER, VMODEL_HEADER})
+                          "content-length", "authorization", MODEL_HEADER, VMODEL_HEADER, TRIED_HEADER})
 
 
 #: The router gives up this much before the caller's deadline (at most 10 % of it), so its
@@ -28,24 +28,26 @@ def budget(remaining: float | None) -> float | None:
     return max(remaining - min(_ANSWER_MARGIN_S, remaining * 0.1), 0.0)
 
 
-def split_metadata(metadata) -> tuple[object, str | None, str | None]:
-    """(metadata to pass on, mm-model-id, mm-vmodel-id). Passes the caller's tuple on
-    as it is when there is nothing to drop (the common case: no copy)."""
+def split_metadata(metadata) -> tuple[object, str | None, str | None, str | None]:
+    """(metadata to pass on, mm-model-id, mm-vmodel-id, meshserve-tried). Passes the caller's
+    tuple on as it is when there is nothing to drop (the common case: no copy)."""
     if not metadata:
-        return None, None, None
+        return None, None, None, None
     for key, _ in metadata:
         if key in _HOP_HEADERS or key[0] == ":" or key.startswith("grpc-"):
             break
     else:
-        return metadata, None, None
-    model = vmodel = None
+        return metadata, None, None, None
+    model = vmodel = tried = None
     kept = []
     for key, value in metadata:
         if key == MODEL_HEADER:
             model = value
         elif key == VMODEL_HEADER:
             vmodel = value
+        elif key == TRIED_HEADER:
+            tried = value
         elif not (key in _HOP_HEADERS or key[0] == ":" or key.startswith("grpc-")):
             kept.append((key, value))
-    return tuple(kept), model, vmodel
+    return tuple(kept), model, vmodel, tried
 

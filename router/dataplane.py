@@ -23,10 +23,13 @@ from router.errors import InvalidRequest, MessageTooLarge, ModelNotFound, Router
 from router.routing import Reply, Router
 from router.wire import MalformedRequest, read_model_name, with_model_name
 
-__all__ = ["DataPlane", "LIMIT_SETTING", "MODEL_HEADER", "VMODEL_HEADER", "method_path"]
+__all__ = ["DataPlane", "LIMIT_SETTING", "MODEL_HEADER", "TRIED_HEADER", "VMODEL_HEADER", "method_path"]
 
 MODEL_HEADER = "mm-model-id"
 VMODEL_HEADER = "mm-vmodel-id"
+#: Set by the native front (`router.native_front`) on a call it handed over after the copy it
+#: chose answered UNAVAILABLE or NOT_FOUND: "<unavailable|not_found> <inference address>".
+TRIED_HEADER = "meshserve-tried"
 SERVICE = "inference.GRPCInferenceService"
 
 
@@ -91,10 +94,11 @@ class DataPlane:
 
     async def forward(self, method: str, body: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
                       timeout: float | None, model_header: str | None = None,
-                      vmodel_header: str | None = None) -> Reply:
+                      vmodel_header: str | None = None, tried: str | None = None) -> Reply:
         """Forward a serialized request (`method`: full path) and return the instance's reply.
         ModelReady of a model (or vmodel) that is not registered answers `ready: false`, as
-        Triton and the runtime do, so that tritonclient's `is_model_ready` returns False."""
+        Triton and the runtime do, so that tritonclient's `is_model_ready` returns False.
+        `tried`: the native front's failed attempt (TRIED_HEADER), counted as this call's first."""
         self.check_size("the request", len(body), request=True)  # before anything is forwarded
         try:
             name = read_model_name(body)
@@ -107,7 +111,7 @@ class DataPlane:
             if model_header is not None or vmodel_header is not None:
                 metadata = (*(metadata or ()), (MODEL_HEADER, model_id))
             reply = await self.router.call(method, body, model_id, metadata,
-                                           self.default_deadline_s if timeout is None else timeout)
+                                           self.default_deadline_s if timeout is None else timeout, tried=tried)
         except ModelNotFound:
             if method == _READY:
                 return _NOT_READY

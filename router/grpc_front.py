@@ -69,11 +69,11 @@ class InferenceFront(grpc.GenericRpcHandler):
             started = time.perf_counter()
             model_header = vmodel_header = None
             try:
-                metadata, model_header, vmodel_header = _split_metadata(context.invocation_metadata())
+                metadata, model_header, vmodel_header, tried = _split_metadata(context.invocation_metadata())
                 if needs_name and not body and model_header is None and vmodel_header is None:
                     raise InvalidRequest("ModelStatistics through the router needs a model name")
                 reply = await forward(path, body, metadata, _budget(context.time_remaining()), model_header,
-                                      vmodel_header)
+                                      vmodel_header, tried)
                 if reply.initial_metadata:
                     await context.send_initial_metadata(reply.initial_metadata)
                 if reply.trailing_metadata:

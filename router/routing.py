@@ -30,6 +30,7 @@ candidate list and the call, nothing per message. The caller must `await close()
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -159,12 +160,17 @@ class Router(AsyncClosing):
         self._sequence = 0
         self._tasks = TaskSupervisor("router")
         self._unsubscribe = view.subscribe(self._prune)
+        #: The native front's proof on a `tried` attempt (None: no native front, never honoured).
+        self.handover_token: str | None = None
 
     # -- the call -------------------------------------------------------------------------
     async def call(self, method: str, body: bytes, model_id: str, metadata: Metadata | None,
-                   timeout: float) -> Reply:
+                   timeout: float, tried: str | None = None) -> Reply:
         """Forward `body` to a copy of `model_id`; `method` is the full path
-        (`/inference.GRPCInferenceService/ModelInfer`); `timeout` in seconds."""
+        (`/inference.GRPCInferenceService/ModelInfer`); `timeout` in seconds; `tried`: a
+        failed attempt made before this router got the call (the native front's), as
+        "<token> <unavailable|not_found> <inference address>" (ignored unless the token is
+        `handover_token`: a caller cannot steer retries)."""
         clock = self._clock
         deadline = clock() + timeout
         candidates = self._view.loaded_on(model_id)
@@ -173,6 +179,8 @@ class Router(AsyncClosing):
         tries = moves = 0
         last_failure = ""
         busy: UpstreamError | None = None  # the last copy that refused the call as backpressure
+        if tried:
+            excluded, gone, busy, tries, moves, last_failure = self._tried_before(tried, model_id, candidates)
         while True:
             if excluded or gone:
                 candidates = self._usable(candidates, excluded, gone)
@@ -255,6 +263,33 @@ class Router(AsyncClosing):
             await self._scaler.scale_up(model_id)
         except Exception as error:  # advice only: the next saturation asks again
             log.info("model %s: no copy more for its saturation: %s: %s", model_id, type(error).__name__, error)
+    def _tried_before(self, tried: str, model_id: str, candidates: list[str]):
+        """(excluded, gone, busy, tries, moves, last failure) after the attempt `tried`
+        describes, as if this call had made it: the copies at that address are skipped as
+        after their own UNAVAILABLE (suspect too), NOT_FOUND or busy refusal."""
+        nothing = None, None, None, 0, 0, ""
+        token, _, rest = tried.partition(" ")
+        reason, _, address = rest.partition(" ")
+        if self.handover_token is None or not hmac.compare_digest(token, self.handover_token):
+            return nothing
+        at = [c for c in candidates if (r := self._view.instance(c)) is not None and r.inference_address == address]
+        if not at or reason not in ("unavailable", "not_found", "busy"):
+            return nothing
+        last_failure = f"instance {', '.join(at)} at {address}: {reason.upper()} (tried by the native front)"
+        if reason == "not_found":
+            gone = {}
+            for instance_id in at:
+                record = self._view.instance(instance_id)
+                gone[instance_id] = record.published_ms if record is not None else 0
+            return None, gone, None, 0, 1, last_failure
+        if reason == "busy":
+            self._saturated(model_id)
+            busy = UpstreamError("RESOURCE_EXHAUSTED", f"model '{model_id}' is busy on instance {', '.join(at)} "
+                                 "and has no other copy that is not: retry later", ((BUSY_TRAILER, "model"),))
+            return set(at), None, busy, 0, 0, last_failure
+        for instance_id in at:
+            self._suspects[instance_id] = self._clock() + self.suspect_s
+        return set(at), None, None, 1, 0, last_failure
 
     def _choose(self, candidates: list[str]) -> str:
         if self._suspects:

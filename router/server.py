@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import secrets
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from mesh.api.auth.authorizer import Authorizer
 from mesh.api.auth.interceptor import AuthInterceptor
+from mesh.api.auth.permissions import Permission
 from mesh.api.auth.settings import AuthSettings, build_authorizer
 from mesh.api.stack import ManagementStack, build_management
 from mesh.cli.process import (
@@ -47,9 +49,10 @@ from mesh.state.fabric_view import FabricView
 from protos import meshserve_version
 from router.dashboard.service import Dashboard
 from router.dashboard.web import attach_dashboard
-from router.dataplane import SERVICE, DataPlane
+from router.dataplane import LIMIT_SETTING, SERVICE, DataPlane
 from router.grpc_front import InferenceFront
 from router.metrics import RouterMetrics
+from router.native_front.supervisor import NativeFront, NativeFrontError, find_binary
 from router.observed import ObservedDataPlane
 from router.rest import make_app
 from router.rest_auth import auth_middleware
@@ -89,6 +92,7 @@ class RunningRouter:
     health: health_aio.HealthServicer
     dashboard: Dashboard | None = None  # served at /dashboard on the REST port
     traffic: TrafficCounters | None = None  # this router's calls and misses, as the dashboard reads them
+    native: NativeFront | None = None  # on the public gRPC port, in front of `server` (--native-front)
     _rest: web.AppRunner | None = None
     _metrics_http: Any = None
     _serving: asyncio.Task | None = None
@@ -98,6 +102,8 @@ class RunningRouter:
             self._serving.cancel()
             await asyncio.wait([self._serving])
         await self.health.enter_graceful_shutdown()
+        if self.native is not None:
+            await self.native.close()  # first: it stops taking calls and lets its own finish
         await self.server.stop(grace)
         if self._rest is not None:
             await self._rest.cleanup()
@@ -144,10 +150,17 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     for service in services:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
-        port = bind_grpc(server, settings.host, settings.port)
-    except StartupError:
+        binary = None
+        if settings.native_front:
+            if authorizer is not None and authorizer.guards(Permission.INFERENCE):
+                raise StartupError("--native-front does not check inference tokens yet: without "
+                                   "--inference-token-file, or without --native-front")
+            binary = find_binary(settings.native_front_binary)
+        # With the native front, it takes the public port and this server a loopback one behind it.
+        port = bind_grpc(server, "127.0.0.1", 0) if binary else bind_grpc(server, settings.host, settings.port)
+    except (StartupError, NativeFrontError) as error:
         await router.close()
-        raise
+        raise StartupError(str(error)) from None
     running = RunningRouter(server, router, port, None, None, health, traffic=traffic)
     try:
         if settings.rest_port:
@@ -169,12 +182,25 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
                                                   tls_cert_file=settings.metrics_tls_cert_file,
                                                   tls_key_file=settings.metrics_tls_key_file)
             running.metrics_port = running._metrics_http.port
-        await server.start()  # last: nothing is served unless every port is bound
+        await server.start()  # nothing is served unless every port is bound
+        if binary is not None:
+            router.handover_token = secrets.token_hex(16)
+            running.native = NativeFront(binary, settings.host, settings.port, f"127.0.0.1:{port}", view, observer,
+                                         max_message_bytes=settings.max_message_bytes, limit_setting=LIMIT_SETTING,
+                                         default_deadline_s=settings.default_deadline_s,
+                                         handover_token=router.handover_token,
+                                         instance_streams=settings.instance_streams, reuse_port=reuse_port)
+            await running.native.start()
+            running.port = running.native.port
+    except NativeFrontError as error:
+        await running.stop(0)
+        raise StartupError(str(error)) from None
     except BaseException:
         await running.stop(0)
         raise
     running._serving = asyncio.create_task(_serve_once_ready(view, health, services), name="router-health")
-    log.info("router listening: gRPC %s:%d, REST %s, metrics %s", settings.host, port,
+    log.info("router listening: gRPC %s:%d%s, REST %s, metrics %s", settings.host, running.port,
+             f" (native front; this process on 127.0.0.1:{port})" if running.native else "",
              running.rest_port or "off", running.metrics_port or "off")
     return running
 

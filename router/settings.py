@@ -39,6 +39,11 @@ class RouterSettings(BaseSettings):
     instance_streams: bool = Field(True, description="Send ModelInfer calls to meshserve runtimes as messages on one "
                                    "long-lived stream per instance (meshserve.stream.v1); instances without it, and "
                                    "every call when off, go as one unary call each.")
+    native_front: bool = Field(False, description="Serve the gRPC port with the native front (meshserve-native-front, "
+                               "C++, built by `make native`): it forwards ModelInfer calls for loaded models itself, at a "
+                               "fraction of the CPU per call, and hands every other call to this router.")
+    native_front_binary: str = Field("", description="Path of the meshserve-native-front binary (default: the one "
+                                     "`make native` builds in router/native_front/).")
     dashboard_sample_s: float = Field(10.0, ge=0.1, le=600, description="Period of the dashboard's time series (seconds): it keeps one hour of samples (10 s: 360) in the router's memory.")
     workers: int = Field(1, ge=1, description="Router processes sharing the ports (SO_REUSEPORT); 1 runs in this process.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -75,7 +75,7 @@ def stream_infer_handler(dataplane: DataPlane, observer: CallObserver | None) ->
         return infer_response(reply.body)
 
     async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        metadata, model_header, vmodel_header = split_metadata(context.invocation_metadata())
+        metadata, model_header, vmodel_header, _ = split_metadata(context.invocation_metadata())
         loop = asyncio.get_running_loop()
         # In order of arrival: each request's answer (a task), then None once the caller is done.
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(WINDOW)

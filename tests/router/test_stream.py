@@ -86,18 +86,22 @@ async def test_sync_and_aio_clients_go_through_the_stream(routed, stream_runtime
     assert _streamed(running, stream_runtime) == 2
 
 
+def datatype_sample(datatype: str) -> np.ndarray:
+    """A [2, 3] tensor of `datatype` as tritonclient sends it."""
+    if datatype == "BYTES":
+        return np.array([[b"a", b"\xc3\xa9t\xc3\xa9", b""], [b"x y", b"12", b"zz"]], dtype=object)
+    if datatype == "BOOL":
+        return np.array([[True, False, True], [False, False, True]])
+    if datatype == "BF16":
+        return np.array([[1.5, -2.0, 0.25], [3.0, 0.0, -0.5]], dtype=np.float32)  # tritonclient sends BF16 from float32
+    dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype) or np.dtype(datatype.lower())
+    return (np.arange(6).reshape(2, 3) * 3).astype(dtype)
+
+
 @pytest.mark.parametrize("datatype", DATATYPES)
 async def test_every_datatype_round_trips_on_the_stream(routed, stream_runtime, datatype):
     running, address = routed
-    if datatype == "BYTES":
-        array = np.array([[b"a", b"\xc3\xa9t\xc3\xa9", b""], [b"x y", b"12", b"zz"]], dtype=object)
-    elif datatype == "BOOL":
-        array = np.array([[True, False, True], [False, False, True]])
-    elif datatype == "BF16":
-        array = np.array([[1.5, -2.0, 0.25], [3.0, 0.0, -0.5]], dtype=np.float32)  # tritonclient sends BF16 from float32
-    else:
-        dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.get(datatype) or np.dtype(datatype.lower())
-        array = (np.arange(6).reshape(2, 3) * 3).astype(dtype)
+    array = datatype_sample(datatype)
 
     def call():
         tensor = grpcclient.InferInput("IN", list(array.shape), datatype)

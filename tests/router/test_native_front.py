@@ -251,10 +251,13 @@ async def test_metadata_passes_both_ways_and_not_found_is_not_retried_on_the_sam
 
 async def test_other_methods_streams_and_health_go_through(routed):
     _, address, _ = routed
-    with grpcclient.InferenceServerClient(address) as client:
-        assert client.is_server_live() and client.is_server_ready()
-        assert client.is_model_ready("add")
-        assert client.get_model_metadata("add").name == "add"
+
+    def unary_methods():
+        with grpcclient.InferenceServerClient(address) as client:
+            return (client.is_server_live(), client.is_server_ready(), client.is_model_ready("add"),
+                    client.is_model_ready("no-such-model"), client.get_model_metadata("add").name)
+
+    assert await asyncio.to_thread(unary_methods) == (True, True, True, False, "add")
     async with grpc.aio.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)

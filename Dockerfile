@@ -34,6 +34,11 @@ COPY runtimes runtimes
 COPY puller puller
 COPY mesh mesh
 COPY router router
+# The router's native front (router/native_front, C++ on Debian's gRPC C++), beside the venv's commands.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends g++ make pkgconf libgrpc++-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && make -C router/native_front clean meshserve-native-front \
+ && install -m 0755 router/native_front/meshserve-native-front /opt/meshserve/bin/
 RUN pip wheel --no-deps -c requirements/constraints.txt --wheel-dir /wheels . \
  && pip install -c requirements/constraints.txt "$(ls /wheels/meshserve-*.whl)[torch,classic]" \
  && pip check \
@@ -54,6 +59,9 @@ RUN groupadd --gid 1000 meshserve \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/meshserve --shell /usr/sbin/nologin meshserve \
  && install -d -o 1000 -g 1000 /models
 COPY --from=builder /opt/meshserve /opt/meshserve
+# gRPC C++'s shared libraries, for the router's native front (`meshserve router --native-front`).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libgrpc++1.51 \
+ && rm -rf /var/lib/apt/lists/*
 USER 1000:1000
 WORKDIR /home/meshserve
 # Router gRPC (V2 + mmesh.ModelMesh), router REST, Prometheus metrics.

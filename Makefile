@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup etcd test test-fast lint-imports protos up config-docs bench clean
+.PHONY: setup etcd native test test-fast lint-imports protos up config-docs bench clean
 
 # setuptools reports each editable install of this flat layout (five top-level packages, no src/
 # folder, so it installs an import finder rather than a path entry) with an "Editable
@@ -32,7 +32,14 @@ AZURITE := node_modules/.bin/azurite-blob
 $(AZURITE):
 	command -v npm >/dev/null && npm install --no-save --no-audit --no-fund --silent azurite@3.35.0 || echo "npm missing: Azure tests will skip"
 
-setup: $(STAMP) $(AZURITE) etcd
+## The router's native front (router/native_front, C++: `meshserve router --native-front`), built
+## when gRPC C++ is there (Debian: libgrpc++-dev, which CI installs); without it, a note, and the
+## router runs without its native front (its tests skip outside CI).
+native:
+	@if pkg-config --exists grpc++ 2>/dev/null; then $(MAKE) -s -C router/native_front; \
+	else echo "no gRPC C++ (Debian: libgrpc++-dev): the router's native front is not built"; fi
+
+setup: $(STAMP) $(AZURITE) etcd native
 
 ## Run the whole test suite (real etcd, moto, gRPC servers on loopback).
 test: setup lint-imports

@@ -169,7 +169,7 @@ class Router(AsyncClosing):
         """Forward `body` to a copy of `model_id`; `method` is the full path
         (`/inference.GRPCInferenceService/ModelInfer`); `timeout` in seconds; `tried`: a
         failed attempt made before this router got the call (the native front's), as
-        "<token> <unavailable|not_found> <inference address>" (ignored unless the token is
+        "<token> <unavailable|not_found|busy> <inference address> <its message>" (ignored unless the token is
         `handover_token`: a caller cannot steer retries)."""
         clock = self._clock
         deadline = clock() + timeout
@@ -181,6 +181,8 @@ class Router(AsyncClosing):
         busy: UpstreamError | None = None  # the last copy that refused the call as backpressure
         if tried:
             excluded, gone, busy, tries, moves, last_failure = self._tried_before(tried, model_id, candidates)
+            if busy is not None and self._observer is not None and self._usable(candidates, excluded, gone):
+                self._observer.retried("busy")
         while True:
             if excluded or gone:
                 candidates = self._usable(candidates, excluded, gone)
@@ -268,14 +270,14 @@ class Router(AsyncClosing):
         describes, as if this call had made it: the copies at that address are skipped as
         after their own UNAVAILABLE (suspect too), NOT_FOUND or busy refusal."""
         nothing = None, None, None, 0, 0, ""
-        token, _, rest = tried.partition(" ")
-        reason, _, address = rest.partition(" ")
+        token, reason, address, message = (tried.split(" ", 3) + ["", "", ""])[:4]
         if self.handover_token is None or not hmac.compare_digest(token, self.handover_token):
             return nothing
         at = [c for c in candidates if (r := self._view.instance(c)) is not None and r.inference_address == address]
         if not at or reason not in ("unavailable", "not_found", "busy"):
             return nothing
-        last_failure = f"instance {', '.join(at)} at {address}: {reason.upper()} (tried by the native front)"
+        code = {"busy": "RESOURCE_EXHAUSTED"}.get(reason, reason.upper())
+        last_failure = f"instance {', '.join(at)} at {address}: {code}: {message} (tried by the native front)"
         if reason == "not_found":
             gone = {}
             for instance_id in at:
@@ -284,8 +286,8 @@ class Router(AsyncClosing):
             return None, gone, None, 0, 1, last_failure
         if reason == "busy":
             self._saturated(model_id)
-            busy = UpstreamError("RESOURCE_EXHAUSTED", f"model '{model_id}' is busy on instance {', '.join(at)} "
-                                 "and has no other copy that is not: retry later", ((BUSY_TRAILER, "model"),))
+            busy = UpstreamError("RESOURCE_EXHAUSTED", message or f"model '{model_id}' is busy on instance "
+                                 f"{', '.join(at)}: retry later", ((BUSY_TRAILER, "model"),))
             return set(at), None, busy, 0, 0, last_failure
         for instance_id in at:
             self._suspects[instance_id] = self._clock() + self.suspect_s

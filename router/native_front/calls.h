@@ -250,7 +250,7 @@ class InferCall : public grpc::ServerGenericBidiReactor, public StreamCaller {
     for (const auto& header : reply.trailing) busy |= header.first == kBusyTrailer;
     const char* handover = HandOverReason(reply.status.error_code(), busy);
     if (handover != nullptr) {
-      HandOver(handover);
+      HandOver(handover, reply.status.error_message());
       return;
     }
     for (auto& [key, value] : reply.trailing) server_context_->AddTrailingMetadata(key, value);
@@ -266,7 +266,7 @@ class InferCall : public grpc::ServerGenericBidiReactor, public StreamCaller {
     if (unsupported) {
       ToCopyUnary();  // it never ran there
     } else {
-      HandOver("unavailable");
+      HandOver("unavailable", "the stream to the instance ended");
     }
   }
 
@@ -386,7 +386,7 @@ class InferCall : public grpc::ServerGenericBidiReactor, public StreamCaller {
       for (const auto& [key, value] : context->GetServerTrailingMetadata()) busy |= key == kBusyTrailer;
       const char* handover = HandOverReason(status.error_code(), busy);
       if (handover != nullptr) {
-        HandOver(handover);
+        HandOver(handover, status.error_message());
         return;
       }
     }
@@ -415,10 +415,13 @@ class InferCall : public grpc::ServerGenericBidiReactor, public StreamCaller {
   }
 
   // The copy did not serve it: the Python router retries it elsewhere, knowing which copy failed.
-  void HandOver(const std::string& reason) {
+  void HandOver(const std::string& reason, std::string message) {
     LeaveCopy();
     if (reason != "busy") shared_->reports->Add("r\t" + reason + "\n");  // the router counts a busy retry itself
-    tried_ = shared_->handover_token + " " + reason + " " + endpoint_->address;
+    for (char& c : message) {
+      if (c < 0x20 || c > 0x7e) c = '?';  // a header value is printable ASCII
+    }
+    tried_ = shared_->handover_token + " " + reason + " " + endpoint_->address + " " + message;
     ToPythonRouter();
   }
 

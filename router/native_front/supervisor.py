@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import grpc
@@ -39,11 +40,17 @@ class NativeFrontError(Exception):
 
 
 def find_binary(configured: str = "") -> Path:
-    path = Path(configured) if configured else BINARY
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        raise NativeFrontError(f"no native front binary at {path}: build it with `make native` "
-                               "(needs a C++ compiler and gRPC C++, Debian's libgrpc++-dev)")
-    return path
+    """The configured binary, else `make native`'s in the source tree, else the one on PATH (the image's)."""
+    if configured:
+        candidates = [Path(configured)]
+    else:
+        on_path = shutil.which(BINARY.name)
+        candidates = [BINARY, *([Path(on_path)] if on_path else [])]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise NativeFrontError(f"no native front binary at {candidates[0]}: build it with `make native` "
+                           "(needs a C++ compiler and gRPC C++, Debian's libgrpc++-dev)")
 
 
 def route_table(view: FabricView) -> tuple[dict[str, str], dict[str, str]]:

@@ -243,7 +243,7 @@ async def test_metadata_passes_both_ways_and_not_found_is_not_retried_on_the_sam
                     pb.ModelInferRequest(model_name="echo-model").SerializeToString(),
                     metadata=(("x-fail-with", "NOT_FOUND"), ("meshserve-tried", "forged not_found x")))
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "tried by the native front" in caught.value.details()
+        assert "echo says NOT_FOUND (tried by the native front)" in caught.value.details()
         assert len(echo.seen) == 1
     finally:
         await echo.server.stop(0)

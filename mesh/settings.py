@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
-from mesh.etcd.client import EtcdClient
+from mesh.etcd.client import EtcdClient, EtcdTls
 from mesh.etcd.keys import DEFAULT_FABRIC, DEFAULT_ROOT, Keys
 
 __all__ = ["FabricSettings", "etcd_connection_values"]
@@ -26,8 +26,9 @@ class FabricSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="forbid")
 
-    #: Settings read from the environment only: a password on a command line shows in `ps`.
-    FLAGS_SKIP: ClassVar[tuple[str, ...]] = ("etcd_password",)
+    #: Settings read from the environment (or etcd_connection) only: a password on a command
+    #: line shows in `ps`; PEM text belongs in files or the etcd_connection JSON.
+    FLAGS_SKIP: ClassVar[tuple[str, ...]] = ("etcd_password", "etcd_tls_ca_pem", "etcd_tls_cert_pem", "etcd_tls_key_pem")
 
     etcd: str = Field("", description="etcd endpoints, comma-separated HOST:PORT (several members allowed).")
     etcd_connection_file: str = Field(
@@ -36,7 +37,20 @@ class FabricSettings(BaseSettings):
     fabric: str = Field(DEFAULT_FABRIC, description="Fabric name: the etcd key prefix is <etcd_root>/<fabric>/.")
     etcd_root: str = Field(DEFAULT_ROOT, description="Root of every fabric's keys in etcd.")
     etcd_username: str | None = Field(None, description="etcd user, when etcd has auth on.")
-    etcd_password: str | None = Field(None, description="etcd password, when etcd has auth on (environment only).")
+    etcd_password: str | None = Field(None, repr=False,
+                                      description="etcd password, when etcd has auth on (environment only).")
+    etcd_tls: bool = Field(False, description="Reach etcd over TLS; on by itself with an https:// endpoint in "
+                           "etcd_connection or any etcd_tls_* file.")
+    etcd_tls_ca_file: str = Field("", description="PEM CA etcd's certificate must chain to (etcd_connection's "
+                                  "certificate_file); empty: the system's CAs.")
+    etcd_tls_cert_file: str = Field("", description="PEM client certificate for etcd's --client-cert-auth "
+                                    "(etcd_connection's client_certificate_file).")
+    etcd_tls_key_file: str = Field("", description="PEM private key of etcd_tls_cert_file (client_key_file).")
+    etcd_tls_server_name: str = Field("", description="Name expected in etcd's certificate, for every endpoint "
+                                      "(etcd_connection's override_authority); empty: each endpoint's host.")
+    etcd_tls_ca_pem: str = Field("", description="PEM CA text (etcd_connection's certificate; environment only).")
+    etcd_tls_cert_pem: str = Field("", description="PEM client certificate text (client_certificate; environment only).")
+    etcd_tls_key_pem: str = Field("", repr=False, description="PEM client key text (client_key; environment only).")
     etcd_call_timeout_s: float = Field(2.0, description="Timeout of one etcd call (seconds).")
     lease_ttl_s: int = Field(10, description="TTL of the lease that binds an instance's or leader's record (seconds).")
     loading_timeout_ms: int = Field(
@@ -60,7 +74,8 @@ class FabricSettings(BaseSettings):
             document = Path(self.etcd_connection_file).read_text()
         except OSError as error:
             raise ValueError(f"cannot read etcd_connection_file {self.etcd_connection_file}: {error.strerror}") from None
-        for name, value in etcd_connection_values(document).items():
+        base = Path(self.etcd_connection_file).parent
+        for name, value in etcd_connection_values(document, base).items():
             object.__setattr__(self, name, value)
         self.etcd = self._endpoints(self.etcd)
         return self
@@ -77,28 +92,73 @@ class FabricSettings(BaseSettings):
         """The fabric's key layout; ValueError for a bad fabric name or root."""
         return Keys(self.fabric, self.etcd_root)
 
+    def etcd_tls_material(self) -> EtcdTls | None:
+        """What `etcd_client` dials TLS with (None: plaintext); ValueError naming a file that
+        does not read, or a certificate without its key."""
+        files = (self.etcd_tls_ca_file, self.etcd_tls_cert_file, self.etcd_tls_key_file)
+        inline = (self.etcd_tls_ca_pem, self.etcd_tls_cert_pem, self.etcd_tls_key_pem)
+        if not (self.etcd_tls or any(files) or any(inline)):
+            return None
+        ca, cert, key = (_pem(text, path, what) for text, path, what in
+                         zip(inline, files, ("CA", "client certificate", "client key")))
+        if bool(cert) != bool(key):
+            raise ValueError("etcd TLS needs both a client certificate and its key (or neither)")
+        return EtcdTls(ca=ca, cert=cert, key=key, server_name=self.etcd_tls_server_name)
+
     def etcd_client(self) -> EtcdClient:
-        """A client of the fabric's etcd (not yet connected); ValueError for a malformed endpoint."""
+        """A client of the fabric's etcd (not yet connected); ValueError for a malformed endpoint
+        or TLS material that does not read."""
         return EtcdClient(self.etcd_endpoints, call_timeout=self.etcd_call_timeout_s,
-                          username=self.etcd_username, password=self.etcd_password)
+                          username=self.etcd_username, password=self.etcd_password, tls=self.etcd_tls_material())
 
 
-def etcd_connection_values(document: str) -> dict[str, str]:
+def _pem(text: str, path: str, what: str) -> bytes | None:
+    if text:
+        return text.encode()
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read the etcd TLS {what} {path}: {error.strerror or error}") from None
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"the etcd TLS {what} {path} is not PEM")
+    return data
+
+
+#: etcd_connection's TLS keys (IBM etcd-java's schema, which modelmesh reads) and the settings they fill.
+_TLS_KEYS = {"certificate": "etcd_tls_ca_pem", "certificate_file": "etcd_tls_ca_file",
+             "client_certificate": "etcd_tls_cert_pem", "client_certificate_file": "etcd_tls_cert_file",
+             "client_key": "etcd_tls_key_pem", "client_key_file": "etcd_tls_key_file",
+             "override_authority": "etcd_tls_server_name"}
+
+
+def etcd_connection_values(document: str, base_dir: Path | None = None) -> dict[str, str | bool]:
     """`FabricSettings` values from modelmesh-serving's `etcd_connection` JSON (the
-    `model-serving-etcd` secret): endpoints (scheme stripped), `root_prefix`, `userid`,
-    `password`. ValueError naming what is wrong; a TLS field is refused until etcd TLS is
-    supported, rather than connecting in plaintext to a server that expects TLS."""
+    `model-serving-etcd` secret): endpoints (scheme stripped; https:// turns TLS on),
+    `root_prefix`, `userid`, `password`, and the TLS keys: `certificate` / `certificate_file`
+    (the CA), `client_certificate` / `client_certificate_file`, `client_key` /
+    `client_key_file`, `override_authority`. A relative `*_file` is relative to `base_dir`
+    (the JSON file's folder). ValueError naming what is wrong, never a value."""
     try:
         connection = json.loads(document)
     except ValueError as error:
         raise ValueError(f"etcd_connection is not JSON: {error}") from None
     if not isinstance(connection, dict) or not connection.get("endpoints"):
         raise ValueError("etcd_connection must be a JSON object with 'endpoints'")
-    tls = sorted(k for k in connection if k.startswith(("certificate", "client_key", "client_certificate")))
-    if tls:
-        raise ValueError(f"etcd_connection: TLS to etcd is not supported yet ({', '.join(tls)})")
     endpoints = [e.strip() for e in str(connection["endpoints"]).split(",") if e.strip()]
-    values = {"etcd": ",".join(e.split("://", 1)[-1].rstrip("/") for e in endpoints)}
+    values: dict[str, str | bool] = {"etcd": ",".join(e.split("://", 1)[-1].rstrip("/") for e in endpoints)}
+    for key, setting in _TLS_KEYS.items():
+        value = connection.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"etcd_connection: {key} must be a string")
+        if key.endswith("_file") and base_dir is not None and not Path(value).is_absolute():
+            value = str(base_dir / value)
+        values[setting] = value
+    if any(e.lower().startswith("https://") for e in endpoints) or any(k in values for k in _TLS_KEYS.values()):
+        values["etcd_tls"] = True
     if connection.get("root_prefix"):
         values["etcd_root"] = "/" + str(connection["root_prefix"]).strip("/")
     if connection.get("userid"):

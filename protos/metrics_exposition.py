@@ -10,7 +10,8 @@ the wire contract (hence here, in the one package every process kind may import)
   `_total` on meshserve's own counters as prometheus_client writes them;
 - no `_created` series (ModelMesh has none; they double the series count for nothing);
 - ModelMesh's bucket lists, in milliseconds and bytes;
-- https when a certificate and key are given (modelmesh-serving's default scheme), http otherwise.
+- https when a certificate and key are given (modelmesh-serving's default scheme), http otherwise;
+  the files are re-read when they change (`protos.tls`).
 
 `serve_metrics` starts the server for every process kind; `BoundedLabels` caps the
 per-model label values.
@@ -28,6 +29,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
+
+from protos.tls import ServerTls, TlsFiles
 
 __all__ = [
     "AGE_BUCKETS_MS", "MESSAGE_SIZE_BUCKETS", "MODEL_SIZE_BUCKETS", "OTHER", "TIMING_BUCKETS_MS",
@@ -163,10 +166,9 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int, *, tls_cert
         raise ValueError("metrics TLS needs both a certificate file and a key file (or neither)")
     context = None
     if tls_cert_file:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(tls_cert_file, tls_key_file)
-        except (OSError, ssl.SSLError) as error:
+        try:  # re-read when the files change (a rotated secret), no client certificates asked
+            context = ServerTls(TlsFiles(tls_cert_file, tls_key_file)).ssl_context(client_auth=False)
+        except ValueError as error:
             raise ValueError(f"cannot load the metrics certificate {tls_cert_file} with key {tls_key_file}: "
                              f"{error}") from None
     handler = type("Handler", (_MetricsHandler,), {"registry": registry})

@@ -42,6 +42,7 @@ from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as 
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
+from protos.tls import ClientTls, aio_channel
 from router.errors import DeadlineExceeded, ModelNotFound, NoCapacity, Unavailable, UpstreamError
 from router.instance_stream import FRAME_MARGIN_BYTES, InstanceStream, StreamUnsupported
 from router.policy import LeastInFlight, Policy, ReplicaLoad
@@ -132,8 +133,9 @@ class Router(AsyncClosing):
                  max_tries: int = 3, suspect_s: float = 2.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  observer: Observer | None = None, clock: Callable[[], float] = time.monotonic,
                  instance_streams: bool = True, scaler: Scaler | None = None,
-                 saturation_report_s: float = 5.0) -> None:
+                 saturation_report_s: float = 5.0, tls: ClientTls | None = None) -> None:
         self._view = view
+        self._tls = tls  # TLS to instances; channels opened after a certificate rotation take the new files
         self._loader = loader
         self._scaler = scaler
         self.saturation_report_s = saturation_report_s
@@ -369,7 +371,7 @@ class Router(AsyncClosing):
         address = record.inference_address
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+            channel = self._channels[address] = aio_channel(address, self._options, self._tls)
         stream = self._streams.get(address) if self.instance_streams else None
         if stream is None and self.instance_streams:
             stream = self._streams[address] = InstanceStream(channel, address, max_message_bytes=self._max_message_bytes,

@@ -123,6 +123,8 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     `authorizer` (`mesh.api.auth`) guards both ports; None: no interceptor or middleware at all.
     StartupError (nothing left running) when a port cannot be bound."""
     registry = registry or CollectorRegistry()
+    tls = settings.tls_files()
+    server_tls = tls.server()  # ValueError (one line at start-up) when a file does not load
     metrics = RouterMetrics(registry, per_model=settings.per_model_metrics,
                             max_models=settings.per_model_metrics_max_models)
     traffic = TrafficCounters()  # the dashboard's reading of this router's calls and misses
@@ -130,7 +132,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     router = Router(view, loader, max_tries=settings.max_tries, suspect_s=settings.suspect_s,
                     max_message_bytes=settings.max_message_bytes, observer=observer,
                     instance_streams=settings.instance_streams, scaler=scaler,
-                    saturation_report_s=settings.saturation_report_s)
+                    saturation_report_s=settings.saturation_report_s, tls=tls.client())
     metrics.watch_in_flight(router.in_flight)
     dataplane = DataPlane(router, view, settings.default_deadline_s, settings.max_message_bytes)
     ready = view_ready(view)
@@ -155,9 +157,13 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
             if authorizer is not None and authorizer.guards(Permission.INFERENCE):
                 raise StartupError("--native-front does not check inference tokens yet: without "
                                    "--inference-token-file, or without --native-front")
+            if server_tls is not None:
+                raise StartupError("--native-front does not serve TLS yet: without --tls-cert-file, or without "
+                                   "--native-front")
             binary = find_binary(settings.native_front_binary)
         # With the native front, it takes the public port and this server a loopback one behind it.
-        port = bind_grpc(server, "127.0.0.1", 0) if binary else bind_grpc(server, settings.host, settings.port)
+        port = (bind_grpc(server, "127.0.0.1", 0) if binary
+                else bind_grpc(server, settings.host, settings.port, server_tls))
     except (StartupError, NativeFrontError) as error:
         await router.close()
         raise StartupError(str(error)) from None
@@ -173,14 +179,14 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             running._rest = runner  # before the bind: a failed bind still cleans up what setup started
-            site = web.TCPSite(runner, settings.host, settings.rest_port, reuse_port=reuse_port or None)
+            site = web.TCPSite(runner, settings.host, settings.rest_port, reuse_port=reuse_port or None,
+                               ssl_context=server_tls.ssl_context() if server_tls else None)
             await site.start()
             running.rest_port = runner.addresses[0][1]
         wanted_metrics = settings.metrics_port if metrics_port is None else metrics_port
         if wanted_metrics:
             running._metrics_http = start_metrics(registry, settings.host, wanted_metrics,
-                                                  tls_cert_file=settings.metrics_tls_cert_file,
-                                                  tls_key_file=settings.metrics_tls_key_file)
+                                                  **settings.metrics_tls())
             running.metrics_port = running._metrics_http.port
         await server.start()  # nothing is served unless every port is bound
         if binary is not None:
@@ -199,9 +205,10 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
         await running.stop(0)
         raise
     running._serving = asyncio.create_task(_serve_once_ready(view, health, services), name="router-health")
-    log.info("router listening: gRPC %s:%d%s, REST %s, metrics %s", settings.host, running.port,
+    log.info("router listening: gRPC %s:%d%s, REST %s, metrics %s%s", settings.host, running.port,
              f" (native front; this process on 127.0.0.1:{port})" if running.native else "",
-             running.rest_port or "off", running.metrics_port or "off")
+             running.rest_port or "off", running.metrics_port or "off",
+             f", TLS (client certificates: {tls.client_auth})" if server_tls else "")
     return running
 
 
@@ -223,7 +230,8 @@ async def start_fabric_router(stack: contextlib.AsyncExitStack, settings: Router
     client = await stack.enter_async_context(fabric.etcd_client())
     view = FabricView(client, keys)
     stack.push_async_callback(view.close)
-    runtimes = await stack.enter_async_context(RuntimeClients(max_message_bytes=settings.max_message_bytes))
+    runtimes = await stack.enter_async_context(RuntimeClients(max_message_bytes=settings.max_message_bytes,
+                                                              tls=settings.tls_files().client()))
     await view.start()
     management = await stack.enter_async_context(build_management(client, keys, view, runtimes, fabric.timings))
     running = await start_router(settings, view, management.cache_miss, management=management,

@@ -4,14 +4,16 @@ defaults. How to reach the fabric is `mesh.settings.FabricSettings` (`MESHSERVE_
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from protos.tls import TlsSettings
 
 from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["RouterSettings"]
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(TlsSettings):
     """Every default of `meshserve router` is written here once."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_", extra="forbid")
@@ -20,9 +22,6 @@ class RouterSettings(BaseSettings):
     port: int = Field(8033, description="gRPC port: V2 inference and the mmesh.ModelMesh management API (ModelMesh's 8033).")
     rest_port: int = Field(8008, description="REST V2 port (KServe's 8008); 0 turns REST off.")
     metrics_port: int = Field(2112, description="Prometheus /metrics port; 0 turns it off. With several workers, worker i uses metrics_port + i.")
-    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
-                                       "it serves https (modelmesh-serving's default scheme), else http.")
-    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
     per_model_metrics: bool = Field(False, description="Add modelId and vModelId labels to the request, size and "
                                     "cache-miss histograms (ModelMesh's per-model metrics; more series).")
     per_model_metrics_max_models: int = Field(100, ge=0, description="Distinct models (and vmodels) that get their own "

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from protos import grpc_service_pb2_grpc, meshserve_version, model_runtime_pb2_grpc
 from protos.metrics_exposition import MetricsServer, serve_metrics
+from protos.tls import add_port
 from puller import Puller
 from runtimes.backends import BackendRegistry, Device
 from runtimes.backend_setup import BackendSetup
@@ -141,6 +142,7 @@ class RunningRuntime:
 
 async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry | None = None) -> RunningRuntime:
     """Start serving; returns once the port is bound and the runtime reports READY."""
+    server_tls = settings.tls_files().server()  # a file that does not load fails the start, before any work
     map_large_allocations()  # before the backends' imports and the calibration free big blocks
     device = resolve_device(settings.device)
     backends = BackendRegistry.default(settings.threads_per_model)  # ONNX Runtime's import counts below
@@ -204,10 +206,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Bind every port before serving anything: a taken port fails the start, not a runtime
     # that is already answering on one port and then dies.
-    try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    except RuntimeError:  # newer grpc raises where older ones returned 0
-        port = 0
+    port = add_port(server, f"{settings.host}:{settings.port}", server_tls)
     metrics_http, metrics_port = None, None
     try:
         if port == 0:
@@ -215,8 +214,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         if settings.metrics_port:
             try:
                 metrics_http = serve_metrics(registry, settings.host, settings.metrics_port,
-                                             tls_cert_file=settings.metrics_tls_cert_file,
-                                             tls_key_file=settings.metrics_tls_key_file)
+                                             **settings.metrics_tls())
             except OSError as error:
                 raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: "
                               f"{error.strerror or error}") from None
@@ -233,7 +231,8 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     device_room = manager.device_capacity_bytes
-    log.info("runtime listening on %s:%d, capacity %s on %s%s, metrics on %s",
-             settings.host, port, format_size(capacity), device.kind,
+    log.info("runtime listening on %s:%d%s, capacity %s on %s%s, metrics on %s", settings.host, port,
+             f" (TLS, client certificates: {settings.tls_client_auth})" if server_tls else "",
+             format_size(capacity), device.kind,
              f" (device capacity {format_size(device_room)})" if device_room is not None else "", metrics_port or "off")
     return RunningRuntime(server, manager, puller, port, metrics_port, ready, health_servicer, metrics_http, stream)

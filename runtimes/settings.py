@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from protos.tls import TlsSettings
 
 from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
 from runtimes.sizes import parse_size
 
 
-class RuntimeSettings(BaseSettings):
+class RuntimeSettings(TlsSettings):
     """Every default is written here once; docs/configuration.md lists them."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="forbid")
@@ -21,9 +23,6 @@ class RuntimeSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(8085, description="gRPC port for V2 inference and the model-runtime SPI (ModelMesh's runtime port).")
     metrics_port: int = Field(2112, description="Prometheus /metrics port; 0 turns it off.")
-    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
-                                       "it serves https (modelmesh-serving's default scheme), else http.")
-    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
     per_model_metrics: bool = Field(False, description="Add modelId and vModelId labels to the inference histogram "
                                     "(ModelMesh's per-model metrics; more series).")
     per_model_metrics_max_models: int = Field(100, ge=0, description="Distinct models that get their own label value "

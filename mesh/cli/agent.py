@@ -56,6 +56,7 @@ from mesh.instance.remote import RemoteModels, RuntimeNotReady
 from mesh.instance.spi_front import AgentRuntimeServicer
 from mesh.settings import FabricSettings
 from protos import model_runtime_pb2_grpc
+from protos.tls import TlsSettings
 from runtimes.metrics import LifecycleMetrics
 from runtimes.sizes import parse_size
 
@@ -64,7 +65,7 @@ __all__ = ["AgentSettings", "build_parser", "main", "start_agent"]
 log = logging.getLogger(__name__)
 
 
-class AgentSettings(InstanceFields):
+class AgentSettings(InstanceFields, TlsSettings):
     """The agent beside a runtime (flags override `MESHSERVE_AGENT_*` override these)."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_AGENT_", extra="forbid")
@@ -72,9 +73,6 @@ class AgentSettings(InstanceFields):
     host: str = Field("0.0.0.0", description="Address the agent's gRPC server (the model-runtime SPI for the fabric) binds.")
     port: int = Field(8089, description="The agent's gRPC port: the fabric calls loadModel/unloadModel here; 0 picks a free one.")
     metrics_port: int = Field(2112, description="Prometheus /metrics port of the agent's instance metrics; 0 turns it off.")
-    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
-                                       "it serves https (modelmesh-serving's default scheme), else http.")
-    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
     advertise_address: str = Field(
         "", description="host:port the fabric uses to reach this agent's model-runtime SPI; empty: the bind host and "
         "port (127.0.0.1 when bound to all interfaces).")
@@ -123,17 +121,18 @@ async def start_agent(stack: contextlib.AsyncExitStack, settings: AgentSettings,
     keys = fabric.keys()
     if settings.instance_id:
         keys.instance(settings.instance_id)  # refuse a bad name before anything starts
+    tls = settings.tls_files()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    port = bind_grpc(server, settings.host, settings.port)
+    port = bind_grpc(server, settings.host, settings.port, tls.server())
     registry = CollectorRegistry()
     if settings.metrics_port:
         metrics_http = start_metrics(registry, settings.host, settings.metrics_port,
-                                     tls_cert_file=settings.metrics_tls_cert_file,
-                                     tls_key_file=settings.metrics_tls_key_file)
+                                     **settings.metrics_tls())
         stack.callback(metrics_http.shutdown)
 
     models = RemoteModels(settings.runtime_address, settings.runtime_data_address, capacity_bytes=settings.capacity,
-                          loading_timeout_s=fabric.loading_timeout_ms / 1000, call_timeout_s=settings.call_timeout_s)
+                          loading_timeout_s=fabric.loading_timeout_ms / 1000, call_timeout_s=settings.call_timeout_s,
+                          tls=tls.client())
     lifecycle_metrics = LifecycleMetrics(registry)  # the agent drives the loads, so it times them
     models.add_observer(lifecycle_metrics)
     models.add_probe(lifecycle_metrics)

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import mesh_admin_pb2_grpc as admin_grpc
 from protos import model_mesh_pb2_grpc as mm_grpc
+from protos.tls import ClientTls, TlsFiles, sync_channel
 from puller.errors import PullError
 from puller.spec import URI_SCHEMES, resolve
 
@@ -81,6 +82,15 @@ class CliSettings(BaseSettings):
         if not token:
             raise CliError(f"--token-file {self.token_file} holds no token")
         return token
+    tls_ca_file: str = Field("", description="PEM CA the router's certificate must chain to: calls go over TLS.")
+    tls_cert_file: str = Field("", description="PEM client certificate, for a router that asks for one (mutual TLS).")
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
+    tls_server_name: str = Field("", description="Name expected in the router's certificate when it is not the host.")
+
+    def tls(self) -> ClientTls | None:
+        """TLS to the router when a CA or a client certificate is given; ValueError for a file that does not load."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file,
+                        server_name=self.tls_server_name).client()
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, timeout_help: str = "deadline of a call in seconds "
@@ -89,10 +99,14 @@ def add_common_flags(parser: argparse.ArgumentParser, *, timeout_help: str = "de
     parser.add_argument("--timeout", type=float, dest="cli_timeout_s", metavar="SECONDS", help=timeout_help)
     parser.add_argument("--token-file", metavar="FILE", help="file holding the bearer token to send (env "
                         "MESHSERVE_TOKEN_FILE; or the token itself in MESHSERVE_TOKEN)")
+    for name, field in CliSettings.model_fields.items():
+        if name.startswith("tls_"):
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar="FILE" if name.endswith("file") else "NAME",
+                                help=f"{field.description} (env MESHSERVE_{name.upper()})")
 
 
 def _settings(args: argparse.Namespace) -> CliSettings:
-    given = {k: getattr(args, k) for k in ("router", "cli_timeout_s", "token_file") if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in CliSettings.model_fields if getattr(args, k, None) is not None}
     try:
         settings = CliSettings(**given)
     except ValidationError as error:
@@ -193,10 +207,14 @@ class Connection:
         self.address = settings.router
         self.timeout = settings.cli_timeout_s
         token = settings.bearer_token()
-        self.channel = grpc.insecure_channel(self.address, options=[
+        try:
+            tls = settings.tls()
+        except ValueError as error:
+            raise CliError(str(error)) from None
+        self.channel = sync_channel(self.address, [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        ], tls)
         if token:
             self.channel = grpc.intercept_channel(self.channel, _BearerToken(token))
         self.mesh = mm_grpc.ModelMeshStub(self.channel)

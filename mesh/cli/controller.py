@@ -28,7 +28,7 @@ from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from mesh.aio.tasks import TaskSupervisor
 from mesh.api.auth.interceptor import AuthInterceptor
@@ -43,6 +43,7 @@ from mesh.etcd.client import EtcdClient
 from mesh.etcd.errors import StoreUnavailable
 from mesh.settings import FabricSettings
 from mesh.state.fabric_view import FabricView
+from protos.tls import TlsSettings
 
 __all__ = ["ControllerSettings", "build_parser", "main", "start_controller"]
 
@@ -55,7 +56,7 @@ HEALTH_SERVICES = (OVERALL_HEALTH, "mmesh.ModelMesh", "meshserve.admin.MeshAdmin
 RESIGN_GRACE_S = 5.0
 
 
-class ControllerSettings(BaseSettings):
+class ControllerSettings(TlsSettings):
     """Settings of one controller replica (flags override `MESHSERVE_CONTROLLER_*` override these)."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_CONTROLLER_", extra="forbid")
@@ -63,9 +64,6 @@ class ControllerSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the management gRPC server binds.")
     port: int = Field(8034, description="Management API (mmesh.ModelMesh) gRPC port (the router owns 8033); 0 picks a free one.")
     metrics_port: int = Field(2113, description="Prometheus /metrics port; 0 turns it off.")
-    metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
-                                       "it serves https (modelmesh-serving's default scheme), else http.")
-    metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
     interval_s: float = Field(5.0, description="Seconds between controller rounds when nothing changes.")
     load_timeout_s: float = Field(120.0, description="Longest the controller waits for one background load (seconds).")
     scaling: bool = Field(True, description="Add copies of hot models and trim cold ones; off: only cache misses "
@@ -110,7 +108,8 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
     client = await stack.enter_async_context(fabric.etcd_client())
     replica_id = controller.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     view = FabricView(client, keys)
-    runtimes = await stack.enter_async_context(RuntimeClients())
+    tls = controller.tls_files()
+    runtimes = await stack.enter_async_context(RuntimeClients(tls=tls.client()))
     stack.push_async_callback(view.close)
     management = await stack.enter_async_context(build_management(client, keys, view, runtimes, fabric.timings))
 
@@ -121,12 +120,11 @@ async def start_controller(stack: contextlib.AsyncExitStack, controller: Control
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for service in HEALTH_SERVICES:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = bind_grpc(server, controller.host, controller.port)
+    port = bind_grpc(server, controller.host, controller.port, tls.server())
     metrics_registry = CollectorRegistry()
     if controller.metrics_port:
         metrics_http = start_metrics(metrics_registry, controller.host, controller.metrics_port,
-                                     tls_cert_file=controller.metrics_tls_cert_file,
-                                     tls_key_file=controller.metrics_tls_key_file)
+                                     **controller.metrics_tls())
         stack.callback(metrics_http.shutdown)
     await server.start()
     stack.push_async_callback(server.stop, 5.0)

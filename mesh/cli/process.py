@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from protos.metrics_exposition import MetricsServer, serve_metrics
+from protos.tls import ServerTls, add_port
 
 __all__ = ["LEGACY_ENV_PREFIX", "StartupError", "add_settings_flags", "bind_grpc", "parse_settings", "settings_parser", "configure_logging", "read_settings",
            "run_server", "setting_error", "start_metrics"]
@@ -150,12 +151,10 @@ def read_settings(cls: type[S], args: argparse.Namespace | Mapping[str, Any], *,
         raise StartupError(f"bad setting: {error}") from None
 
 
-def bind_grpc(server: Any, host: str, port: int) -> int:
-    """Bind `server` to host:port without serving yet; StartupError naming the address if it cannot."""
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError:  # newer grpc raises where older ones returned 0
-        bound = 0
+def bind_grpc(server: Any, host: str, port: int, tls: ServerTls | None = None) -> int:
+    """Bind `server` to host:port (over TLS when `tls` is given) without serving yet;
+    StartupError naming the address if it cannot."""
+    bound = add_port(server, f"{host}:{port}", tls)
     if bound == 0:
         raise StartupError(f"cannot listen on {host}:{port}: the port is taken or the address is wrong")
     return bound

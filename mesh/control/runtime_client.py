@@ -1,7 +1,7 @@
 """Calls to instances' model-runtime SPI (`mmesh.ModelRuntime`) from the placement layer.
 
 One channel per instance address, shared by every caller in the process and closed when
-the instance leaves (`forget`) or the client closes. Errors come back as `grpc.aio.AioRpcError`
+the instance leaves (`forget`) or the client closes; over TLS when given a `ClientTls`. Errors come back as `grpc.aio.AioRpcError`
 with the instance's status code and message; callers decide what a code means.
 """
 
@@ -12,6 +12,7 @@ import grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
 from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
+from protos.tls import ClientTls, aio_channel
 from mesh.domain.records import ModelRecord
 from mesh.aio.tasks import AsyncClosing
 
@@ -19,7 +20,8 @@ __all__ = ["RuntimeClients"]
 
 
 class RuntimeClients(AsyncClosing):
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, tls: ClientTls | None = None) -> None:
+        self._tls = tls
         self._options = [("grpc.max_receive_message_length", max_message_bytes),
                          ("grpc.max_send_message_length", max_message_bytes)]
         self._channels: dict[str, tuple[grpc.aio.Channel, rt_grpc.ModelRuntimeStub]] = {}
@@ -27,7 +29,7 @@ class RuntimeClients(AsyncClosing):
     def stub(self, address: str) -> rt_grpc.ModelRuntimeStub:
         found = self._channels.get(address)
         if found is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = aio_channel(address, self._options, self._tls)
             found = self._channels[address] = (channel, rt_grpc.ModelRuntimeStub(channel))
         return found[1]
 

@@ -8,6 +8,7 @@ it. Values are small JSON documents; keys are `str` (see `mesh.etcd.keys`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from aetcd import rpc
 
 from mesh.aio.backoff import Backoff
 from mesh.aio.tasks import AsyncClosing
+from mesh.etcd.tls import EtcdTls, TlsEtcdClient
 from mesh.etcd.errors import (
     TRANSLATABLE,
     CorruptRecord,
@@ -32,6 +34,7 @@ from mesh.etcd.errors import (
 __all__ = [
     "CasResult",
     "EtcdClient",
+    "EtcdTls",
     "KV",
     "RetryPolicy",
     "WatchEvent",
@@ -201,6 +204,7 @@ class EtcdClient(AsyncClosing):
         username: str | None = None,
         password: str | None = None,
         grpc_options: Mapping[str, Any] | None = None,
+        tls: EtcdTls | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
@@ -211,6 +215,7 @@ class EtcdClient(AsyncClosing):
         self.retry = retry or RetryPolicy()
         self._username = username
         self._password = password
+        self._tls = tls  # None: plaintext
         self._options = {**_DEFAULT_GRPC_OPTIONS, **(grpc_options or {})}
         self._index = 0
         self._generation = 0
@@ -235,7 +240,7 @@ class EtcdClient(AsyncClosing):
 
     def _make_client(self, index: int) -> aetcd.Client:
         host, port = self._endpoints[index]
-        return aetcd.Client(
+        return (aetcd.Client if self._tls is None else functools.partial(TlsEtcdClient, tls=self._tls))(
             host=host,
             port=port,
             username=self._username,

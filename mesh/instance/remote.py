@@ -53,6 +53,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
+from protos.tls import ClientTls, aio_channel
 from runtimes.errors import CapacityExhausted, InvalidInput, LoadFailed, ModelNotFound, RuntimeError_
 from runtimes.lifecycle import Footprint, ModelLifecycle, State
 
@@ -91,7 +92,7 @@ class RemoteModels(ModelLifecycle):
 
     def __init__(self, runtime_address: str, data_address: str = "", *, capacity_bytes: int | None = None,
                  default_model_size: int = 1 << 20, loading_timeout_s: float = 90.0, call_timeout_s: float = 5.0,
-                 observer=None) -> None:
+                 observer=None, tls: ClientTls | None = None) -> None:
         super().__init__(capacity_bytes or 0, observer)
         self.runtime_address = runtime_address
         self.data_address = data_address or runtime_address
@@ -99,9 +100,9 @@ class RemoteModels(ModelLifecycle):
         self.default_model_size = default_model_size
         self._loading_timeout_s = loading_timeout_s
         self._call_timeout_s = call_timeout_s
-        self._spi_channel = grpc.aio.insecure_channel(runtime_address, options=_CHANNEL_OPTIONS)
+        self._spi_channel = aio_channel(runtime_address, _CHANNEL_OPTIONS, tls)
         self._data_channel = (self._spi_channel if self.data_address == runtime_address
-                              else grpc.aio.insecure_channel(self.data_address, options=_CHANNEL_OPTIONS))
+                              else aio_channel(self.data_address, _CHANNEL_OPTIONS, tls))
         self._spi = rt_grpc.ModelRuntimeStub(self._spi_channel)
         self._v2 = pb_grpc.GRPCInferenceServiceStub(self._data_channel)
         self._statistics = True  # until the runtime says it has no ModelStatistics

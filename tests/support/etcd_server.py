@@ -10,6 +10,11 @@
 
 It is synchronous on purpose (fixtures are sync); from async tests use `astart()` /
 `astop()` so the event loop keeps running (lease keepalives, watches) meanwhile.
+
+With `tls` it serves clients over https only (`--cert-file`, `--key-file`, and with
+`client_cert_auth` `--trusted-ca-file` and `--client-cert-auth`: no client certificate from
+the CA, no connection); `enable_auth(user, password)` turns etcd's authentication on with
+that user as root (over etcd's JSON gateway, as etcdctl would).
 """
 
 from __future__ import annotations
@@ -17,21 +22,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.cli import up
 from tests.support.ports import free_port
 
-__all__ = ["EtcdServer", "EtcdServerError", "find_etcd_binary", "free_port"]
+__all__ = ["EtcdServer", "EtcdServerError", "EtcdServerTls", "find_etcd_binary", "free_port"]
 
 # Short raft timings: leader election on (re)start takes ~0.5 s instead of ~2 s, and
 # etcd's minimum lease TTL (1.5 election timeouts, rounded up to whole seconds) drops
@@ -65,11 +73,26 @@ def find_etcd_binary() -> str:
         raise EtcdServerError(str(error)) from None
 
 
+@dataclass(frozen=True)
+class EtcdServerTls:
+    """The server's certificate (for 127.0.0.1), the CA clients trust, and, with
+    `client_cert_auth`, the client certificate the fixture's own health checks show."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    client_cert_auth: bool = False
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+
 class EtcdServer:
     """One single-member etcd on 127.0.0.1. See the module docstring for guarantees."""
 
-    def __init__(self, *, name: str = "meshtest", start_timeout: float = 15.0) -> None:
+    def __init__(self, *, name: str = "meshtest", start_timeout: float = 15.0, tls: EtcdServerTls | None = None) -> None:
         self.name = name
+        self.tls = tls
+        self._auth: tuple[str, str] | None = None
         self.start_timeout = start_timeout
         self.binary = find_etcd_binary()
         # tmpfs when there is one: etcd fsyncs every write and a disk makes tests slow.
@@ -89,7 +112,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def running(self) -> bool:
@@ -181,7 +204,41 @@ class EtcdServer:
             "--logger", "zap",
             "--log-outputs", "stderr",
             "--log-level", "warn",
+            *self._tls_flags(),
         ]
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        flags = ["--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file)]
+        if self.tls.client_cert_auth:
+            flags += ["--trusted-ca-file", str(self.tls.ca_file), "--client-cert-auth"]
+        return flags
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.ca_file))
+        if self.tls.client_cert_file is not None:
+            context.load_cert_chain(str(self.tls.client_cert_file), str(self.tls.client_key_file))
+        return context
+
+    def _gateway(self, path: str, body: dict, token: str | None = None) -> dict:
+        request = urllib.request.Request(f"{self.client_url}{path}", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": token} if token else {})})
+        with urllib.request.urlopen(request, timeout=5, context=self._ssl_context()) as reply:
+            return json.loads(reply.read() or b"{}")
+
+    def enable_auth(self, user: str, password: str) -> None:
+        """Add `user` (and root) with `password` and the root role and turn authentication on (calls without a
+        user fail from now on; the data dir keeps it across restarts)."""
+        # etcd enables auth only once a user named root exists (with the root role).
+        for name in dict.fromkeys(("root", user)):
+            self._gateway("/v3/auth/user/add", {"name": name, "password": password})
+            self._gateway("/v3/auth/user/grant", {"user": name, "role": "root"})
+        self._gateway("/v3/auth/enable", {})
+        self._auth = (user, password)
 
     def _spawn_and_wait(self) -> None:
         self._spawn()
@@ -216,7 +273,8 @@ class EtcdServer:
                     f"etcd exited with {self._proc.returncode} while starting:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0) as resp:
+                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0,
+                                            context=self._ssl_context()) as resp:
                     body = resp.read().decode()
                 if '"health":"true"' in body.replace(" ", ""):
                     return

@@ -1,15 +1,21 @@
-"""A self-signed certificate for loopback, written by the test (`cryptography`), for https tests."""
+"""Certificates written by the test (`cryptography`): a self-signed one for loopback (https
+tests), and `make_pki`: a CA with server and client certificates (TLS and mTLS tests)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from mesh.cli.local_ca import Issued, LocalCa
+from protos.tls import TlsFiles
 
 
 def self_signed(folder: Path, name: str = "meshserve-test") -> tuple[Path, Path]:
@@ -35,3 +41,38 @@ def self_signed(folder: Path, name: str = "meshserve-test") -> tuple[Path, Path]
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA of the test's own (`mesh.cli.local_ca`) with a server and a client certificate
+    for loopback, and a second CA that signed neither (the "wrong CA")."""
+
+    folder: Path
+    ca: LocalCa
+    ca_file: Path
+    server: Issued
+    client: Issued
+    other_ca_file: Path
+
+    def server_files(self, client_auth: str = "none") -> TlsFiles:
+        return TlsFiles(str(self.server.cert_file), str(self.server.key_file), str(self.ca_file), client_auth)
+
+    def client_files(self, *, with_cert: bool = True, ca_file: Path | None = None) -> TlsFiles:
+        cert = (str(self.client.cert_file), str(self.client.key_file)) if with_cert else ("", "")
+        return TlsFiles(*cert, str(ca_file or self.ca_file))
+
+    def rotate_server(self) -> Issued:
+        """A new server certificate from the same CA written over the old files, as a Kubernetes
+        secret update does (new files renamed into place, each one whole)."""
+        fresh = self.ca.issue(self.folder / "next", "server")
+        os.replace(fresh.key_file, self.server.key_file)
+        os.replace(fresh.cert_file, self.server.cert_file)
+        return fresh
+
+
+def make_pki(folder: Path) -> Pki:
+    ca = LocalCa.create("meshserve test CA")
+    ca_file = ca.write_ca(folder / "ca.crt")
+    other = LocalCa.create("some other CA").write_ca(folder / "other-ca.crt")
+    return Pki(folder, ca, ca_file, ca.issue(folder / "server", "server"), ca.issue(folder / "client", "client-a"), other)

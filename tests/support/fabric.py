@@ -28,6 +28,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
+from protos.tls import ClientTls, sync_channel
 from tests.support.etcd_server import EtcdServer
 from tests.support.ports import free_port
 from tests.support.runtime_process import RuntimeProcess, start_runtime_process, stop_process
@@ -50,10 +51,11 @@ class MeshProcess:
     process: subprocess.Popen
     port: int
     log_path: Path
+    tls: ClientTls | None = None
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = sync_channel(f"127.0.0.1:{self.port}", tls=self.tls)
         self.mesh = mm_grpc.ModelMeshStub(self.channel)
 
     def log(self) -> str:
@@ -65,9 +67,16 @@ class MeshProcess:
 
 
 class Fabric:
-    """etcd + runtimes + controllers of one fabric name, all real processes."""
+    """etcd + runtimes + controllers of one fabric name, all real processes.
 
-    def __init__(self, workdir: Path, *, lease_ttl_s: int = 3, etcd: EtcdServer | None = None) -> None:
+    `etcd_connection_file`: the processes read etcd from that etcd_connection JSON instead of
+    `--etcd`; `tls`: the test's own calls to the processes go over TLS with it (the
+    processes' TLS flags are the test's to give)."""
+
+    def __init__(self, workdir: Path, *, lease_ttl_s: int = 3, etcd: EtcdServer | None = None,
+                 etcd_connection_file: Path | None = None, tls: ClientTls | None = None) -> None:
+        self.etcd_connection_file = etcd_connection_file
+        self.tls = tls
         self.workdir = workdir
         self.lease_ttl_s = lease_ttl_s
         self.keys = Keys(fabric=f"e2e-{uuid.uuid4().hex[:8]}")
@@ -83,11 +92,13 @@ class Fabric:
 
     @property
     def fabric_flags(self) -> list[str]:
-        return ["--etcd", self.etcd.endpoint, "--fabric", self.keys.fabric, "--lease-ttl-s", str(self.lease_ttl_s)]
+        etcd = (["--etcd-connection-file", str(self.etcd_connection_file)] if self.etcd_connection_file
+                else ["--etcd", self.etcd.endpoint])
+        return [*etcd, "--fabric", self.keys.fabric, "--lease-ttl-s", str(self.lease_ttl_s)]
 
     def add_runtime(self, instance_id: str, capacity: str = "64MiB", *extra: str) -> RuntimeProcess:
         runtime = start_runtime_process(self.workdir / instance_id, *self.fabric_flags, "--instance-id", instance_id,
-                                        *extra, capacity=capacity)
+                                        *extra, capacity=capacity, tls=self.tls)
         self.runtimes[instance_id] = runtime
         wait_until(lambda: self.instance(instance_id) is not None, 30, f"instance {instance_id} to register")
         return runtime
@@ -101,7 +112,7 @@ class Fabric:
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return MeshProcess(process, port, log_path)
+        return MeshProcess(process, port, log_path, self.tls)
 
     def _wait_ready(self, started: MeshProcess, ready, what: str) -> MeshProcess:
         def check() -> bool:
@@ -141,10 +152,7 @@ class Fabric:
     def _get_prefix(self, prefix: str) -> dict[str, dict]:
         """Every record under `prefix`, read through etcd's JSON gateway (one consistent range read)."""
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        body = json.dumps({"key": _b64(prefix), "range_end": _b64(end)}).encode()
-        request = urllib.request.Request(f"{self.etcd.client_url}/v3/kv/range", data=body, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            reply = json.loads(response.read())
+        reply = self.etcd.gateway("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
         return {base64.b64decode(kv["key"]).decode()[len(prefix):]: json.loads(base64.b64decode(kv["value"]))
                 for kv in reply.get("kvs", [])}
 

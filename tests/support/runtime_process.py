@@ -16,6 +16,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
+from protos.tls import ClientTls, sync_channel
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -42,10 +43,11 @@ class RuntimeProcess:
     port: int
     metrics_port: int
     log_path: Path
+    tls: ClientTls | None = None  # the test's calls to it go over TLS with this
     _channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self._channel = sync_channel(f"127.0.0.1:{self.port}", tls=self.tls)
         self.spi = rt_grpc.ModelRuntimeStub(self._channel)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
@@ -73,7 +75,8 @@ class RuntimeProcess:
         return stop_process(self.process, "runtime", timeout)
 
 
-def start_runtime_process(workdir: Path, *extra: str, capacity: str = "1GiB", env: dict | None = None) -> RuntimeProcess:
+def start_runtime_process(workdir: Path, *extra: str, capacity: str = "1GiB", env: dict | None = None,
+                          tls: ClientTls | None = None) -> RuntimeProcess:
     """Start `meshserve runtime` and wait until it answers ServerReady."""
     port, metrics_port = free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,7 @@ def start_runtime_process(workdir: Path, *extra: str, capacity: str = "1GiB", en
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=process_env,
                                    cwd=Path(__file__).resolve().parents[2])
-    runtime = RuntimeProcess(process, port, metrics_port, log_path)
+    runtime = RuntimeProcess(process, port, metrics_port, log_path, tls)
 
     def ready() -> bool:
         if process.poll() is not None:

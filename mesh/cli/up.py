@@ -28,6 +28,13 @@ Guarantees:
   group (so a terminal's Ctrl-C reaches only `up`, which stops them in order) and asks
   Linux for SIGKILL when its parent dies (PR_SET_PDEATHSIG).
 
+With `--tls`, a throwaway CA (`mesh.cli.local_ca`) signs a certificate for 127.0.0.1 and
+localhost (and `--host`) and a client certificate, written to `<workdir>/tls/` (new ones each
+start); etcd serves https and requires a client certificate, and every process serves gRPC,
+REST and metrics over TLS with mutual TLS required, calling each other and etcd with the
+same certificate. The banner prints how to call it (tritonclient `ssl=True` with the CA and
+the client certificate, curl, `meshserve list` with the `--tls-*` flags).
+
 Reusing a workdir: every start begins from an EMPTY fabric. etcd's data and the runtimes'
 model caches are wiped (the fabric is a local toy: stale instance records and leases of a
 previous run would only make the first minute confusing), so models you registered in an
@@ -53,6 +60,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -65,6 +73,7 @@ from typing import Callable
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mesh.cli.local_ca import LOOPBACK_NAMES, Issued, LocalCa
 from mesh.cli.process import StartupError, add_settings_flags, read_settings
 from mesh.etcd.keys import Keys
 from runtimes.sizes import parse_size
@@ -105,6 +114,8 @@ class UpSettings(BaseSettings):
                                    "loading the example models included.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Grace each group of processes gets after SIGTERM "
                                   "before SIGKILL (seconds).")
+    tls: bool = Field(False, description="Make a throwaway CA and certificates in <workdir>/tls/ and run everything "
+                      "over TLS: etcd, and gRPC, REST and metrics of every process, with mutual TLS required.")
 
     @field_validator("capacity")
     @classmethod
@@ -323,6 +334,47 @@ def _cmdline(pid: int) -> list[str] | None:
 class _Stop(BaseException):
     """Raised by the SIGINT/SIGTERM handler to leave whatever `up` is waiting on."""
 
+@dataclass(frozen=True)
+class _UpTls:
+    """The throwaway CA's files for one `up --tls` run, and the flags that hand them out."""
+
+    ca_file: Path
+    server: Issued
+    client: Issued
+
+    @classmethod
+    def make(cls, folder: Path, host: str) -> _UpTls:
+        ca = LocalCa.create("meshserve up throwaway CA")
+        names = tuple(dict.fromkeys((*LOOPBACK_NAMES, *([host] if host not in ("0.0.0.0", "::") else []),
+                                     socket.gethostname())))
+        return cls(ca.write_ca(folder / "ca.crt"), ca.issue(folder / "server", "meshserve", names),
+                   ca.issue(folder / "client", "meshserve-user"))
+
+    def process_flags(self) -> list[str]:
+        """Every meshserve process: TLS on its listeners (mutual TLS required) and to etcd."""
+        cert, key, ca = str(self.server.cert_file), str(self.server.key_file), str(self.ca_file)
+        return ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-file", ca, "--tls-client-auth", "require",
+                "--etcd-tls-ca-file", ca, "--etcd-tls-cert-file", cert, "--etcd-tls-key-file", key]
+
+    def etcd_flags(self) -> list[str]:
+        return ["--cert-file", str(self.server.cert_file), "--key-file", str(self.server.key_file),
+                "--trusted-ca-file", str(self.ca_file), "--client-cert-auth"]
+
+    def client_tls(self):
+        from protos.tls import TlsFiles
+
+        return TlsFiles(str(self.client.cert_file), str(self.client.key_file), str(self.ca_file)).client()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.client.cert_file), str(self.client.key_file))
+        return context
+
+    def cli_flags(self) -> str:
+        return (f" --tls-ca-file {shlex.quote(str(self.ca_file))} --tls-cert-file "
+                f"{shlex.quote(str(self.client.cert_file))} --tls-key-file {shlex.quote(str(self.client.key_file))}")
+
+
 
 class Up:
     """One run of `meshserve up`; `run()` returns the exit status."""
@@ -341,6 +393,7 @@ class Up:
         self._lock_file = None
         self._force = False
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.tls: _UpTls | None = None
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> int:
@@ -399,13 +452,15 @@ class Up:
             raise UpError(f"port {s.etcd_port} on 127.0.0.1 (etcd) is taken: choose another with --etcd-port")
         self.etcd_binary = find_etcd_binary()
         # A fresh fabric each time (see the module docstring): no stale records or caches.
-        for stale in ("etcd", "runtimes"):
+        for stale in ("etcd", "runtimes", "tls"):
             path = self.workdir / stale
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
         self.logs.mkdir(exist_ok=True)
+        if s.tls:
+            self.tls = _UpTls.make(self.workdir / "tls", s.host)
 
     def _take_lock(self) -> None:
         lock_file = open(self.workdir / "up.lock", "a+")  # noqa: SIM115 - held for the whole run
@@ -461,7 +516,7 @@ class Up:
         # before the first gRPC channel exists: forking with preexec_fn is only safe
         # while this process has no other threads.)
         endpoint = f"127.0.0.1:{etcd_port}"
-        fabric_flags = ["--etcd", endpoint, "--fabric", s.fabric]
+        fabric_flags = ["--etcd", endpoint, "--fabric", s.fabric, *(self.tls.process_flags() if self.tls else [])]
         python = [sys.executable, "-m", "mesh.cli"]
         storage_flags = (["--storage-config-dir", str(s.storage_config_dir.expanduser().resolve())]
                          if s.storage_config_dir else [])
@@ -503,13 +558,27 @@ class Up:
         self.children.append(child)
         return child
 
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def _urlopen(self, request: str | urllib.request.Request, timeout: float):
+        return urllib.request.urlopen(request, timeout=timeout, context=self.tls.ssl_context() if self.tls else None)
+
+    def _channel(self, address: str):
+        from protos.tls import sync_channel
+
+        return sync_channel(address, tls=self.tls.client_tls() if self.tls else None)
+
     def _etcd_argv(self, client_port: int, peer_port: int) -> list[str]:
-        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        client_url, peer_url = f"{self._scheme}://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         argv = [self.etcd_binary, "--name", "meshserve-up", "--data-dir", str(self.workdir / "etcd"),
                 "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                 "--initial-cluster", f"meshserve-up={peer_url}", "--initial-cluster-state", "new",
                 "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
+        if self.tls:
+            argv += self.tls.etcd_flags()
         if self._etcd_supports("--unsafe-no-fsync"):
             argv.append("--unsafe-no-fsync")  # the data is wiped on every start anyway: fsync buys nothing
         return argv
@@ -549,16 +618,16 @@ class Up:
             time.sleep(0.1)  # poll pace of another process's readiness, not a synchronization
 
     def _etcd_healthy(self) -> bool:
-        url = f"http://127.0.0.1:{self.etcd.ports['client']}/health"
-        with urllib.request.urlopen(url, timeout=1.0) as response:
+        url = f"{self._scheme}://127.0.0.1:{self.etcd.ports['client']}/health"
+        with self._urlopen(url, timeout=1.0) as response:
             return '"health":"true"' in response.read().decode().replace(" ", "")
 
     def _instance_registered(self, instance_id: str) -> bool:
         """The instance's record is in etcd (read through etcd's JSON gateway)."""
         key = base64.b64encode(self.keys.instance(instance_id).encode()).decode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.etcd.ports['client']}/v3/kv/range",
+        request = urllib.request.Request(f"{self._scheme}://127.0.0.1:{self.etcd.ports['client']}/v3/kv/range",
                                          data=json.dumps({"key": key, "count_only": True}).encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=2.0) as response:
+        with self._urlopen(request, timeout=2.0) as response:
             return int(json.loads(response.read()).get("count", 0)) > 0
 
     def _wait_ready(self, deadline: float) -> None:
@@ -571,7 +640,7 @@ class Up:
 
         def server_ready(address: str) -> Callable[[], bool]:
             def check() -> bool:
-                with grpc.insecure_channel(address) as channel:
+                with self._channel(address) as channel:
                     stub = pb_grpc.GRPCInferenceServiceStub(channel)
                     return stub.ServerReady(pb.ServerReadyRequest(), timeout=1.0).ready
             return check
@@ -585,7 +654,7 @@ class Up:
                        lambda name=runtime.name: self._instance_registered(name))
 
         def controller_answers() -> bool:
-            with grpc.insecure_channel(f"127.0.0.1:{self.controller.ports['grpc']}") as channel:
+            with self._channel(f"127.0.0.1:{self.controller.ports['grpc']}") as channel:
                 try:
                     mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId="probe"), timeout=1.0)
                 except grpc.RpcError as error:
@@ -614,7 +683,7 @@ class Up:
             self.example_states[name] = f"skipped: {why}"
         address = f"{_connect_host(self.settings.host)}:{self.settings.port}"
         states = mm.ModelStatusInfo.ModelStatus
-        with grpc.insecure_channel(address) as channel:
+        with self._channel(address) as channel:
             stub = mm_grpc.ModelMeshStub(channel)
             examples = manifest.get("examples", [])
             for example in examples:
@@ -652,36 +721,50 @@ class Up:
     def _print_banner(self) -> None:
         s = self.settings
         host = _connect_host(s.host)
+        web = self._scheme
         router = self.router
-        lines = [f"meshserve up: local fabric '{s.fabric}' is ready", ""]
-        rest = f"  REST http://{host}:{s.rest_port}" if s.rest_port else "  REST off"
-        metrics = f"  metrics http://{host}:{s.metrics_port}/metrics" if s.metrics_port else ""
+        lines = [f"meshserve up: local fabric '{s.fabric}' is ready" + (" (TLS, mutual TLS required)" if self.tls else ""),
+                 ""]
+        rest = f"  REST {web}://{host}:{s.rest_port}" if s.rest_port else "  REST off"
+        metrics = f"  metrics {web}://{host}:{s.metrics_port}/metrics" if s.metrics_port else ""
         lines.append(f"  router       gRPC {host}:{s.port} (V2 inference + mmesh.ModelMesh){rest}{metrics}"
                      f"  pid {router.pid}")
         if s.rest_port:
-            lines.append(f"  dashboard    http://{host}:{s.rest_port}/dashboard  (live, in a browser; JSON at /dashboard/api/snapshot)")
+            lines.append(f"  dashboard    {web}://{host}:{s.rest_port}/dashboard  (live, in a browser; JSON at /dashboard/api/snapshot)")
         c = self.controller
         lines.append(f"  controller   gRPC 127.0.0.1:{c.ports['grpc']} (mmesh.ModelMesh)  metrics "
-                     f"http://127.0.0.1:{c.ports['metrics']}/metrics  pid {c.pid}")
+                     f"{web}://127.0.0.1:{c.ports['metrics']}/metrics  pid {c.pid}")
         for r in self.runtimes:
             lines.append(f"  {r.name:<12} gRPC 127.0.0.1:{r.ports['grpc']} (V2 + model-runtime SPI)  metrics "
-                         f"http://127.0.0.1:{r.ports['metrics']}/metrics  capacity {s.capacity}  pid {r.pid}")
+                         f"{web}://127.0.0.1:{r.ports['metrics']}/metrics  capacity {s.capacity}  pid {r.pid}")
         e = self.etcd
-        lines.append(f"  etcd         http://127.0.0.1:{e.ports['client']}  data {self.workdir / 'etcd'}  pid {e.pid}")
+        lines.append(f"  etcd         {web}://127.0.0.1:{e.ports['client']}  data {self.workdir / 'etcd'}  pid {e.pid}")
         lines.append(f"  workdir      {self.workdir}  (logs in {self.logs}/, pids in {self.workdir / 'pids.json'})")
+        if self.tls:
+            lines.append(f"  tls          CA {self.tls.ca_file}  client certificate {self.tls.client.cert_file} "
+                         f"(key {self.tls.client.key_file})")
         if self.example_states:
             lines.append("  models       " + "; ".join(f"{n} ({st})" for n, st in self.example_states.items()))
         router_flag = "" if (host, s.port) == ("127.0.0.1", 8033) else f" --router {host}:{s.port}"
+        router_flag += self.tls.cli_flags() if self.tls else ""
         probe = json.dumps(_EXAMPLE_PROBE)
         python, meshserve = try_it_commands()
+        client = f"t.InferenceServerClient('{host}:{s.port}')"
+        curl = "curl -s"
+        if self.tls:
+            t = self.tls
+            client = (f"t.InferenceServerClient('{host}:{s.port}', ssl=True, root_certificates='{t.ca_file}', "
+                      f"private_key='{t.client.key_file}', certificate_chain='{t.client.cert_file}')")
+            curl = (f"curl -s --cacert {shlex.quote(str(t.ca_file))} --cert {shlex.quote(str(t.client.cert_file))} "
+                    f"--key {shlex.quote(str(t.client.key_file))}")
         lines += ["", "Try it:",
-                  f"  {python} -c \"import numpy as np, tritonclient.grpc as t; c = t.InferenceServerClient('{host}:{s.port}'); "
+                  f"  {python} -c \"import numpy as np, tritonclient.grpc as t; c = {client}; "
                   f"x = t.InferInput('features', [1, 4], 'FP32'); x.set_data_from_numpy(np.array([{probe}], np.float32)); "
                   f"print(c.infer('iris', [x]).as_numpy('probabilities'))\""]
         if s.rest_port:
             body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
                                            "data": _EXAMPLE_PROBE}]})
-            lines.append(f"  curl -s -X POST http://{host}:{s.rest_port}/v2/models/iris/infer "
+            lines.append(f"  {curl} -X POST {web}://{host}:{s.rest_port}/v2/models/iris/infer "
                          f"-H 'Content-Type: application/json' -d '{body}'")
         lines.append(f"  {meshserve} list{router_flag} && {meshserve} infer iris --input '[{probe}]'{router_flag}")
         lines += ["", "Ctrl-C stops everything."]

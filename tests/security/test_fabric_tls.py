@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,7 +25,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from cryptography import x509
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -36,7 +34,7 @@ from tests.support.etcd_server import EtcdServer, EtcdServerTls
 from tests.support.fabric import REPO, Fabric
 from tests.support.models import add_onnx
 from tests.support.ports import free_port
-from tests.support.tls import Pki, make_pki
+from tests.support.tls import Pki, make_pki, served_serial
 from tests.support.waiting import wait_until
 
 PASSWORD = "etcd-s3cret-Z9q"
@@ -101,16 +99,6 @@ def _infer(client: grpcclient.InferenceServerClient) -> np.ndarray:
     return client.infer(MODEL, [tensor], client_timeout=60).as_numpy("y")
 
 
-def _served_serial(port: int, pki: Pki) -> int:
-    """The serial of the certificate a new TLS connection to `port` is shown."""
-    context = ssl.create_default_context(cafile=str(pki.ca_file))
-    context.load_cert_chain(str(pki.client.cert_file), str(pki.client.key_file))
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
-
-
 def test_tritonclient_with_ssl_infers_through_the_router_and_rest_takes_https_with_a_client_certificate(fabric, pki):
     with _triton(fabric, pki) as client:
         assert _infer(client).tolist() == (X + 1).tolist()
@@ -157,7 +145,7 @@ def test_with_tritonclient_a_wrong_ca_or_no_client_certificate_fails_the_call(fa
 
 def test_a_certificate_rotated_during_traffic_fails_no_call_and_new_connections_get_it(fabric, pki):
     router_port, rest_port = fabric.routers[0].port, _rest_port(fabric)
-    old = _served_serial(router_port, pki)
+    old = served_serial(router_port, pki)
     assert old == pki.server.serial
     calls, failures, stop = [0], [], threading.Event()
 
@@ -175,9 +163,9 @@ def test_a_certificate_rotated_during_traffic_fails_no_call_and_new_connections_
     try:
         wait_until(lambda: calls[0] >= 20 or failures, 60, "traffic before the rotation")
         fresh = pki.rotate_server()
-        wait_until(lambda: _served_serial(router_port, pki) == fresh.serial, 30, "the router to serve the new certificate")
-        wait_until(lambda: _served_serial(rest_port, pki) == fresh.serial, 30, "REST to serve the new certificate")
-        wait_until(lambda: _served_serial(fabric.runtimes["tls-0"].port, pki) == fresh.serial, 30,
+        wait_until(lambda: served_serial(router_port, pki) == fresh.serial, 30, "the router to serve the new certificate")
+        wait_until(lambda: served_serial(rest_port, pki) == fresh.serial, 30, "REST to serve the new certificate")
+        wait_until(lambda: served_serial(fabric.runtimes["tls-0"].port, pki) == fresh.serial, 30,
                    "the runtime to serve the new certificate")
         after = calls[0]
         wait_until(lambda: calls[0] >= after + 20 or failures, 60, "traffic after the rotation")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,14 @@ def make_pki(folder: Path) -> Pki:
     ca_file = ca.write_ca(folder / "ca.crt")
     other = LocalCa.create("some other CA").write_ca(folder / "other-ca.crt")
     return Pki(folder, ca, ca_file, ca.issue(folder / "server", "server"), ca.issue(folder / "client", "client-a"), other)
+
+
+def served_serial(port: int, pki: Pki) -> int:
+    """The serial of the certificate a new TLS connection to 127.0.0.1:`port` is shown
+    (with the client certificate, for servers that require one; h2 offered, as gRPC wants)."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.load_cert_chain(str(pki.client.cert_file), str(pki.client.key_file))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number

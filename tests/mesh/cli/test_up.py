@@ -233,6 +233,10 @@ def _try_it_lines(banner: str) -> list[str]:
 def test_the_try_it_lines_work_as_printed_from_the_repository_root(up):
     """Each line of the banner's "Try it" block, pasted into a shell in the repository root with
     no venv activated (this Python's bin folder is not on PATH), works."""
+    _check_try_it_lines(up)
+
+
+def _check_try_it_lines(up: UpProcess) -> None:
     bin_dir = Path(os.path.realpath(Path(os.path.abspath(sys.executable)).parent))
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                            if p and os.path.realpath(p) != str(bin_dir))
@@ -309,3 +313,19 @@ def test_taken_port_is_one_line_and_exit_1(tmp_path):
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"port {port}" in result.stderr and "taken" in result.stderr and "--port" in result.stderr
     assert not (tmp_path / "w" / "pids.json").exists()  # nothing was started
+
+
+@pytest.mark.slow  # a whole `up` of its own, the examples built: over a minute on a busy machine
+def test_up_with_tls_serves_only_tls_and_its_try_it_lines_work(tmp_path):
+    """`--tls`: a throwaway CA; the router refuses plaintext, and the printed lines (tritonclient
+    with ssl=True and the client certificate, curl, `meshserve list --tls-*`) work as printed."""
+    tls_up = start_up(tmp_path / "workdir", "--tls", "--runtimes", "1", "--capacity", "256MiB")
+    try:
+        assert "(TLS, mutual TLS required)" in tls_up.text()
+        with grpc.insecure_channel(f"127.0.0.1:{tls_up.port}") as plain, pytest.raises(grpc.RpcError) as refused:
+            mm_grpc.ModelMeshStub(plain).getModelStatus(mm.GetStatusRequest(modelId="iris"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (tls_up.workdir / "tls" / "ca.crt").is_file()
+        _check_try_it_lines(tls_up)
+    finally:
+        assert stop(tls_up) == 0, tls_up.text()

@@ -96,8 +96,8 @@ class TlsSettings(BaseSettings):
     tls_server_name: str = Field("", description="Name expected in the certificates of servers this process calls, "
                                  "when it is not the host dialled (pod IPs); empty: the host.")
     metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "
-                                       "it serves https (modelmesh-serving's default scheme), else http; both empty: "
-                                       "tls_cert_file and tls_key_file, when given (no client certificates asked).")
+                                       "it serves https (modelmesh-serving's default scheme; no client certificates asked), else "
+                                       "http. Re-read when it changes.")
     metrics_tls_key_file: str = Field("", description="PEM private key of the metrics endpoint's certificate.")
 
     @model_validator(mode="after")
@@ -106,10 +106,9 @@ class TlsSettings(BaseSettings):
         return self
 
     def metrics_tls(self) -> dict[str, str]:
-        """`serve_metrics`'s TLS keywords: the metrics files, else the process's own certificate."""
-        if self.metrics_tls_cert_file or self.metrics_tls_key_file:
-            return {"tls_cert_file": self.metrics_tls_cert_file, "tls_key_file": self.metrics_tls_key_file}
-        return {"tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file}
+        """`serve_metrics`'s TLS keywords. The metrics endpoint has files of its own (often the
+        same ones): Prometheus scrapes it with or without TLS whatever the data plane does."""
+        return {"tls_cert_file": self.metrics_tls_cert_file, "tls_key_file": self.metrics_tls_key_file}
 
     def tls_files(self) -> TlsFiles:
         return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_client_auth,

@@ -351,9 +351,10 @@ class _UpTls:
                    ca.issue(folder / "client", "meshserve-user"))
 
     def process_flags(self) -> list[str]:
-        """Every meshserve process: TLS on its listeners (mutual TLS required) and to etcd."""
+        """Every meshserve process: TLS on its listeners (mutual TLS required; metrics without) and to etcd."""
         cert, key, ca = str(self.server.cert_file), str(self.server.key_file), str(self.ca_file)
         return ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-file", ca, "--tls-client-auth", "require",
+                "--metrics-tls-cert-file", cert, "--metrics-tls-key-file", key,
                 "--etcd-tls-ca-file", ca, "--etcd-tls-cert-file", cert, "--etcd-tls-key-file", key]
 
     def etcd_flags(self) -> list[str]:

@@ -28,14 +28,14 @@ ETCD_CONNECTION_KEY = "etcd_connection"
 _LABELS = {"app.kubernetes.io/managed-by": "meshserve-operator", "app.kubernetes.io/part-of": "modelmesh-serving"}
 
 
-def qualified_endpoint(endpoint: str, home_namespace: str) -> str:
-    """`http://host:port` with a bare Service name qualified by the namespace it lives in."""
+def qualified_endpoint(endpoint: str, home_namespace: str, scheme: str = "http") -> str:
+    """`<scheme>://host:port` with a bare Service name qualified by the namespace it lives in."""
     address = endpoint.split("://", 1)[-1].rstrip("/")
     parts = urlsplit(f"//{address}")
     host = parts.hostname or ""
     if _is_ip(host) or host == "localhost" or "." in host:
-        return f"http://{address}"
-    return f"http://{host}.{home_namespace}" + (f":{parts.port}" if parts.port else "")
+        return f"{scheme}://{address}"
+    return f"{scheme}://{host}.{home_namespace}" + (f":{parts.port}" if parts.port else "")
 
 
 def _is_ip(host: str) -> bool:
@@ -47,11 +47,20 @@ def _is_ip(host: str) -> bool:
 
 
 def connection_json(fabric: FabricSettings, home_namespace: str) -> str:
-    """modelmesh-serving's `etcd_connection` JSON for pods of another namespace."""
+    """modelmesh-serving's `etcd_connection` JSON for pods of another namespace; over TLS, the
+    CA and client certificate inline (the operator's own files are not mounted there)."""
+    tls = fabric.etcd_tls_material()
+    scheme = "https" if tls else "http"
     connection: dict[str, str] = {
-        "endpoints": ",".join(qualified_endpoint(e, home_namespace) for e in fabric.etcd_endpoints),
+        "endpoints": ",".join(qualified_endpoint(e, home_namespace, scheme) for e in fabric.etcd_endpoints),
         "root_prefix": fabric.etcd_root.strip("/"),
     }
+    if tls:
+        for key, pem in (("certificate", tls.ca), ("client_certificate", tls.cert), ("client_key", tls.key)):
+            if pem:
+                connection[key] = pem.decode()
+        if tls.server_name:
+            connection["override_authority"] = tls.server_name
     if fabric.etcd_username:
         connection["userid"] = fabric.etcd_username
     if fabric.etcd_password:

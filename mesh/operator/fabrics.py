@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mesh.aio.tasks import AsyncClosing
 from mesh.control.cache_miss import CacheMiss, MissConfig
 from mesh.control.runtime_client import RuntimeClients
+from protos.tls import ClientTls
 from mesh.domain.timings import FabricTimings
 from mesh.etcd.client import EtcdClient
 from mesh.etcd.keys import Keys
@@ -40,10 +41,10 @@ class NamespaceFabrics(AsyncClosing):
     """Namespace -> its fabric, opened on first use over one shared etcd client."""
 
     def __init__(self, client: EtcdClient, *, etcd_root: str, fabric_of: Callable[[str], str],
-                 timings: FabricTimings, on_change: Callable[[], None]) -> None:
+                 timings: FabricTimings, on_change: Callable[[], None], tls: ClientTls | None = None) -> None:
         self._client = client
         self._timings = timings
-        self._runtimes = RuntimeClients()
+        self._runtimes = RuntimeClients(tls=tls)  # cache-miss loads, over TLS in a TLS fabric
         self._root = etcd_root
         self._fabric_of = fabric_of
         self._on_change = on_change

@@ -107,7 +107,7 @@ class Operator(AsyncClosing):
         self.fabrics = NamespaceFabrics(
             client, etcd_root=fabric.etcd_root,
             fabric_of=lambda ns: ns if settings.cluster_scope else fabric.fabric,
-            timings=fabric.timings, on_change=self._wake.set)
+            timings=fabric.timings, on_change=self._wake.set, tls=settings.tls_files().client())
         self._loads = TaskSupervisor("operator-loads")
         self._loading: set[tuple[str, str]] = set()  # (namespace, model id) with a load running
         self._first_round_done = False

@@ -111,9 +111,33 @@ ETCD_SECRET_NAME = "model-serving-etcd"
 ETCD_SECRET_KEY = "etcd_connection"
 ETCD_MOUNT = "/etc/meshserve/etcd"
 #: `tls.secretName` (kubernetes.io/tls: tls.crt, tls.key), mounted for an https /metrics.
-METRICS_TLS_VOLUME = "meshserve-metrics-tls"
-METRICS_TLS_MOUNT = "/etc/meshserve/metrics-tls"
-METRICS_TLS_FILES = (f"{METRICS_TLS_MOUNT}/tls.crt", f"{METRICS_TLS_MOUNT}/tls.key")
+#: `tls.secretName`, mounted into every meshserve container of a fabric (a Kubernetes TLS secret:
+#: tls.crt, tls.key, and ca.crt, which cert-manager writes; for a self-signed certificate, the
+#: certificate itself). Its certificate must name the inference Service: internal calls check that name.
+TLS_VOLUME = "meshserve-tls"
+TLS_MOUNT = "/etc/meshserve/tls"
+TLS_FILES = (f"{TLS_MOUNT}/tls.crt", f"{TLS_MOUNT}/tls.key", f"{TLS_MOUNT}/ca.crt")
+#: The metrics endpoint serves the same certificate (when `metrics.scheme` is https).
+METRICS_TLS_VOLUME, METRICS_TLS_MOUNT, METRICS_TLS_FILES = TLS_VOLUME, TLS_MOUNT, TLS_FILES[:2]
+
+
+def tls_args(config: ServingConfig, client_auth: str = "require") -> list[str]:
+    """A meshserve process's TLS flags from the mounted `tls.secretName` (none without one):
+    internal links use mutual TLS whatever `tls.clientAuth` says, as upstream's do; the router
+    passes the external interface's `tls.clientAuth` instead."""
+    if not config.tls.secret_name:
+        return []
+    cert, key, ca = TLS_FILES
+    return ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-file", ca, "--tls-client-auth", client_auth,
+            "--tls-server-name", config.inference_service_name]
+
+
+def _tls_volume(config: ServingConfig) -> list[dict[str, Any]]:
+    return [{"name": TLS_VOLUME, "secret": {"secretName": config.tls.secret_name}}] if config.tls.secret_name else []
+
+
+def _tls_mount(config: ServingConfig) -> list[dict[str, Any]]:
+    return [{"name": TLS_VOLUME, "mountPath": TLS_MOUNT, "readOnly": True}] if config.tls.secret_name else []
 #: The etcd connection JSON as the agent sees it (for the caller's `agent_args`).
 ETCD_CONNECTION_FILE = f"{ETCD_MOUNT}/{ETCD_SECRET_KEY}"
 PVC_ROOT = "/pvc_mounts"
@@ -470,14 +494,14 @@ def deployment(
         {"name": STORAGE_VOLUME, "mountPath": STORAGE_MOUNT, "readOnly": True},
         *pvc_mounts,
         *socket_mounts,
-        *([{"name": METRICS_TLS_VOLUME, "mountPath": METRICS_TLS_MOUNT, "readOnly": True}] if metrics_tls else []),
+        *_tls_mount(config),
     ]
 
     native = is_native(spec, meshserve_image)
     if native:
         containers = [
-            _native_container(c, spec, agent_args, labels, metrics_port, our_mounts, config.grpc_max_message_size_bytes,
-                              metrics_tls)
+            _native_container(c, spec, [*agent_args, *tls_args(config)], labels, metrics_port, our_mounts,
+                              config.grpc_max_message_size_bytes, metrics_tls)
             if _repository(str(c.get("image", ""))) == _repository(meshserve_image) else c
             for c in containers
         ]
@@ -499,8 +523,7 @@ def deployment(
         volumes.append({"name": SOCKET_VOLUME, "emptyDir": {}})
     volumes.append({"name": ETCD_VOLUME, "secret": {"secretName": etcd_secret}})
     volumes.append({"name": STORAGE_VOLUME, "secret": {"secretName": config.storage_secret_name, "optional": True}})
-    if metrics_tls:
-        volumes.append({"name": METRICS_TLS_VOLUME, "secret": {"secretName": config.tls.secret_name}})
+    volumes.extend(_tls_volume(config))
     volumes.extend({"name": p, "persistentVolumeClaim": {"claimName": p, "readOnly": True}} for p in pvcs)
 
     pod_spec: dict[str, Any] = {
@@ -692,6 +715,7 @@ def router_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG, *,
         ports.append({"name": "http", "containerPort": config.rest_proxy.port})
     if config.metrics.enabled:
         ports.append({"name": "prometheus", "containerPort": config.metrics.port})
+    args += tls_args(config, config.tls.client_auth or "none")  # the external interface: tls.clientAuth
     return _fabric_process("router", namespace, config, ROUTER_POD_LABELS, [*fabric_args, *args], ports,
                            meshserve_image=meshserve_image, replicas=replicas, etcd_secret=etcd_secret)
 
@@ -710,6 +734,7 @@ def controller_deployment(namespace: str, config: ServingConfig = DEFAULT_CONFIG
     if config.metrics.enabled:
         ports.append({"name": "prometheus", "containerPort": CONTROLLER_METRICS_PORT})
     labels = {"app.kubernetes.io/name": "meshserve", "app.kubernetes.io/component": "controller"}
+    args += tls_args(config)
     return _fabric_process("controller", namespace, config, labels, [*fabric_args, *args], ports,
                            meshserve_image=meshserve_image, replicas=replicas, etcd_secret=etcd_secret)
 
@@ -722,7 +747,7 @@ def _fabric_process(component: str, namespace: str, config: ServingConfig, pod_l
     container = {
         "name": component, "image": meshserve_image, "command": ["meshserve"],
         "args": [component, *args, "--etcd-connection-file", ETCD_CONNECTION_FILE], "ports": ports,
-        "volumeMounts": [{"name": ETCD_VOLUME, "mountPath": ETCD_MOUNT, "readOnly": True}],
+        "volumeMounts": [{"name": ETCD_VOLUME, "mountPath": ETCD_MOUNT, "readOnly": True}, *_tls_mount(config)],
         "securityContext": {**copy.deepcopy(_OUR_SECURITY), "readOnlyRootFilesystem": True},
         **_grpc_probes(ports[0]["containerPort"]),
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
@@ -738,7 +763,8 @@ def _fabric_process(component: str, namespace: str, config: ServingConfig, pod_l
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {"containers": [container],
-                         "volumes": [{"name": ETCD_VOLUME, "secret": {"secretName": etcd_secret}}],
+                         "volumes": [{"name": ETCD_VOLUME, "secret": {"secretName": etcd_secret}},
+                                     *_tls_volume(config)],
                          "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}},
             },
         },

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from protos.tls import TlsSettings
 
 __all__ = ["OperatorSettings"]
 
 
-class OperatorSettings(BaseSettings):
-    """What the operator serves and how it builds runtime pools."""
+class OperatorSettings(TlsSettings):
+    """What the operator serves and how it builds runtime pools; its TLS fields are for its calls
+    to runtimes (cache-miss loads) in a fabric with TLS."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_OPERATOR_", extra="forbid")
 

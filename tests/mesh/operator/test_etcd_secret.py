@@ -37,6 +37,19 @@ def test_the_json_is_modelmesh_servings_and_reads_back_as_the_same_connection() 
                                                 "etcd_username": "mesh", "etcd_password": "s3cret"}
 
 
+def test_over_tls_the_json_carries_the_ca_and_client_certificate_inline_and_reads_back_the_same(tmp_path) -> None:
+    ca, cert, key = "-----BEGIN CERTIFICATE-----\nCA\n", "-----BEGIN CERTIFICATE-----\nME\n", "-----BEGIN PRIVATE KEY-----\nK\n"
+    (tmp_path / "client.key").write_text(key)  # a file on the operator's side becomes text for the other namespace
+    fabric = FabricSettings(etcd="etcd:2379", etcd_tls_ca_pem=ca, etcd_tls_cert_pem=cert,
+                            etcd_tls_key_file=str(tmp_path / "client.key"), etcd_tls_server_name="etcd-internal")
+    document = json.loads(connection_json(fabric, "home"))
+    assert document["endpoints"] == "https://etcd.home:2379"
+    assert (document["certificate"], document["client_certificate"], document["client_key"],
+            document["override_authority"]) == (ca, cert, key, "etcd-internal")
+    again = FabricSettings(**etcd_connection_values(json.dumps(document))).etcd_tls_material()
+    assert again == fabric.etcd_tls_material() and again.key == key.encode()
+
+
 def test_without_credentials_the_json_names_none() -> None:
     assert set(json.loads(connection_json(FabricSettings(etcd="127.0.0.1:2379"), "home"))) == {"endpoints", "root_prefix"}
 

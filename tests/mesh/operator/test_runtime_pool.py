@@ -493,8 +493,39 @@ def test_without_a_tls_secret_metrics_stay_http_whatever_the_scheme() -> None:
         config, _ = parse_config(text)
         d = _build(_native_spec(), config=config)
         assert d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "http"
-        assert rp.METRICS_TLS_VOLUME not in _volumes(d)
+        assert (rp.TLS_VOLUME in _volumes(d)) == bool(config.tls.secret_name)  # mounted for gRPC TLS only
         assert "--metrics-tls-cert-file" not in _containers(d)["meshserve"]["args"]
+
+
+def test_a_tls_secret_puts_every_meshserve_process_of_the_fabric_on_tls_with_internal_mutual_tls() -> None:
+    """tls.secretName: the runtime, router and controller serve TLS from the mounted secret and
+    call each other with it (mutual TLS inside, checking the Service's name); the router's
+    own listeners ask clients for what tls.clientAuth says. Every object validates."""
+    from mesh.cli import controller as controller_cli
+    from router import server as router_cli
+    from mesh.cli import runtime as runtime_cli
+
+    config, _ = parse_config("tls:\n  secretName: mesh-tls\n  clientAuth: optional\n")
+    cert, key, ca = rp.TLS_FILES
+    native = _build(_native_spec(), config=config)
+    runtime = _containers(native)["meshserve"]
+    assert _volumes(native)[rp.TLS_VOLUME]["secret"] == {"secretName": "mesh-tls"}
+    assert _mounts(runtime)[rp.TLS_VOLUME] == rp.TLS_MOUNT
+    parsed = runtime_cli.build_parser().parse_args(runtime["args"][1:])
+    assert (parsed.tls_cert_file, parsed.tls_key_file, parsed.tls_ca_file, parsed.tls_client_auth,
+            parsed.tls_server_name) == (cert, key, ca, "require", config.inference_service_name)
+    fabric_args = ["--fabric", "team-a"]
+    router = _valid(rp.router_deployment("team-a", config, meshserve_image=IMAGE, fabric_args=fabric_args))
+    controller = _valid(rp.controller_deployment("team-a", config, meshserve_image=IMAGE, fabric_args=fabric_args))
+    for deployment, cli, client_auth in ((router, router_cli, "optional"), (controller, controller_cli, "require")):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert _mounts(container)[rp.TLS_VOLUME] == rp.TLS_MOUNT
+        assert _volumes(deployment)[rp.TLS_VOLUME]["secret"] == {"secretName": "mesh-tls"}
+        parsed = cli.build_parser().parse_args(container["args"][1:])
+        assert (parsed.tls_cert_file, parsed.tls_ca_file, parsed.tls_client_auth) == (cert, ca, client_auth)
+    plain = _valid(rp.router_deployment("team-a", DEFAULT_CONFIG, meshserve_image=IMAGE, fabric_args=fabric_args))
+    assert "--tls-cert-file" not in plain["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert rp.TLS_VOLUME not in _volumes(plain)
 
 
 def test_the_native_rule_is_the_image_repository() -> None:

@@ -378,17 +378,18 @@ _OUR_SECURITY = {
 }
 
 
-def _grpc_probes(port: int) -> dict[str, Any]:
+def _grpc_probes(port: int, tls: bool = False) -> dict[str, Any]:
     # Upstream's numbers for the mm container: ready quickly, killed only after 90 s + 2 misses.
     # grpc.health.v1 on the port: the runtime and the agent answer SERVING once READY. The
     # startup probe gives a slow runtime behind an agent (which waits up to 300 s for it) time
-    # before liveness may restart the pod.
+    # before liveness may restart the pod. The kubelet's gRPC probe speaks plaintext only: a
+    # port on TLS is probed by TCP.
+    check: dict[str, Any] = {"tcpSocket": {"port": port}} if tls else {"grpc": {"port": port}}
     return {
-        "startupProbe": {"grpc": {"port": port}, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 66},
-        "readinessProbe": {"grpc": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 5,
-                           "timeoutSeconds": 1},
-        "livenessProbe": {"grpc": {"port": port}, "initialDelaySeconds": 90, "periodSeconds": 30,
-                          "timeoutSeconds": 5, "failureThreshold": 2},
+        "startupProbe": {**check, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 66},
+        "readinessProbe": {**check, "initialDelaySeconds": 5, "periodSeconds": 5, "timeoutSeconds": 1},
+        "livenessProbe": {**check, "initialDelaySeconds": 90, "periodSeconds": 30, "timeoutSeconds": 5,
+                          "failureThreshold": 2},
     }
 
 
@@ -685,7 +686,7 @@ def _native_container(
         "ports": _add_ports(container.get("ports") or (), ports),
         "volumeMounts": [*copy.deepcopy(mounts), *(container.get("volumeMounts") or ())],
         "securityContext": {**(container.get("securityContext") or {}), **copy.deepcopy(_OUR_SECURITY)},
-        **_grpc_probes(port),
+        **_grpc_probes(port, tls="--tls-cert-file" in args),
     }
     return result
 
@@ -749,7 +750,7 @@ def _fabric_process(component: str, namespace: str, config: ServingConfig, pod_l
         "args": [component, *args, "--etcd-connection-file", ETCD_CONNECTION_FILE], "ports": ports,
         "volumeMounts": [{"name": ETCD_VOLUME, "mountPath": ETCD_MOUNT, "readOnly": True}, *_tls_mount(config)],
         "securityContext": {**copy.deepcopy(_OUR_SECURITY), "readOnlyRootFilesystem": True},
-        **_grpc_probes(ports[0]["containerPort"]),
+        **_grpc_probes(ports[0]["containerPort"], tls=bool(config.tls.secret_name)),
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     }
     container.pop("startupProbe")  # these start in seconds; liveness waits its initial delay

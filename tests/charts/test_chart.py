@@ -98,6 +98,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "auth": {"auth": {"managementTokenSecret": "mgmt-tokens", "inferenceTokenSecret": "infer-tokens",
                       "inferenceTokenKey": "list", "managementClientIdentities": ["ops.example.com", "ci"]}},
     "grafana-dashboard": {"dashboards": {"grafana": {"enabled": True, "annotations": {"grafana_folder": "Serving"}}}},
+    "tls": {"tls": {"secretName": "serving-tls", "clientAuth": "optional"}},
     "digest-and-no-tests": {
         "image": {"digest": "sha256:" + "ab" * 32},
         "tests": {"enabled": False},
@@ -657,6 +658,36 @@ def test_router_command_line_parses(scenario, tmp_path):
     assert settings.native_front == ("--inference-token-file" not in args)
 
 
+def test_tls_puts_the_charts_pods_and_the_runtime_pools_on_tls_from_the_secret(chart, tmp_path):
+    rendered = render(chart, SCENARIOS["tls"])
+    assert rendered.serving_config().tls.secret_name == "serving-tls"  # the operator's pools follow it
+    assert rendered.serving_config().tls.client_auth == "optional"
+    cert, key, ca = rp.TLS_FILES  # the chart mounts the secret where the operator does
+    parsers = {"router": (router_cli, RouterSettings, "optional"), "controller": (controller_cli, ControllerSettings, "require"),
+               "operator": (operator_cli, OperatorSettings, "none")}
+    for component, (cli, settings_class, client_auth) in parsers.items():
+        container = rendered.container(component)
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["tls"] == rp.TLS_MOUNT
+        volumes = {v["name"]: v for v in rendered.workload(component)["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == "serving-tls"
+        args = _args_of(container, component)
+        parsed = cli.build_parser().parse_args(_with_file(args, _connection_file(rendered, tmp_path)))
+        settings = read_settings(settings_class, parsed, kind=component, environ={})
+        assert (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.tls_client_auth,
+                settings.tls_server_name) == (cert, key, ca, client_auth, "modelmesh-serving"), component
+        if component != "operator":
+            assert "tcpSocket" in container["readinessProbe"], "the kubelet's gRPC probe has no TLS"
+    runtime = _runtime_deployment(rendered)["spec"]["template"]["spec"]["containers"][0]
+    assert "--tls-cert-file" in runtime["args"] and "tcpSocket" in runtime["readinessProbe"]
+    assert rendered.of("Pod") == []  # the plaintext `helm test` hook is left out
+
+
+def test_tls_given_twice_fails_the_render(chart):
+    with pytest.raises(Exception, match="tls is set twice"):
+        render(chart, {"tls": {"secretName": "a"}, "servingConfig": {"extra": {"tls": {"secretName": "b"}}}})
+
+
 def test_runtime_command_line_parses_and_is_native(scenario, monkeypatch):
     deployment = _runtime_deployment(scenario)
     kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
@@ -746,8 +777,8 @@ def test_probes_use_grpc_health_unless_switched_off(chart, defaults):
 
 def test_test_hook_calls_the_router(scenario):
     pods = scenario.of("Pod")
-    if scenario.values.get("tests", {}).get("enabled", True) is False:
-        assert pods == []
+    if scenario.values.get("tests", {}).get("enabled", True) is False or scenario.values.get("tls"):
+        assert pods == []  # off, or left out under TLS (it calls in plaintext)
         return
     (pod,) = pods
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"

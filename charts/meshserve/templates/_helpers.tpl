@@ -137,6 +137,32 @@ model-serving-etcd
 {{- end }}
 {{- end -}}
 
+{{/* Where tls.secretName is mounted (runtime_pool.TLS_MOUNT). */}}
+{{- define "meshserve.tlsMount" -}}/etc/meshserve/tls{{- end -}}
+
+{{/*
+A process's TLS flags from the mounted tls.secretName, as YAML list items (nothing without one).
+Call with (dict "root" $ "clientAuth" "require"): internal links are mutual TLS; the router passes
+tls.clientAuth; "" leaves the listeners' client certificates alone (the operator has none).
+*/}}
+{{- define "meshserve.tlsArgs" -}}
+{{- if .root.Values.tls.secretName }}
+{{- $m := include "meshserve.tlsMount" .root }}
+- --tls-cert-file
+- {{ $m }}/tls.crt
+- --tls-key-file
+- {{ $m }}/tls.key
+- --tls-ca-file
+- {{ $m }}/ca.crt
+- --tls-server-name
+- modelmesh-serving
+{{- if .clientAuth }}
+- --tls-client-auth
+- {{ .clientAuth }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* The environment every meshserve container gets. */}}
 {{- define "meshserve.env" -}}
 - name: POD_NAME
@@ -158,6 +184,11 @@ model-serving-etcd
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if .Values.tls.secretName }}
+- name: tls
+  mountPath: {{ include "meshserve.tlsMount" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "meshserve.volumes" -}}
@@ -167,6 +198,11 @@ model-serving-etcd
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- if .Values.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -175,7 +211,7 @@ grpc.health.v1 (probes.grpcHealth, the default), else TCP on the gRPC port for a
 */}}
 {{- define "meshserve.grpcProbes" -}}
 {{- $check := "" -}}
-{{- if .root.Values.probes.grpcHealth -}}
+{{- if and .root.Values.probes.grpcHealth (not .root.Values.tls.secretName) -}}
 {{- $check = printf "grpc:\n    port: %d" (int .port) -}}
 {{- else -}}
 {{- $check = printf "tcpSocket:\n    port: %s" .portName -}}

@@ -511,6 +511,7 @@ def test_a_tls_secret_puts_every_meshserve_process_of_the_fabric_on_tls_with_int
     runtime = _containers(native)["meshserve"]
     assert _volumes(native)[rp.TLS_VOLUME]["secret"] == {"secretName": "mesh-tls"}
     assert _mounts(runtime)[rp.TLS_VOLUME] == rp.TLS_MOUNT
+    assert runtime["readinessProbe"]["tcpSocket"] == {"port": 8085}
     parsed = runtime_cli.build_parser().parse_args(runtime["args"][1:])
     assert (parsed.tls_cert_file, parsed.tls_key_file, parsed.tls_ca_file, parsed.tls_client_auth,
             parsed.tls_server_name) == (cert, key, ca, "require", config.inference_service_name)
@@ -523,6 +524,7 @@ def test_a_tls_secret_puts_every_meshserve_process_of_the_fabric_on_tls_with_int
         assert _volumes(deployment)[rp.TLS_VOLUME]["secret"] == {"secretName": "mesh-tls"}
         parsed = cli.build_parser().parse_args(container["args"][1:])
         assert (parsed.tls_cert_file, parsed.tls_ca_file, parsed.tls_client_auth) == (cert, ca, client_auth)
+        assert "tcpSocket" in container["readinessProbe"]  # the kubelet's gRPC probe has no TLS
     plain = _valid(rp.router_deployment("team-a", DEFAULT_CONFIG, meshserve_image=IMAGE, fabric_args=fabric_args))
     assert "--tls-cert-file" not in plain["spec"]["template"]["spec"]["containers"][0]["args"]
     assert rp.TLS_VOLUME not in _volumes(plain)

@@ -91,8 +91,9 @@ class TlsSettings(BaseSettings):
                              "its clients with tls_client_auth, must chain to; given alone, calls out use TLS "
                              "without a certificate of their own. Empty: the system's CAs.")
     tls_client_auth: ClientAuth = Field("none", description="Mutual TLS on this process's listeners "
-                                        "(modelmesh-serving's tls.clientAuth): require (no client certificate, no "
-                                        "connection), optional (checked when shown), none.")
+                                        "(modelmesh-serving's tls.clientAuth): require (no client certificate from "
+                                        "tls_ca_file, no connection), optional (REST checks one when shown; gRPC "
+                                        "lets every client in, grpcio asks for none), none.")
     tls_server_name: str = Field("", description="Name expected in the certificates of servers this process calls, "
                                  "when it is not the host dialled (pod IPs); empty: the host.")
     metrics_tls_cert_file: str = Field("", description="PEM certificate of the metrics endpoint; with metrics_tls_key_file "

@@ -139,6 +139,21 @@ def _read(path: str, what: str) -> bytes:
     return data
 
 
+def _pair(cert: bytes, key: bytes) -> bool:
+    """The key is the certificate's: checked on the bytes read, so that a rotation replacing
+    the files between two reads can never pair one's certificate with the other's key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        public = x509.load_pem_x509_certificate(cert).public_key().public_bytes(der, spki)
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return False
+    return private.public_key().public_bytes(der, spki) == public
+
+
 @dataclass(frozen=True)
 class _Material:
     cert: bytes | None
@@ -163,16 +178,13 @@ class _Watched:
         cert = _read(f.cert_file, "certificate") if f.cert_file else None
         key = _read(f.key_file, "key") if f.key_file else None
         ca = _read(f.ca_file, "CA") if f.ca_file else None
-        if f.cert_file:  # a certificate and key that do not match fail here, naming the files
+        if cert is not None and key is not None and not _pair(cert, key):
+            raise ValueError(f"cannot load the TLS certificate {f.cert_file} with key {f.key_file}: the key is not "
+                             "the certificate's (or does not parse)")
+        if ca is not None:
             try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(f.cert_file, f.key_file)
-            except (OSError, ssl.SSLError) as error:
-                raise ValueError(f"cannot load the TLS certificate {f.cert_file} with key {f.key_file}: "
-                                 f"{getattr(error, 'reason', None) or type(error).__name__}") from None
-        if f.ca_file:
-            try:
-                ssl.create_default_context(cafile=f.ca_file)
-            except (OSError, ssl.SSLError) as error:
+                ssl.create_default_context(cadata=ca.decode("ascii", "replace"))
+            except (ValueError, ssl.SSLError) as error:
                 raise ValueError(f"cannot load the TLS CA {f.ca_file}: "
                                  f"{getattr(error, 'reason', None) or type(error).__name__}") from None
         return _Material(cert, key, ca)
@@ -189,6 +201,8 @@ class _Watched:
                 material = self._load()
             except ValueError as error:
                 log.warning("TLS files changed but do not load yet, keeping the previous ones: %s", error)
+                return False
+            if _signature(self._paths) != signature:  # replaced while being read: read again next time
                 return False
             self._seen, self.material = signature, material
             self.generation += 1
@@ -227,9 +241,14 @@ class ServerTls:
         built = {"generation": -1, "context": None}
 
         def current() -> ssl.SSLContext:
-            if built["generation"] != self._watched.generation:
-                built["context"] = self._build(verify, current_callback)
-                built["generation"] = self._watched.generation
+            generation = self._watched.generation
+            if built["generation"] != generation:
+                try:  # ssl reads the pair from the files again: a rotation under way may not load yet
+                    built["context"] = self._build(verify, current_callback)
+                    built["generation"] = generation
+                except (OSError, ssl.SSLError):
+                    if built["context"] is None:
+                        raise
             return built["context"]
 
         def current_callback(sock: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:

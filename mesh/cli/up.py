@@ -56,6 +56,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -345,8 +346,9 @@ class _UpTls:
     @classmethod
     def make(cls, folder: Path, host: str) -> _UpTls:
         ca = LocalCa.create("meshserve up throwaway CA")
+        hostname = socket.gethostname()
         names = tuple(dict.fromkeys((*LOOPBACK_NAMES, *([host] if host not in ("0.0.0.0", "::") else []),
-                                     socket.gethostname())))
+                                     *([hostname] if re.fullmatch(r"[A-Za-z0-9.-]+", hostname) else []))))
         return cls(ca.write_ca(folder / "ca.crt"), ca.issue(folder / "server", "meshserve", names),
                    ca.issue(folder / "client", "meshserve-user"))
 

@@ -82,8 +82,8 @@ def fabric(tmp_path_factory, pki) -> Iterator[Fabric]:
 
 
 def _rest_port(fabric: Fabric) -> int:
-    argv = fabric.routers[0].process.args
-    return int(argv[len(argv) - 1 - argv[::-1].index("--rest-port") + 1])
+    args = fabric.routers[0].process.args  # the last --rest-port given wins, as argparse reads it
+    return int(args[max(i for i, a in enumerate(args) if a == "--rest-port") + 1])
 
 
 def _triton(fabric: Fabric, pki: Pki, *, with_cert: bool = True, ca: Path | None = None) -> grpcclient.InferenceServerClient:
@@ -149,7 +149,7 @@ def test_a_certificate_rotated_during_traffic_fails_no_call_and_new_connections_
     assert old == pki.server.serial
     calls, failures, stop = [0], [], threading.Event()
 
-    def traffic() -> None:
+    def kept_connection() -> None:
         with _triton(fabric, pki) as client:  # one connection, made before the rotation and kept through it
             while not stop.is_set():
                 try:
@@ -158,8 +158,18 @@ def test_a_certificate_rotated_during_traffic_fails_no_call_and_new_connections_
                 except Exception as error:  # noqa: BLE001 - every failure is the finding
                     failures.append(repr(error))
 
-    thread = threading.Thread(target=traffic, name="tls-traffic")
-    thread.start()
+    def new_connections() -> None:
+        while not stop.is_set():  # a handshake per call, some of them while the files are being replaced
+            try:
+                with _triton(fabric, pki) as client:
+                    assert _infer(client).tolist() == (X + 1).tolist()
+            except Exception as error:  # noqa: BLE001
+                failures.append(repr(error))
+
+    threads = [threading.Thread(target=kept_connection, name="tls-kept"),
+               threading.Thread(target=new_connections, name="tls-new")]
+    for thread in threads:
+        thread.start()
     try:
         wait_until(lambda: calls[0] >= 20 or failures, 60, "traffic before the rotation")
         fresh = pki.rotate_server()
@@ -171,7 +181,8 @@ def test_a_certificate_rotated_during_traffic_fails_no_call_and_new_connections_
         wait_until(lambda: calls[0] >= after + 20 or failures, 60, "traffic after the rotation")
     finally:
         stop.set()
-        thread.join(60)
+        for thread in threads:
+            thread.join(60)
     assert failures == []
     with _triton(fabric, pki) as client:  # a new client after the rotation
         assert _infer(client).tolist() == (X + 1).tolist()
@@ -187,7 +198,7 @@ def _secrets(pki: Pki) -> dict[str, str]:
     return found
 
 
-def test_no_log_holds_the_etcd_password_or_a_private_key_even_when_etcd_refuses_the_password(fabric, pki, tmp_path):
+def test_no_log_status_or_metrics_hold_the_etcd_password_or_a_private_key_even_when_etcd_refuses_the_password(fabric, pki, tmp_path):
     wrong = "not-" + PASSWORD
     connection = _connection_file(tmp_path / "bad", fabric.etcd, pki, wrong)
     log_path = tmp_path / "refused-router.log"
@@ -201,7 +212,15 @@ def test_no_log_holds_the_etcd_password_or_a_private_key_even_when_etcd_refuses_
     finally:
         refused.kill()
         refused.wait(10)
-    logs = {"refused router": log_path.read_text(errors="replace"),
+    status = subprocess.run([sys.executable, "-m", "mesh.cli", "status", MODEL, "--router",
+                             f"127.0.0.1:{fabric.routers[0].port}", "--tls-ca-file", str(pki.ca_file),
+                             "--tls-cert-file", str(pki.client.cert_file), "--tls-key-file", str(pki.client.key_file)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert status.returncode == 0 and MODEL in status.stdout, status.stderr  # the CLI over mutual TLS
+    metrics_url = f"http://127.0.0.1:{fabric.runtimes['tls-0'].metrics_port}/metrics"
+    logs = {"status": status.stdout + status.stderr,
+            "runtime metrics": urllib.request.urlopen(metrics_url, timeout=10).read().decode(),
+            "refused router": log_path.read_text(errors="replace"),
             **{f"runtime {n}": r.log() for n, r in fabric.runtimes.items()},
             **{f"controller {i}": c.log() for i, c in enumerate(fabric.controllers)},
             **{f"router {i}": r.log() for i, r in enumerate(fabric.routers)}}

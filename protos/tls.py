@@ -27,9 +27,12 @@ import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
@@ -131,7 +134,7 @@ def _signature(paths: Sequence[str]) -> tuple[Any, ...]:
 
 def _read(path: str, what: str) -> bytes:
     try:
-        data = open(path, "rb").read()  # noqa: SIM115 - small file, closed by refcount
+        data = Path(path).read_bytes()
     except OSError as error:
         raise ValueError(f"cannot read the TLS {what} {path}: {error.strerror or error}") from None
     if b"-----BEGIN" not in data:
@@ -142,14 +145,11 @@ def _read(path: str, what: str) -> bytes:
 def _pair(cert: bytes, key: bytes) -> bool:
     """The key is the certificate's: checked on the bytes read, so that a rotation replacing
     the files between two reads can never pair one's certificate with the other's key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     try:
         public = x509.load_pem_x509_certificate(cert).public_key().public_bytes(der, spki)
         private = serialization.load_pem_private_key(key, password=None)
-    except (ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - anything that does not parse (an unsupported key type too) is no pair
         return False
     return private.public_key().public_bytes(der, spki) == public
 

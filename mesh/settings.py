@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mesh.domain.timings import DEFAULT_TIMINGS, FabricTimings
 from mesh.etcd.client import EtcdClient, EtcdTls
 from mesh.etcd.keys import DEFAULT_FABRIC, DEFAULT_ROOT, Keys
+from protos.tls import read_pem
 
 __all__ = ["FabricSettings", "etcd_connection_values"]
 
@@ -115,15 +116,7 @@ class FabricSettings(BaseSettings):
 def _pem(text: str, path: str, what: str) -> bytes | None:
     if text:
         return text.encode()
-    if not path:
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ValueError(f"cannot read the etcd TLS {what} {path}: {error.strerror or error}") from None
-    if b"-----BEGIN" not in data:
-        raise ValueError(f"the etcd TLS {what} {path} is not PEM")
-    return data
+    return read_pem(path, f"etcd TLS {what}") if path else None
 
 
 #: etcd_connection's TLS keys (IBM etcd-java's schema, which modelmesh reads) and the settings they fill.

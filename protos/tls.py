@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
 __all__ = ["ClientAuth", "ClientTls", "ServerTls", "TlsFiles", "TlsSettings", "add_port", "aio_channel",
-           "sync_channel"]
+           "read_pem", "sync_channel"]
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,14 @@ def _signature(paths: Sequence[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _read(path: str, what: str) -> bytes:
+def read_pem(path: str, what: str) -> bytes:
+    """The PEM file's bytes; ValueError naming `what` and the file (never its content)."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise ValueError(f"cannot read the TLS {what} {path}: {error.strerror or error}") from None
+        raise ValueError(f"cannot read the {what} {path}: {error.strerror or error}") from None
     if b"-----BEGIN" not in data:
-        raise ValueError(f"the TLS {what} {path} is not PEM")
+        raise ValueError(f"the {what} {path} is not PEM")
     return data
 
 
@@ -175,9 +176,9 @@ class _Watched:
 
     def _load(self) -> _Material:
         f = self.files
-        cert = _read(f.cert_file, "certificate") if f.cert_file else None
-        key = _read(f.key_file, "key") if f.key_file else None
-        ca = _read(f.ca_file, "CA") if f.ca_file else None
+        cert = read_pem(f.cert_file, "TLS certificate") if f.cert_file else None
+        key = read_pem(f.key_file, "TLS key") if f.key_file else None
+        ca = read_pem(f.ca_file, "TLS CA") if f.ca_file else None
         if cert is not None and key is not None and not _pair(cert, key):
             raise ValueError(f"cannot load the TLS certificate {f.cert_file} with key {f.key_file}: the key is not "
                              "the certificate's (or does not parse)")

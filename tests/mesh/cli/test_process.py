@@ -26,7 +26,7 @@ from router import server as router_server
 from router.settings import RouterSettings
 from tests.support.fabric import REPO
 from tests.support.ports import free_port
-from tests.support.tls import self_signed
+from tests.support.tls import make_pki, self_signed
 
 
 class Example(BaseSettings):
@@ -169,3 +169,19 @@ def test_a_bad_setting_exits_1_with_one_line():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "meshserve runtime: bad setting capacity: Value error, not a size: '12XB' (examples: 2GiB, 512MiB, 1.5G, 1048576)"]
+
+
+def test_tls_files_that_do_not_load_and_tls_with_the_native_front_stop_the_router_with_one_line(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    base = ("router", "--etcd", "127.0.0.1:1", "--host", "127.0.0.1", "--port", str(free_port()), "--rest-port", "0",
+            "--metrics-port", "0")
+    tls = ("--tls-cert-file", str(pki.server.cert_file), "--tls-key-file", str(pki.server.key_file))
+    result = _run(*base, *tls, "--native-front")
+    assert result.returncode == 1, result.stderr
+    assert _last_line(result) == ("meshserve router: cannot start: --native-front does not serve TLS yet: without "
+                                  "--tls-cert-file, or without --native-front")
+    result = _run(*base, "--tls-cert-file", str(pki.server.cert_file), "--tls-key-file", str(pki.client.key_file))
+    assert result.returncode == 1, result.stderr
+    assert _last_line(result).startswith(f"meshserve router: cannot start: cannot load the TLS certificate "
+                                         f"{pki.server.cert_file} with key {pki.client.key_file}")
+    assert "Traceback" not in result.stderr and "PRIVATE KEY" not in result.stderr

@@ -654,8 +654,8 @@ def test_router_command_line_parses(scenario, tmp_path):
     _check_fabric(scenario, read_settings(FabricSettings, parsed, kind="router", environ={}))
     assert (settings.port, settings.rest_port, settings.metrics_port) == (8033, 8008, 2112)
     assert settings.workers == 1
-    # The native front by default; never beside inference tokens, which it does not check.
-    assert settings.native_front == ("--inference-token-file" not in args)
+    # The native front by default; never beside inference tokens, which it does not check, nor TLS.
+    assert settings.native_front == ("--inference-token-file" not in args and "--tls-cert-file" not in args)
 
 
 def test_tls_puts_the_charts_pods_and_the_runtime_pools_on_tls_from_the_secret(chart, tmp_path):

@@ -8,7 +8,10 @@ tenths of a millisecond of compute, "a model with real work per call"), a privat
 holding an `instances/<id>` record that describes it, and two real `meshserve router`
 processes watching that fabric: `unary` (`--no-instance-streams`) and `stream`; with --bare,
 a bare grpc.aio proxy process too (`bench/bare_proxy.py`, the floor of any unary Python
-hop); with --kserve-venv, KServe's ModelServer serving the same `add` file on its gRPC V2
+hop); with --native, a bare C++ unary proxy (`bench/native_proxy`, built with make: the floor
+of a native hop); with --native-front, a third router, `nfront`, with its native front
+(`--native-front`, `make native` first), whose CPU is its own and its front's, and on which
+the targets below are then checked; with --kserve-venv, KServe's ModelServer serving the same `add` file on its gRPC V2
 port (`bench/kserve_onnx_server.py`, one ONNX Runtime thread, run in that venv, which the
 bench creates with pip when it is missing: kserve is not a meshserve dependency). Each
 router is its own process, so its CPU time can be read from /proc/<pid>/stat.

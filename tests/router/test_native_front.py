@@ -34,16 +34,17 @@ from tests.router.test_stream import (  # noqa: F401 - fixtures shared with the 
     DATATYPES,
     OFFSETS,
     _add_input,
-    _failed_count,
-    _gated_infer,
     _infer_sync,
+    a_caller_that_goes_away_cancels_the_call_on_the_runtime,
+    calls_in_flight_on_a_killed_runtime_retry_elsewhere,
+    concurrent_callers_failures,
     datatype_sample,
     gated,
     own_runtime,
     stream_runtime,
     stream_store,
+    the_callers_deadline_reaches_the_runtime,
 )
-from tests.support import gated_estimator
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
@@ -139,23 +140,9 @@ async def test_16_mib_messages_pass_both_ways(routed):
 
 
 async def test_concurrent_callers_get_their_own_answers(routed):
-    """Many callers on one instance's stream from the front, three models with their own
-    offsets: a reply handed to the wrong caller would show as a wrong value."""
+    """Many callers on one instance's stream from the front get their own answers."""
     _, address, registry = routed
-    names = list(OFFSETS)
-    failures: list[str] = []
-
-    async def caller(client, n: int) -> None:
-        for i in range(30):
-            model = names[(n + i) % len(names)]
-            x = np.full((1, 4), n * 1000 + i, dtype=np.float32)
-            result = await client.infer(model, _add_input(x, aioclient), request_id=f"{n}-{i}")
-            if result.get_response().id != f"{n}-{i}" or not np.array_equal(result.as_numpy("y"), x + OFFSETS[model]):
-                failures.append(f"caller {n} call {i} ({model}): {result.as_numpy('y')}")
-
-    async with aioclient.InferenceServerClient(address) as client:
-        await asyncio.gather(*(caller(client, n) for n in range(8)))
-    assert failures == []
+    assert await concurrent_callers_failures(address) == []
     await asyncio.to_thread(_answered_here, registry, 8 * 30)
 
 
@@ -284,54 +271,30 @@ async def test_other_methods_streams_and_health_go_through(routed):
 
 
 # -- slow calls: deadline, cancellation, a runtime dying -------------------------------------------
+def _native_router(native):
+    async def start():
+        running, address, _ = await native()
+        return running, address
+
+    return start
+
+
 async def test_the_callers_deadline_reaches_the_runtime(fabric, native, gated, own_runtime):
-    gate, started, model = gated
-    runtime = own_runtime()
-    runtime.load("slow", model("slow"), "sklearn")
-    await fabric.publish("g0", runtime, ["slow"])
-    running, address, _ = await native()
-    with pytest.raises(InferenceServerException) as raised:
-        await asyncio.to_thread(_gated_infer, address, client_timeout=1.0)
-    assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-    assert gated_estimator.started(started) == 1
-    await asyncio.to_thread(wait_until, lambda: _failed_count(runtime, "slow") == 1, 10, "the runtime to drop the call")
-    assert not gate.exists() and running.router.streamed_calls() == {}
+    running, _ = await the_callers_deadline_reaches_the_runtime(fabric, _native_router(native), gated, own_runtime)
+    assert running.router.streamed_calls() == {}  # the front's call, not the Python router's
 
 
 async def test_a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, native, gated, own_runtime):
-    gate, started, model = gated
-    runtime = own_runtime()
-    runtime.load("slow", model("slow"), "sklearn")
-    await fabric.publish("g0", runtime, ["slow"])
-    running, address, _ = await native()
-    tensor = aioclient.InferInput("input-0", [1, 1], "FP64")
-    tensor.set_data_from_numpy(np.array([[5.0]]))
-    async with aioclient.InferenceServerClient(address) as client:
-        call = asyncio.create_task(client.infer("slow", [tensor], client_timeout=60))
-        await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) == 1, 10, "the model to start")
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-    await asyncio.to_thread(wait_until, lambda: _failed_count(runtime, "slow") == 1, 10, "the runtime to drop the call")
-    assert not gate.exists() and running.router.streamed_calls() == {}
+    running, _ = await a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, _native_router(native), gated,
+                                                                               own_runtime)
+    assert running.router.streamed_calls() == {}
 
 
 async def test_calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, native, gated, own_runtime, tmp_path):
-    gate, started, model = gated
-    doomed, survivor = own_runtime(), own_runtime()
-    doomed.load("slow", model("doomed", offset=0.0), "sklearn")  # never answers: its gate stays shut
-    open_gate = tmp_path / "open"
-    open_gate.touch()
-    survivor.load("slow", model("survivor", offset=100.0, gate_path=open_gate), "sklearn")
-    await fabric.publish("doomed", doomed, ["slow"])
-    running, address, _ = await native()
-    calls = [asyncio.create_task(asyncio.to_thread(_gated_infer, address, client_timeout=60)) for _ in range(4)]
-    await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) >= 1, 10, "calls to reach the runtime")
-    await fabric.publish("survivor", survivor, ["slow"])
-    doomed.process.kill()
-    doomed.process.wait(10)
-    results = await asyncio.wait_for(asyncio.gather(*calls), 30)
-    assert [r.tolist() for r in results] == [[105.0]] * 4
+    """The front hands the 4 calls over when their stream breaks; the Python router sends them to the survivor."""
+    running, survivor = await calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, _native_router(native), gated,
+                                                                                  own_runtime, tmp_path)
+    assert running.router.streamed_calls().get(survivor.address) == 4
 
 
 async def test_a_runtime_without_the_stream_gets_unary_calls(fabric, native, own_runtime, stream_store):

@@ -160,10 +160,9 @@ async def test_a_reply_over_the_routers_limit_fails_alone(routed, stream_runtime
     assert (await asyncio.to_thread(call, small)).tolist() == (small + 1).tolist()
 
 
-async def test_concurrent_callers_get_their_own_answers(routed, stream_runtime):
-    """Many callers on one instance's stream, three models with their own offsets: a reply
-    handed to the wrong caller would show as a wrong value."""
-    running, address = routed
+async def concurrent_callers_failures(address: str) -> list[str]:
+    """8 callers x 30 calls over three models with their own offsets (a reply handed to the
+    wrong caller would show as a wrong value); what went wrong, if anything."""
     names = list(OFFSETS)
     failures: list[str] = []
 
@@ -177,7 +176,13 @@ async def test_concurrent_callers_get_their_own_answers(routed, stream_runtime):
 
     async with aioclient.InferenceServerClient(address) as client:
         await asyncio.gather(*(caller(client, n) for n in range(8)))
-    assert failures == []
+    return failures
+
+
+async def test_concurrent_callers_get_their_own_answers(routed, stream_runtime):
+    """Many callers on one instance's stream get their own answers."""
+    running, address = routed
+    assert await concurrent_callers_failures(address) == []
     assert _streamed(running, stream_runtime) == 8 * 30
 
 
@@ -242,31 +247,34 @@ def _gated_infer(address: str, model: str = "slow", **kwargs) -> np.ndarray:
         return client.infer(model, [tensor], **kwargs).as_numpy("predict")
 
 
-async def test_the_callers_deadline_reaches_the_runtime(fabric, router_factory, gated, own_runtime):
+async def the_callers_deadline_reaches_the_runtime(fabric, start, gated, own_runtime):
+    """A call whose caller's deadline passes while its model runs: DEADLINE_EXCEEDED, and the
+    runtime gives it up (counted failed) while the model still waits on its gate.
+    `start()` -> (running router, address); returns (running router, runtime)."""
     gate, started, model = gated
     runtime = own_runtime()
     runtime.load("slow", model("slow"), "sklearn")
     await fabric.publish("g0", runtime, ["slow"])
-    running = await router_factory(fabric.view, None)
+    running, address = await start()
     with pytest.raises(InferenceServerException) as raised:
-        await asyncio.to_thread(_gated_infer, f"127.0.0.1:{running.port}", client_timeout=1.0)
+        await asyncio.to_thread(_gated_infer, address, client_timeout=1.0)
     assert raised.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     assert gated_estimator.started(started) == 1
-    # The runtime gave the call up (counted failed) while its model still waits on the gate.
     await asyncio.to_thread(wait_until, lambda: _failed_count(runtime, "slow") == 1, 10, "the runtime to drop the call")
     assert not gate.exists()
-    assert _streamed(running, runtime) == 1
+    return running, runtime
 
 
-async def test_a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, router_factory, gated, own_runtime):
+async def a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, start, gated, own_runtime):
+    """As above, with the caller cancelling its call while the model runs."""
     gate, started, model = gated
     runtime = own_runtime()
     runtime.load("slow", model("slow"), "sklearn")
     await fabric.publish("g0", runtime, ["slow"])
-    running = await router_factory(fabric.view, None)
+    running, address = await start()
     tensor = aioclient.InferInput("input-0", [1, 1], "FP64")
     tensor.set_data_from_numpy(_one_row())
-    async with aioclient.InferenceServerClient(f"127.0.0.1:{running.port}") as client:
+    async with aioclient.InferenceServerClient(address) as client:
         call = asyncio.create_task(client.infer("slow", [tensor], client_timeout=60))
         await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) == 1, 10, "the model to start")
         call.cancel()
@@ -274,10 +282,14 @@ async def test_a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, r
             await call
     await asyncio.to_thread(wait_until, lambda: _failed_count(runtime, "slow") == 1, 10, "the runtime to drop the call")
     assert not gate.exists()
-    assert _streamed(running, runtime) == 1
+    return running, runtime
 
 
-async def test_calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, router_factory, gated, own_runtime, tmp_path):
+async def calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, start, gated, own_runtime, tmp_path,
+                                                               all_in_flight=None):
+    """4 calls wait on a runtime that never answers; a second copy appears and the first
+    runtime is SIGKILLed: all 4 are answered by the second. `all_in_flight(running)`: true
+    once the router has the 4 calls at the first runtime (when it can tell)."""
     gate, started, model = gated
     doomed, survivor = own_runtime(), own_runtime()
     doomed.load("slow", model("doomed", offset=0.0), "sklearn")  # never answers: its gate stays shut
@@ -285,17 +297,44 @@ async def test_calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, route
     open_gate.touch()
     survivor.load("slow", model("survivor", offset=100.0, gate_path=open_gate), "sklearn")
     await fabric.publish("doomed", doomed, ["slow"])
-    running = await router_factory(fabric.view, None)
-    address = f"127.0.0.1:{running.port}"
+    running, address = await start()
     calls = [asyncio.create_task(asyncio.to_thread(_gated_infer, address, client_timeout=60)) for _ in range(4)]
     # Two predicts run at once on the doomed runtime (its inference threads), the rest queue there.
     await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) >= 1, 10, "calls to reach the runtime")
-    await asyncio.to_thread(wait_until, lambda: running.router.in_flight().get("doomed") == 4, 10, "all 4 in flight")
+    if all_in_flight is not None:
+        await asyncio.to_thread(wait_until, lambda: all_in_flight(running), 10, "all 4 in flight")
     await fabric.publish("survivor", survivor, ["slow"])
     doomed.process.kill()
     doomed.process.wait(10)
     results = await asyncio.wait_for(asyncio.gather(*calls), 30)
     assert [r.tolist() for r in results] == [[105.0]] * 4
+    return running, survivor
+
+
+def _python_router(fabric, router_factory):
+    async def start():
+        running = await router_factory(fabric.view, None)
+        return running, f"127.0.0.1:{running.port}"
+
+    return start
+
+
+async def test_the_callers_deadline_reaches_the_runtime(fabric, router_factory, gated, own_runtime):
+    running, runtime = await the_callers_deadline_reaches_the_runtime(fabric, _python_router(fabric, router_factory),
+                                                                      gated, own_runtime)
+    assert _streamed(running, runtime) == 1
+
+
+async def test_a_caller_that_goes_away_cancels_the_call_on_the_runtime(fabric, router_factory, gated, own_runtime):
+    running, runtime = await a_caller_that_goes_away_cancels_the_call_on_the_runtime(
+        fabric, _python_router(fabric, router_factory), gated, own_runtime)
+    assert _streamed(running, runtime) == 1
+
+
+async def test_calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, router_factory, gated, own_runtime, tmp_path):
+    running, survivor = await calls_in_flight_on_a_killed_runtime_retry_elsewhere(
+        fabric, _python_router(fabric, router_factory), gated, own_runtime, tmp_path,
+        all_in_flight=lambda running: running.router.in_flight().get("doomed") == 4)
     assert _streamed(running, survivor) == 4
     assert running.router.in_flight() == {"doomed": 0, "survivor": 0}
 

@@ -50,6 +50,7 @@ from mesh.settings import FabricSettings
 from router import server as router_cli
 from router.settings import RouterSettings
 from tests.support.etcd_server import EtcdServer, find_etcd_binary
+from tests.support.native_front import require_native_front
 from tests.support.ports import free_port
 from tests.support.runtime_process import stop_process
 from tests.support.waiting import wait_until
@@ -934,6 +935,8 @@ def test_rendered_controller_and_router_serve_and_the_test_hook_passes(defaults,
     """The controller and router start from the chart's own command lines against a real etcd
     reached through an etcd_connection file in the chart's format (only the ports and the
     file's path changed), and the `helm test` pod's two commands pass against that router."""
+    if "--native-front" in _args_of(defaults.container("router"), "router"):
+        require_native_front()
     secret = defaults.one("Secret", rp.ETCD_SECRET_NAME)
     connection = json.loads(secret["stringData"][rp.ETCD_SECRET_KEY])
     processes: list[tuple[str, subprocess.Popen, Path]] = []

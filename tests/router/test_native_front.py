@@ -11,9 +11,7 @@ test_stream.py, whose fixtures and helpers these tests share.
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
-import subprocess
 
 import grpc
 import numpy as np
@@ -26,7 +24,6 @@ from tritonclient.utils import InferenceServerException
 
 from mesh.cli.process import StartupError
 from protos import grpc_service_pb2 as pb
-from router.native_front.supervisor import BINARY
 from tests.router.conftest import StubLoader
 from tests.router.test_forwarding import EchoInstance
 from tests.router.test_stream import (  # noqa: F401 - fixtures shared with the Python router's stream tests
@@ -45,6 +42,7 @@ from tests.router.test_stream import (  # noqa: F401 - fixtures shared with the 
     stream_store,
     the_callers_deadline_reaches_the_runtime,
 )
+from tests.support.native_front import require_native_front
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
@@ -54,14 +52,7 @@ CALLS = "modelmesh_api_request_milliseconds_count"
 
 @pytest.fixture(scope="module", autouse=True)
 def native_binary():
-    """`make native`'s binary, built here when missing; CI must have it (it installs gRPC C++)."""
-    if not BINARY.exists():
-        built = subprocess.run(["make", "-s", "-C", str(BINARY.parent)], capture_output=True, text=True)
-        if built.returncode != 0:
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot build the native front: {built.stderr[-2000:]}")
-            pytest.skip("the native front cannot be built here (needs g++ and Debian's libgrpc++-dev)")
-    return BINARY
+    return require_native_front()
 
 
 @pytest.fixture

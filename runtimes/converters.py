@@ -9,7 +9,7 @@ from protos import model_config_pb2 as config_pb
 from protos.v2_datatypes import CONTENTS_FIELD
 from runtimes.backends import TensorSpec
 from runtimes.dataplane import InferInput, InferRequest, InferResponse, ModelSignature
-from runtimes.datatypes import decode_raw, element_count, encode_raw, numpy_dtype_of
+from runtimes.datatypes import decode_raw, element_count, encode_raw, numpy_dtype_of, shaped
 from runtimes.errors import InvalidInput
 from runtimes.model_manager import ModelEntry
 
@@ -72,9 +72,11 @@ def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int
     if datatype == "BYTES":
         array = np.empty(expected, dtype=object)
         array[:] = list(values)
-        return array.reshape(shape)
+        return shaped(name, array, shape)
     try:
-        return np.array(values, dtype=dtype).reshape(shape)
+        # From a list: numpy reads a protobuf container through its buffer and wraps
+        # values that do not fit (300 as UINT8 became 44); from Python ints it raises.
+        return shaped(name, np.array(list(values), dtype=dtype), shape)
     except OverflowError:
         raise InvalidInput(f"input '{name}': a value does not fit in {datatype}") from None
 

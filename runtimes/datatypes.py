@@ -18,7 +18,7 @@ from runtimes.errors import InvalidInput
 
 __all__ = [
     "ALL_DATATYPES", "BF16", "V2_TO_NUMPY", "decode_raw", "element_count", "encode_raw", "numpy_dtype_of",
-    "v2_datatype_of",
+    "shaped", "v2_datatype_of",
 ]
 
 _pack_length = BYTES_LENGTH.pack
@@ -66,7 +66,16 @@ def decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nda
             f"input '{name}': raw content is {len(raw)} bytes, expected {expected} "
             f"({count} {datatype} elements of shape {list(shape)})"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return shaped(name, np.frombuffer(raw, dtype=dtype), shape)
+
+
+def shaped(name: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
+    """`flat` as an array of `shape`; InvalidInput where numpy cannot make one (more than
+    64 dimensions, or dimensions whose product overflows even with no elements)."""
+    try:
+        return flat.reshape(shape)
+    except ValueError as error:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} is not a possible array: {error}") from None
 
 
 def _decode_bytes(name: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
@@ -85,7 +94,7 @@ def _decode_bytes(name: str, shape: list[int], count: int, raw: bytes) -> np.nda
         raise InvalidInput(f"input '{name}': {len(items)} BYTES elements, expected {count} for shape {list(shape)}")
     array = np.empty(count, dtype=object)
     array[:] = items
-    return array.reshape(shape)
+    return shaped(name, array, shape)
 
 
 def encode_raw(array: np.ndarray) -> bytes:

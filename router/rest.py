@@ -72,7 +72,8 @@ def make_app(dataplane: DataPlane, *, ready: Callable[[], bool], version: str,
         data = await request.read()
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(data):
+            # isascii too: str.isdigit() is true of '²', which int() refuses.
+            if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(data):
                 raise BadTensor(f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(data)} bytes")
             split = int(header_length)
             decoded = request_from_json(name, data[:split], data[split:])

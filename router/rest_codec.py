@@ -25,10 +25,11 @@ import numpy as np
 from protos import grpc_service_pb2 as pb
 from protos.v2_datatypes import BYTES_LENGTH, CONTENTS_FIELD, ELEMENT_SIZE, FLOAT_DATATYPES, V2_TO_NUMPY
 
-__all__ = ["BadTensor", "Decoded", "flatten", "metadata_to_json", "output_data", "request_from_json", "response_to_json",
-           "tensor_bytes"]
+__all__ = ["BadTensor", "Decoded", "flatten", "metadata_to_json", "output_data", "parse_json", "request_from_json",
+           "response_to_json", "tensor_bytes"]
 
 _TRANSPORT_PARAMETERS = frozenset({"binary_data", "binary_data_size", "binary_data_output"})
+_INT64 = range(-2**63, 2**63)  # what an int64 field (a parameter, a shape dimension) holds
 
 
 class BadTensor(ValueError):
@@ -55,6 +56,8 @@ def _parameters(into, values: Any, where: str) -> None:
         if isinstance(value, bool):
             into[key].bool_param = value
         elif isinstance(value, int):
+            if value not in _INT64:
+                raise BadTensor(f"{where}: parameter '{key}' {value} does not fit an int64")
             into[key].int64_param = value
         elif isinstance(value, float):
             into[key].double_param = value
@@ -62,6 +65,14 @@ def _parameters(into, values: Any, where: str) -> None:
             into[key].string_param = value
         else:
             raise BadTensor(f"{where}: parameter '{key}' must be a boolean, number or string")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a request body; BadTensor when it is not JSON (or nests too deep to read)."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise BadTensor(f"the body is not valid JSON: {error}") from None
 
 
 def flatten(data: Any) -> list:
@@ -85,7 +96,10 @@ def flatten(data: Any) -> list:
 
 def _bytes_element(item: Any, where: str) -> bytes:
     if isinstance(item, str):
-        return item.encode("utf-8")
+        try:
+            return item.encode("utf-8")
+        except UnicodeEncodeError:  # JSON's \ud800 escapes make lone surrogates
+            raise BadTensor(f"{where}: a BYTES element is not valid Unicode (a lone surrogate)") from None
     raise BadTensor(f"{where}: BYTES elements must be strings, got {type(item).__name__}")
 
 
@@ -108,30 +122,41 @@ def tensor_bytes(datatype: str, data: Any, count: int, where: str) -> bytes:
         if not isinstance(item, kinds) or (datatype != "BOOL" and isinstance(item, bool)):
             raise BadTensor(f"{where}: {datatype} data must hold {'booleans' if datatype == 'BOOL' else 'numbers'}, "
                             f"got {item!r}")
+    if dtype.kind in "iu" and flat:
+        # Compared as Python ints: a round trip through numpy misses 2**63 as INT64 or -1 as
+        # UINT64 (each wraps to a value that converts back to itself).
+        limits = np.iinfo(dtype)
+        if min(flat) < limits.min or max(flat) > limits.max:
+            raise BadTensor(f"{where}: values do not fit {datatype}")
     try:
         with np.errstate(over="raise", invalid="raise"):
-            array = np.asarray(flat, dtype=np.float64 if is_float and datatype != "FP64" else None)
+            # Integers straight into their dtype (they fit, checked above): inferred, [0, 2**63 + 1]
+            # became float64 and lost its last bits.
+            array = np.asarray(flat, dtype=np.float64 if is_float else dtype)
             converted = array.astype(dtype, casting="unsafe")
-            if dtype.kind in "iu" and not np.array_equal(converted.astype(array.dtype), array):
-                raise OverflowError
     except (OverflowError, FloatingPointError, ValueError, TypeError):
         raise BadTensor(f"{where}: values do not fit {datatype}") from None
     return converted.tobytes()
 
 
 def _shape(value: Any, where: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise BadTensor(f"{where}: 'shape' must be a list of non-negative integers")
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63
+                                              for d in value):
+        raise BadTensor(f"{where}: 'shape' must be a list of non-negative int64 integers")
     return value
 
 
 def request_from_json(model_name: str, header: bytes, binary: bytes = b"") -> Decoded:
     """Build the ModelInferRequest for `model_name` from the JSON `header` (and the binary
     tail of a binary-extension request)."""
+    body = parse_json(header)
     try:
-        body = json.loads(header)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise BadTensor(f"the body is not valid JSON: {error}") from None
+        return _request(model_name, body, binary)
+    except UnicodeEncodeError:  # a name, id or string parameter protobuf cannot encode
+        raise BadTensor("a string in the body is not valid Unicode (a lone surrogate \\u escape)") from None
+
+
+def _request(model_name: str, body: Any, binary: bytes) -> Decoded:
     if not isinstance(body, dict):
         raise BadTensor("the body must be a JSON object")
     inputs = body.get("inputs")

@@ -29,7 +29,7 @@ import numpy as np
 
 from protos import grpc_service_pb2 as pb
 from protos.v2_datatypes import V2_TO_NUMPY
-from router.rest_codec import BadTensor, output_data, tensor_bytes
+from router.rest_codec import BadTensor, output_data, parse_json, tensor_bytes
 
 __all__ = ["PREDICT_OUTPUT", "Signature", "TensorSpec", "predict_request", "predictions_json", "read_instances"]
 
@@ -72,10 +72,7 @@ class Signature:
 
 def read_instances(body: bytes) -> list:
     """The instances of a V1 predict body: `inputs` if present (as KServe), else `instances`."""
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise BadTensor(f"the body is not valid JSON: {error}") from None
+    parsed = parse_json(body)
     if not isinstance(parsed, dict):
         raise BadTensor("the body must be a JSON object with 'instances'")
     field = "inputs" if "inputs" in parsed else "instances"
@@ -181,8 +178,8 @@ def _nested(values: list, shape: list[int], datatype: str) -> Any:
         return values
     if math.prod(shape) != len(values):
         raise ValueError(f"the instance answered {len(values)} {datatype} values for shape {shape}")
-    array = np.array(values, dtype=object if datatype == "BYTES" else None)
-    return array.reshape(shape).tolist()
+    # An object array keeps each value as it is: numpy's own choice for [0, 2**63 + 1] is float64.
+    return np.array(values, dtype=object).reshape(shape).tolist()
 
 
 def predictions_json(data: bytes, signature: Signature) -> bytes:

@@ -39,6 +39,7 @@ from typing import NamedTuple, Protocol
 import grpc
 
 from mesh.domain.errors import LoadingFailed, ModelNotRegistered, NoCapacity as LoaderNoCapacity, NoLiveInstance
+from mesh.etcd.errors import StoreUnavailable
 from mesh.state.fabric_view import FabricView
 from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from protos.limits import BUSY_TRAILER, DEFAULT_MAX_MESSAGE_BYTES
@@ -343,6 +344,8 @@ class Router(AsyncClosing):
                 raise Unavailable(str(error)) from None
             except LoaderNoCapacity as error:
                 raise NoCapacity(str(error) or f"no instance has room for model '{model_id}'") from None
+            except StoreUnavailable as error:  # etcd down: the load's claim cannot be written
+                raise Unavailable(f"model '{model_id}' cannot be loaded while etcd is unreachable: {error}") from None
             finally:
                 if self._observer is not None:
                     self._observer.cache_miss(time.perf_counter() - started, model_id)

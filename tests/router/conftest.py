@@ -73,11 +73,12 @@ class Fabric:
         self.keys = keys
         self.view = view
 
-    async def publish(self, instance_id: str, runtime: RuntimeProcess, model_ids: list[str]) -> None:
+    async def publish(self, instance_id: str, runtime: RuntimeProcess, model_ids: list[str],
+                      labels: tuple[str, ...] = ()) -> None:
         now = int(time.time() * 1000)
         record = InstanceRecord(instance_id, runtime.address, capacity_bytes=256 << 20,
                                 copies={m: HeldCopy(size_bytes=1 << 10, last_used_ms=now) for m in model_ids},
-                                published_ms=now)
+                                published_ms=now, labels=labels)
         await self.client.put(self.keys.instance(instance_id), to_document(record))
         await self.view.wait_for(lambda: all(instance_id in self.view.loaded_on(m) for m in model_ids), 10)
 

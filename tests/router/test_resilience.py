@@ -10,7 +10,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from mesh.control.cache_miss import CacheMiss, MissConfig
+from mesh.control.runtime_client import RuntimeClients
+from mesh.domain.records import ModelRecord
 from mesh.etcd.keys import Keys
+from mesh.state.registry import Registry
 from protos import grpc_service_pb2 as pb
 from tests.router.conftest import NeverLoads, _make_client, _start_pair, open_fabric
 
@@ -110,5 +114,33 @@ async def test_routing_goes_on_while_etcd_is_down(private_etcd, runtimes, router
     finally:
         if running is not None:
             await running.stop(0)
+        await fabric.view.close()
+        await client.close()
+
+
+async def test_a_cold_model_while_etcd_is_down_is_unavailable_not_internal(private_etcd, runtimes, router_factory,
+                                                                            model_store):
+    """Found by bench/soak.py: the load's claim cannot be written, and the router said INTERNAL."""
+    client = _make_client(private_etcd)
+    keys = Keys(fabric="down-miss")
+    fabric = await open_fabric(client, keys)
+    clients = RuntimeClients()
+    cache_miss = CacheMiss(client, keys, fabric.view, clients, MissConfig())
+    running = None
+    try:
+        await fabric.publish("i0", runtimes[0], ["add"], labels=("mt:onnx",))  # a runtime the claim could go to
+        await Registry(client, keys).register(ModelRecord("cold", "onnx", str(model_store["add10"])))
+        await fabric.view.wait_for(lambda: fabric.view.model("cold") is not None, 10)
+        running = await router_factory(fabric.view, cache_miss)
+        await private_etcd.astop()
+        with pytest.raises(InferenceServerException) as caught:
+            await asyncio.to_thread(_infer, f"127.0.0.1:{running.port}", "cold")
+        assert caught.value.status() == "StatusCode.UNAVAILABLE", caught.value.message()
+        assert "'cold'" in caught.value.message() and "etcd is unreachable" in caught.value.message()
+    finally:
+        if running is not None:
+            await running.stop(0)
+        await cache_miss.close()
+        await clients.close()
         await fabric.view.close()
         await client.close()

@@ -181,3 +181,11 @@ async def test_rest_calls_count_in_the_metrics_and_the_dashboard_as_the_v2_calls
     assert registry.get_sample_value("modelmesh_request_size_bytes_count", {"method": "ModelInfer", "code": "OK"}) == 2
     totals = running.traffic.totals()  # what the dashboard's request-rate series reads
     assert (totals.requests, totals.errors) == (4, 1)
+
+
+@pytest.mark.parametrize("value", ["²", "-1", "1e3", "99999"])
+async def test_a_header_length_that_is_not_a_length_is_400(rest, value):
+    """'²' passes str.isdigit() but not int(): it was a 500."""
+    async with rest.post("/v2/models/add/infer", data=b"{}", headers={"Inference-Header-Content-Length": value}) as response:
+        body = await response.json()
+    assert response.status == 400 and "does not fit" in body["error"]

@@ -103,3 +103,33 @@ def test_empty_message_has_no_name():
 def test_varint_encoding_matches_protobuf(value):
     field = pb.StatisticDuration(count=value).SerializeToString()
     assert field == (b"\x08" + encode_varint(value) if value else b"")
+
+
+edits = st.lists(st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.integers(min_value=0),
+                           st.integers(0, 255)), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=names, raws=st.lists(st.binary(max_size=40), max_size=3), changes=edits)
+def test_edited_requests_are_malformed_or_agree_with_protobuf(name, raws, changes):
+    """Real requests with bytes flipped, inserted or deleted: the parser's framing checks are
+    what stand between them and an exception other than MalformedRequest."""
+    data = bytearray(_infer_request(name, "r", raws).SerializeToString())
+    for kind, where, value in changes:
+        at = where % (len(data) + 1)
+        if kind == "insert":
+            data.insert(at, value)
+        elif data and at < len(data):
+            if kind == "flip":
+                data[at] ^= value or 0x80
+            else:
+                del data[at]
+    try:
+        found = read_model_name(bytes(data))
+    except MalformedRequest:
+        return
+    try:
+        parsed = pb.ModelInferRequest.FromString(bytes(data))
+    except Exception:  # protobuf also checks the nested messages our reader skips
+        return
+    assert found == parsed.model_name

@@ -31,10 +31,8 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import struct
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -49,6 +47,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from protos import grpc_service_pb2 as pb  # noqa: E402
+from bench.fabric_run import run_in_scratch_dir  # noqa: E402
 from protos import model_mesh_pb2 as mm  # noqa: E402
 from tests.support.fabric import Fabric  # noqa: E402
 from tests.support.models import add_onnx  # noqa: E402
@@ -323,19 +322,7 @@ def main() -> None:
     parser.add_argument("--max-growth-mib", type=float, default=16.0, help="the most a process may grow over a phase")
     args = parser.parse_args()
 
-    def interrupted(signum, frame):  # SIGTERM ends the run the way Ctrl-C does: through finally
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the shell ignored it (`cmd &`)
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="meshserve-fuzz-memory-", dir=base) as workdir:
-        try:
-            status = run(args, Path(workdir))
-        except KeyboardInterrupt:
-            print("interrupted; the fabric's processes were stopped", file=sys.stderr)
-            raise SystemExit(130)
-    raise SystemExit(status)
+    run_in_scratch_dir("meshserve-fuzz-memory-", lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,10 @@ class Fabric:
                 continue
         return found
 
+    def leader(self) -> dict | None:
+        """The controller leader's record (`{"id", "address"}`), None while no replica leads."""
+        return self._get_prefix(self.keys.leader).get("")
+
     def holders(self, model_id: str) -> list[str]:
         return sorted(i for i, r in self.instances().items()
                       if model_id in r.copies and not r.copies[model_id].loading)

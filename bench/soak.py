@@ -62,6 +62,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from bench.fabric_run import run_in_scratch_dir  # noqa: E402
 from protos import model_mesh_pb2 as mm  # noqa: E402
+from tests.support.etcd_server import EtcdServerError  # noqa: E402
 from tests.support.fabric import Fabric, MeshProcess  # noqa: E402
 from tests.support.models import add_onnx  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
@@ -70,6 +71,7 @@ RUNTIMES = 3
 CONTROLLERS = 2
 LEASE_TTL_S = 3
 SAMPLE_EVERY_S = 1.0
+ETCD_START_ATTEMPTS = 3
 
 
 # -- what happened --------------------------------------------------------------------------
@@ -108,6 +110,7 @@ class Record:
     sample_errors: int = 0
     highest_share: float = 0.0  # (used + loading) / capacity, the most seen
     loads_seen: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)  # what went wrong in the harness itself
 
     def at(self, moment: float) -> float:
         return moment - self.t0
@@ -212,7 +215,16 @@ def restart_etcd(fabric: Fabric, down_s: float, record: Record) -> None:
     record.windows.append(window)
     fabric.etcd.stop()
     time.sleep(down_s)  # the outage itself, not a synchronization
-    fabric.etcd.start()  # returns once etcd is healthy
+    for attempt in range(1, ETCD_START_ATTEMPTS + 1):
+        try:
+            fabric.etcd.start()  # returns once etcd is healthy
+            break
+        except EtcdServerError as error:
+            # Seen once: the child died of SIGSEGV before etcd ran (its log has no line of it),
+            # forked from this process with gRPC's threads busy; a second fork starts it.
+            record.notes.append(f"etcd start attempt {attempt} failed: {str(error).splitlines()[0]}")
+            if attempt == ETCD_START_ATTEMPTS:
+                raise
     wait_until(lambda: set(fabric.instances()) == set(fabric.runtimes), 60, "every instance to register again")
     window.end = time.monotonic()
 
@@ -355,7 +367,10 @@ def report(args, record: Record, registered: set[str], present: set[str], memory
     print("Chaos events (start, recovery):\n")
     for window in record.windows:
         print(f"- t={record.at(window.start):.0f} s {window.what}: recovered in {window.end - window.start:.1f} s")
-    print("- operator: none in this fabric (no Kubernetes), not restarted\n")
+    print("- operator: none in this fabric (no Kubernetes), not restarted")
+    for note in record.notes:
+        print(f"- note: {note}")
+    print()
     print("| measure | value |")
     print("|---|---:|")
     print(f"| calls made | {record.calls:,} |")

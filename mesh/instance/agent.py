@@ -14,6 +14,10 @@ each in its own module:
   registry record is updated, through a queue drained in order by one writer task;
 - **publishing** (`publisher`): the instance record on significant change, coalesced, and
   otherwise at most every `publish_max_interval_s`.
+
+Once registered, it also drops the `loading` claims on its id made before it started: an
+earlier run under the same id was killed mid-load, and callers would otherwise wait on
+those claims for the whole loading timeout.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from mesh.aio.tasks import AsyncClosing, TaskSupervisor
 from mesh.domain.records import InstanceRecord
 from mesh.domain.timings import DEFAULT_TIMINGS
 from mesh.etcd.client import EtcdClient
+from mesh.etcd.errors import StoreError
 from mesh.etcd.keys import Keys
 from mesh.instance.metrics import AgentMetrics
 from mesh.instance.publisher import Publisher, RecordBuilder
-from mesh.instance.record_writer import (Change, ModelRecordWriter, load_failed_change, loaded_change,
-                                         unloaded_change)
+from mesh.instance.record_writer import (Change, ModelRecordWriter, earlier_run_claim_change, load_failed_change,
+                                         loaded_change, unloaded_change)
 from mesh.instance.registration import Registration
 from mesh.instance.room import LruRoomMaker
 from mesh.state.registry import Registry
@@ -122,7 +127,8 @@ class InstanceAgent(AsyncClosing):
         self._builder = RecordBuilder(manager, self.metrics, _now_ms, instance_id=instance_id, address=address,
                                       data_address=data_address, zone=zone, labels=self.labels, version=version,
                                       rate_window_s=rate_window_s)
-        self._writer = ModelRecordWriter(Registry(client, keys), attempts=record_write_attempts)
+        self._registry = Registry(client, keys)
+        self._writer = ModelRecordWriter(self._registry, attempts=record_write_attempts)
         backoff_initial, backoff_max = register_backoff_s
         self._registration = Registration(client, key, self._builder.document, instance_id=instance_id,
                                           lease_ttl_s=lease_ttl_s,
@@ -138,6 +144,7 @@ class InstanceAgent(AsyncClosing):
         self._seen: dict[str, ModelEntry] = {}  # loaded entries, to read the last use at unload
         self._register_task: asyncio.Task[None] | None = None
         self._started = False
+        self._started_ms = 0
         self._closed = False
 
     @property
@@ -155,11 +162,33 @@ class InstanceAgent(AsyncClosing):
         if self._started:
             return
         self._started = True
+        self._started_ms = _now_ms()
         self._manager.set_room_maker(self._room.make_room)
         self._manager.add_observer(self)
         self._register_task = self._tasks.spawn(self._registration.run(), name="register")
         self._tasks.spawn(self._publisher.run(), name="publish")
         self._tasks.spawn(self._writer.run(), name="model-records")
+        self._tasks.spawn(self._drop_earlier_runs_claims(), name="earlier-claims")
+
+    async def _drop_earlier_runs_claims(self) -> None:
+        """Once registered: drop the `loading` claims on this id that an earlier run left
+        (killed mid-load, then restarted under the same id before the controller saw it
+        gone). Best effort: if etcd fails, the controller drops them at the loading timeout."""
+        await self.registered.wait()
+        try:
+            records = await self._registry.list()
+        except StoreError as error:
+            log.warning("instance %s: could not read the model records for earlier runs' claims: %s",
+                        self.instance_id, error)
+            return
+        held = self._manager.entries()
+        for model_id, record in records.items():
+            claim = record.copies.get(self.instance_id)
+            if claim is not None and claim.state == "loading" and claim.since_ms < self._started_ms \
+                    and model_id not in held:
+                log.info("instance %s: dropping the loading claim on %s an earlier run left", self.instance_id,
+                         model_id)
+                self._writer.submit(model_id, earlier_run_claim_change(self.instance_id, self._started_ms))
 
     async def __aenter__(self) -> InstanceAgent:
         await self.start()

@@ -14,6 +14,7 @@ import inspect
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from mesh.instance.agent import InstanceAgent
 from mesh.etcd.client import EtcdClient
 from mesh.state.fabric_view import FabricView
 from mesh.etcd.keys import Keys
-from mesh.domain.records import InstanceRecord, ModelRecord, decode
+from mesh.domain.records import CopyClaim, InstanceRecord, ModelRecord, decode
 from mesh.state.registry import Registry
 from protos import model_runtime_pb2 as rt
 from protos import model_runtime_pb2_grpc as rt_grpc
@@ -170,6 +171,23 @@ async def test_record_appears_and_spi_loads_become_copies_and_claims(
             assert model.last_used_ms > 0
             await view.wait_for(lambda: held(view) == {"m1"}, WAIT)
         assert agent.metrics_registry.get_sample_value("modelmesh_instance_capacity_bytes") == 64 << 20
+
+
+async def test_loading_claims_an_earlier_run_left_are_dropped_once_registered(
+        etcd: EtcdClient, keys: Keys, tmp_path: Path, onnx_models: dict[str, Path]) -> None:
+    """Found by bench/soak.py: a runtime SIGKILLed mid-load and restarted under its id at once
+    left `loading` claims that made every miss of those models wait for the loading timeout."""
+    now = int(time.time() * 1000)
+    registry = Registry(etcd, keys)
+    await registry.register(ModelRecord("left", "onnx", str(onnx_models["m0"]),
+                                        copies={"i1": CopyClaim("loading", now - 5_000),
+                                                "i2": CopyClaim("loading", now - 5_000)}))
+    # A claim made after the agent starts (clock ahead here) is a live load's: it stays.
+    await registry.register(ModelRecord("fresh", "onnx", str(onnx_models["m1"]),
+                                        copies={"i1": CopyClaim("loading", now + 60_000)}))
+    async with runtime_with_agent(etcd, keys, tmp_path, capacity=64 << 20), fabric_view(etcd, keys) as view:
+        await view.wait_for(lambda: (m := view.model("left")) and set(m.copies) == {"i2"}, WAIT)
+        assert set(view.model("fresh").copies) == {"i1"}
 
 
 async def test_load_failure_is_recorded_with_its_reason(

@@ -35,8 +35,9 @@ from tests.router.test_stream import (  # noqa: F401 - fixtures shared with the 
     a_caller_that_goes_away_cancels_the_call_on_the_runtime,
     calls_in_flight_on_a_killed_runtime_retry_elsewhere,
     concurrent_callers_failures,
-    datatype_sample,
     gated,
+    identity_round_trip,
+    largest_request_round_trip,
     own_runtime,
     stream_runtime,
     stream_store,
@@ -96,33 +97,13 @@ async def test_sync_and_aio_clients_are_answered_by_the_native_front(routed):
 async def test_every_datatype_round_trips(routed):
     _, address, registry = routed
     for datatype in DATATYPES:
-        array = datatype_sample(datatype)
-
-        def call():
-            tensor = grpcclient.InferInput("IN", list(array.shape), datatype)
-            tensor.set_data_from_numpy(array)
-            with grpcclient.InferenceServerClient(address) as client:
-                return client.infer(f"identity_{datatype.lower()}", [tensor])
-
-        result = await asyncio.to_thread(call)
-        assert result.get_output("OUT").datatype == datatype
-        out = result.as_numpy("OUT")
-        np.testing.assert_array_equal(out.astype(np.float32) if datatype == "BF16" else out, array)
+        await identity_round_trip(address, datatype)
     await asyncio.to_thread(_answered_here, registry, len(DATATYPES))
 
 
 async def test_16_mib_messages_pass_both_ways(routed):
     running, address, registry = routed
-    x = np.random.default_rng(0).random((1, (BIG - 4096) // 4), dtype=np.float32)
-
-    def call():
-        tensor = grpcclient.InferInput("IN", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
-        with grpcclient.InferenceServerClient(address) as client:
-            return client.infer("identity_big", [tensor], client_timeout=60)
-
-    result = await asyncio.to_thread(call)
-    np.testing.assert_array_equal(result.as_numpy("OUT"), x)
+    await largest_request_round_trip(address)
     await asyncio.to_thread(_answered_here, registry, 1)
     too_big = np.zeros((1, BIG // 4), dtype=np.float32)
     with pytest.raises(InferenceServerException, match="larger than max"):

@@ -98,9 +98,8 @@ def datatype_sample(datatype: str) -> np.ndarray:
     return (np.arange(6).reshape(2, 3) * 3).astype(dtype)
 
 
-@pytest.mark.parametrize("datatype", DATATYPES)
-async def test_every_datatype_round_trips_on_the_stream(routed, stream_runtime, datatype):
-    running, address = routed
+async def identity_round_trip(address: str, datatype: str) -> None:
+    """`datatype_sample(datatype)` through `identity_<datatype>` comes back as it went."""
     array = datatype_sample(datatype)
 
     def call():
@@ -113,12 +112,11 @@ async def test_every_datatype_round_trips_on_the_stream(routed, stream_runtime, 
     assert result.get_output("OUT").datatype == datatype
     out = result.as_numpy("OUT")
     np.testing.assert_array_equal(out.astype(np.float32) if datatype == "BF16" else out, array)
-    assert _streamed(running, stream_runtime) == 1
 
 
-async def test_16_mib_messages_pass_both_ways(routed, stream_runtime):
-    running, address = routed
-    # As large as a request under the router's 16 MiB limit can be (4 KiB left for the rest of it).
+async def largest_request_round_trip(address: str) -> None:
+    """As large a request as the router's 16 MiB limit lets through (4 KiB left for the rest
+    of it) comes back from `identity_big` as it went."""
     x = np.random.default_rng(0).random((1, (BIG - 4096) // 4), dtype=np.float32)
 
     def call():
@@ -129,6 +127,18 @@ async def test_16_mib_messages_pass_both_ways(routed, stream_runtime):
 
     result = await asyncio.to_thread(call)
     np.testing.assert_array_equal(result.as_numpy("OUT"), x)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+async def test_every_datatype_round_trips_on_the_stream(routed, stream_runtime, datatype):
+    running, address = routed
+    await identity_round_trip(address, datatype)
+    assert _streamed(running, stream_runtime) == 1
+
+
+async def test_16_mib_messages_pass_both_ways(routed, stream_runtime):
+    running, address = routed
+    await largest_request_round_trip(address)
     assert _streamed(running, stream_runtime) == 1
     # One over the limit is refused at the router, as without the stream, and the stream goes on.
     too_big = np.zeros((1, BIG // 4), dtype=np.float32)

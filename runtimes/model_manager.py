@@ -315,6 +315,7 @@ class ModelManager(ModelLifecycle):
         entry.in_flight += 1
         entry.idle.clear()
         queued_at = time.perf_counter_ns()
+        abandoned = False  # cancelled while a worker thread runs it: released when that ends
         try:
             if entry.batcher is not None:
                 self._queued += 1  # until answered: the batcher's queue is the model's
@@ -333,17 +334,27 @@ class ModelManager(ModelLifecycle):
                 finished = time.perf_counter_ns()
             else:
                 await self._take_slot(entry)
+                work = None
                 try:
                     started = time.perf_counter_ns()
                     if self.on_request_queued is not None:
                         self.on_request_queued((started - queued_at) / 1e9)
                     if deadline is not None and time.perf_counter() >= deadline:
                         raise DeadlineExceeded(f"model '{model_id}': the request's deadline passed while it was queued")
-                    outputs, cpu_ns, wall_ns = await asyncio.get_running_loop().run_in_executor(
+                    work = asyncio.get_running_loop().run_in_executor(
                         self._infer_pool, _timed_infer, entry.model, inputs, output_names)
+                    outputs, cpu_ns, wall_ns = await asyncio.shield(work)
                     finished = time.perf_counter_ns()
+                except asyncio.CancelledError:
+                    if work is not None and not work.done():
+                        # The caller went, but a worker thread still runs the model: its slot and
+                        # its count in flight (which unload waits on) go only once it is done.
+                        abandoned = True
+                        work.add_done_callback(lambda done: self._abandoned_done(entry, done))
+                    raise
                 finally:
-                    entry.slots.release()
+                    if not abandoned:
+                        entry.slots.release()
             self._note_duration(entry, cpu_ns, wall_ns, inline)
             entry.stats.record_success(queued_at, started, finished)
             return outputs
@@ -351,9 +362,21 @@ class ModelManager(ModelLifecycle):
             entry.stats.record_failure(queued_at, time.perf_counter_ns())
             raise
         finally:
-            entry.in_flight -= 1
-            if entry.in_flight == 0:
-                entry.idle.set()
+            if not abandoned:
+                self._leave(entry)
+
+    @staticmethod
+    def _leave(entry: ModelEntry) -> None:
+        entry.in_flight -= 1
+        if entry.in_flight == 0:
+            entry.idle.set()
+
+    def _abandoned_done(self, entry: ModelEntry, done: asyncio.Future) -> None:
+        """A run whose caller went away has finished in its worker thread."""
+        if not done.cancelled():
+            done.exception()  # retrieved: the caller is gone, nobody else will
+        entry.slots.release()
+        self._leave(entry)
 
     def _admit(self, model_id: str, entry: ModelEntry) -> None:
         """Busy, naming the limit, when the request could only wait beyond the model's queue

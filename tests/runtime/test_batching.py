@@ -237,6 +237,25 @@ async def test_unload_waits_for_a_batch_whose_callers_went_away(held, store):
     assert model.unloaded and model.calls == [1]
 
 
+async def test_unload_waits_for_an_unbatched_run_whose_caller_went_away(held, store):
+    """Without batching too: a cancelled caller leaves its worker thread running the model,
+    and the model is released only once that run is over."""
+    manager, backend = held
+    await manager.load("identity", "onnx", str(store["identity"]), "")
+    model = backend.models[0]
+    call = asyncio.create_task(manager.run("identity", {"IN": np.ones((1, 3), np.int32)}, []))
+    await async_wait_until(_async(lambda: model.running), 10, "the run to be in its worker thread")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    unload = asyncio.create_task(manager.unload("identity"))
+    await async_wait_until(_async(lambda: manager.entries()["identity"].state is State.UNLOADING), 10, "UNLOADING")
+    assert not unload.done() and not model.unloaded and manager.entries()["identity"].in_flight == 1
+    backend.gate.set()
+    await unload
+    assert model.unloaded and model.calls == [1]
+
+
 def _async(condition):
     async def check():
         return condition()

@@ -47,6 +47,7 @@ class CopyState:
     last_used_ms: int
     in_flight: int = 0
     loading: bool = True
+    device_bytes: int = 0  # GPU bytes (mesh.domain.lru.CopyLike); the simulated instances have none
 
 
 class CopyLru:

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 
 from mesh.etcd.keys import Keys
-from mesh.domain.records import InstanceRecord, ModelRecord, RecordError, from_document
+from mesh.domain.records import InstanceRecord, ModelRecord, RecordError, from_document, to_document
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_mesh_pb2 as mm
@@ -170,6 +170,12 @@ class Fabric:
             except RecordError:
                 continue
         return found
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Write a model record straight into etcd: one registered before today's registration
+        checks (or by another tool), which the fabric must still serve and show."""
+        self.etcd.gateway("/v3/kv/put", {"key": _b64(self.keys.model(record.model_id)),
+                                         "value": _b64(json.dumps(to_document(record)))})
 
     def leader(self) -> dict | None:
         """The controller leader's record (`{"id", "address"}`), None while no replica leads."""

@@ -152,15 +152,7 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
     for service in services:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
-        binary = None
-        if settings.native_front:
-            if authorizer is not None and authorizer.guards(Permission.INFERENCE):
-                raise StartupError("--native-front does not check inference tokens yet: without "
-                                   "--inference-token-file, or without --native-front")
-            if server_tls is not None:
-                raise StartupError("--native-front does not serve TLS yet: without --tls-cert-file, or without "
-                                   "--native-front")
-            binary = find_binary(settings.native_front_binary)
+        binary = _native_front_binary(settings, authorizer, server_tls) if settings.native_front else None
         # With the native front, it takes the public port and this server a loopback one behind it.
         port = (bind_grpc(server, "127.0.0.1", 0) if binary
                 else bind_grpc(server, settings.host, settings.port, server_tls))
@@ -210,6 +202,16 @@ async def start_router(settings: RouterSettings, view: FabricView, loader: Loade
              running.rest_port or "off", running.metrics_port or "off",
              f", TLS (client certificates: {tls.client_auth})" if server_tls else "")
     return running
+
+
+def _native_front_binary(settings: RouterSettings, authorizer: Authorizer | None, server_tls):
+    """The native front's binary; StartupError for what it does not do yet, NativeFrontError without it."""
+    if authorizer is not None and authorizer.guards(Permission.INFERENCE):
+        raise StartupError("--native-front does not check inference tokens yet: without "
+                           "--inference-token-file, or without --native-front")
+    if server_tls is not None:
+        raise StartupError("--native-front does not serve TLS yet: without --tls-cert-file, or without --native-front")
+    return find_binary(settings.native_front_binary)
 
 
 async def _serve_once_ready(view: FabricView, health: health_aio.HealthServicer, services: tuple[str, ...]) -> None:

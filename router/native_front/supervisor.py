@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from mesh.aio.backoff import Backoff
 from mesh.aio.tasks import TaskSupervisor
 from mesh.state.fabric_view import FabricView
 
@@ -33,6 +34,8 @@ READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 8.0  # its own grace is 5 s
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _FORBIDDEN = ("\t", "\n", "\r")
+#: Between failed starts of a front that died (mesh.aio.backoff: the one retry pacing).
+_RESTART_PACING = Backoff(initial_s=0.1, max_s=5.0)
 
 
 class NativeFrontError(Exception):
@@ -158,13 +161,15 @@ class NativeFront:
             if self._closing:
                 return
             log.error("the native front exited (status %s); starting it again on port %d", process.returncode, self.port)
+            attempt = 0
             while not self._closing:
                 try:
                     await self._spawn()
                     break
                 except (NativeFrontError, OSError) as error:
-                    log.error("%s; trying again in 1 s", error)
-                    await asyncio.sleep(1.0)  # pacing a restart, not waiting for a condition
+                    attempt += 1
+                    log.error("%s; trying again (attempt %d)", error, attempt + 1)
+                    await _RESTART_PACING.pause(attempt)
 
     async def _feed(self, process: asyncio.subprocess.Process) -> None:
         """Send the table's differences after each batch of view changes."""

@@ -33,6 +33,7 @@ from tests.router.test_stream import (  # noqa: F401 - fixtures shared with the 
     _add_input,
     _infer_sync,
     a_caller_that_goes_away_cancels_the_call_on_the_runtime,
+    a_wrong_shape_keeps_the_models_status_and_message,
     calls_in_flight_on_a_killed_runtime_retry_elsewhere,
     concurrent_callers_failures,
     gated,
@@ -120,17 +121,7 @@ async def test_concurrent_callers_get_their_own_answers(routed):
 
 async def test_model_errors_keep_their_status_and_message(routed):
     _, address, registry = routed
-    tensor = grpcclient.InferInput("x", [1, 3], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
-
-    def call():
-        with grpcclient.InferenceServerClient(address) as client:
-            return client.infer("add", [tensor])
-
-    with pytest.raises(InferenceServerException) as raised:
-        await asyncio.to_thread(call)
-    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "shape [1, 3]" in raised.value.message()
+    await a_wrong_shape_keeps_the_models_status_and_message(address)
     await asyncio.to_thread(_answered_here, registry, 1, "INVALID_ARGUMENT")
 
 

@@ -196,8 +196,8 @@ async def test_concurrent_callers_get_their_own_answers(routed, stream_runtime):
     assert _streamed(running, stream_runtime) == 8 * 30
 
 
-async def test_model_errors_keep_their_status_and_message(routed, stream_runtime):
-    running, address = routed
+async def a_wrong_shape_keeps_the_models_status_and_message(address: str) -> None:
+    """`add` called with x of shape [1, 3]: the runtime's INVALID_ARGUMENT and message reach the caller."""
     tensor = grpcclient.InferInput("x", [1, 3], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
 
@@ -209,6 +209,11 @@ async def test_model_errors_keep_their_status_and_message(routed, stream_runtime
         await asyncio.to_thread(call)
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "shape [1, 3]" in raised.value.message()
+
+
+async def test_model_errors_keep_their_status_and_message(routed, stream_runtime):
+    running, address = routed
+    await a_wrong_shape_keeps_the_models_status_and_message(address)
     assert _streamed(running, stream_runtime) == 1
 
 

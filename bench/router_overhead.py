@@ -210,20 +210,25 @@ def start_router(etcd: EtcdServer, log_path: Path, *flags: str) -> tuple[subproc
              "--log-level", "WARNING", *flags],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     address = f"127.0.0.1:{port}"
+    wait_model_ready(process, address, log_path, "the router", 60)
+    return process, address
+
+
+def wait_model_ready(process: subprocess.Popen, address: str, log_path: Path, what: str, timeout: float) -> None:
+    """Until `what` at `address` says model 'add' is ready; SystemExit with its log if it exits."""
     with grpc.insecure_channel(address) as channel:
         probe = channel.unary_unary("/inference.GRPCInferenceService/ModelReady")
 
-        def routed() -> bool:
+        def ready() -> bool:
             if process.poll() is not None:
-                raise SystemExit(f"router exited: {log_path.read_text()}")
+                raise SystemExit(f"{what} exited: {log_path.read_text()[-3000:]}")
             try:
                 return pb.ModelReadyResponse.FromString(
                     probe(pb.ModelReadyRequest(name="add").SerializeToString(), timeout=2)).ready
             except grpc.RpcError:
                 return False
 
-        wait_until(routed, 60, "the router to route to the runtime")
-    return process, address
+        wait_until(ready, timeout, f"{what} to serve model 'add'")
 
 
 def kserve_python(venv: Path) -> Path:
@@ -246,19 +251,7 @@ def start_kserve(python: Path, model_file: Path, log_path: Path) -> tuple[subpro
                                     "--http-port", str(http_port)],
                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     address = f"127.0.0.1:{grpc_port}"
-    with grpc.insecure_channel(address) as channel:
-        probe = channel.unary_unary("/inference.GRPCInferenceService/ModelReady")
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise SystemExit(f"KServe ModelServer exited: {log_path.read_text()[-3000:]}")
-            try:
-                return pb.ModelReadyResponse.FromString(
-                    probe(pb.ModelReadyRequest(name="add").SerializeToString(), timeout=2)).ready
-            except grpc.RpcError:
-                return False
-
-        wait_until(ready, 120, "KServe's ModelServer to serve the model")
+    wait_model_ready(process, address, log_path, "KServe's ModelServer", 120)
     return process, address
 
 

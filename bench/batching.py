@@ -1,16 +1,25 @@
-"""Dynamic batching off vs on, in one run: in a model manager of this process, and through a
-real runtime process.
+"""Dynamic batching off vs on, in one run: in a model manager of this process, through the
+fabric (a router in front of a runtime process), and straight to the runtime process.
 
 What it measures: requests/s and p50/p99 latency (one row per request) for two ONNX MLPs, an
 MNIST-sized one (784-128-10) and a heavier one (four 1024-wide layers), at 1, 8 and 32
 concurrent callers, each model loaded twice: as it is, and with `{"batching":
-{"max_batch_size": 32, "max_queue_delay_us": D}}` in its modelKey. Two sections:
+{"max_batch_size": 32, "max_queue_delay_us": D}}` in its modelKey. Three sections
+(`--sections`):
 
-- in process: caller tasks await `ModelManager.run` directly (a manager with the runtime's
+- in-process: caller tasks await `ModelManager.run` directly (a manager with the runtime's
   defaults, the worker pool included; no gRPC): what the batcher itself does to a model;
-- runtime: the same models in a `meshserve runtime` process, ModelInfer from
-  `bench/runtime_infer.py`'s load generator (one asyncio grpc.aio client, pre-serialized
-  requests): what a caller sees, gRPC and decoding included.
+- fabric: ModelInfer to `meshserve router --native-front` (its view from a real etcd), which
+  forwards each call as a frame on the runtime's meshserve.stream.v1 stream: the path a
+  fabric's callers take to a model, and the one the verdicts are about;
+- runtime: unary ModelInfer straight to the `meshserve runtime` process, which no fabric
+  caller takes (routers use the stream), shown because it is what a bare runtime costs.
+
+Callers are `bench/runtime_infer.py`'s load generator (one asyncio grpc.aio client,
+pre-serialized requests). By default the runtime gets half the cores to itself
+(`--runtime-cores`; it is started on them, so it sizes its threads and batches by them, as
+it does by a pod's CPU limit) and the callers, the router and its front get the rest: in a
+cluster they do not share a runtime pod's CPU. `--runtime-cores 0` shares every core.
 
 Off and on alternate for each caller count, `--repeats` times; the
 median repeat by requests/s is shown, and the ratios are medians of each repeat's own
@@ -19,12 +28,13 @@ model's inference count over its execution count (V2 ModelStatistics, before and
 The runtime's CPU time per request (from /proc, over the window) is the figure least moved
 by other work on the machine: off/on is how many more requests the same cores serve.
 
-The exit status and the verdicts are the runtime section's. The issue's targets: at 32 callers at least 2x the requests/s with batching on for the
-heavier model; p99 on no worse than p99 off plus D; at 1 caller, p50 on no more than D over
-p50 off.
+The exit status is the fabric section's verdicts (or every section's, without it). The
+issue's targets: at 32 callers at least 2x the requests/s with batching on for the heavier
+model; p99 on no worse than p99 off plus D; at 1 caller, p50 on no more than D over p50 off.
 
     python bench/batching.py [--seconds 3] [--warmup 1] [--callers 1,8,32] [--repeats 1]
-                             [--delay-us 500] [--max-batch-size 32] [-- extra runtime flags]
+                             [--delay-us 500] [--max-batch-size 32] [--runtime-cores N]
+                             [--sections in-process,fabric,runtime] [-- extra runtime flags]
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +80,13 @@ def counts(address: str, model_id: str) -> tuple[int, int]:
     return stats.inference_count, stats.execution_count
 
 
-async def window(address: str, pid: int, model_id: str, request: bytes, callers: int,
+async def window(address: str, runtime, model_id: str, request: bytes, callers: int,
                  args) -> tuple[Result, float]:
-    """One measured window and its mean batch size."""
-    before = counts(address, model_id)
-    result = await measure(model_id, address, pid, request, callers, args.warmup, args.seconds)
-    after = counts(address, model_id)
+    """One measured window of calls to `address` (the runtime or a router in front of it), its
+    CPU the runtime's, and the mean batch size the runtime ran."""
+    before = counts(runtime.address, model_id)
+    result = await measure(model_id, address, runtime.process.pid, request, callers, args.warmup, args.seconds)
+    after = counts(runtime.address, model_id)
     return result, (after[0] - before[0]) / max(after[1] - before[1], 1)
 
 
@@ -130,7 +142,8 @@ async def in_process(args, store: Path, key: str) -> dict:
 
     defaults = RuntimeSettings()
     config = ManagerConfig(capacity_bytes=4 << 30, max_concurrency=defaults.max_concurrency,
-                           max_queue=defaults.max_queue, infer_threads=defaults.infer_threads)
+                           max_queue=defaults.max_queue, infer_threads=defaults.infer_threads,
+                           max_batches_at_once=defaults.max_batches_at_once)
     manager = ModelManager(config, BackendRegistry.default(defaults.threads_per_model), LocalFiles())
     try:
         for name in args.models:
@@ -144,10 +157,19 @@ async def in_process(args, store: Path, key: str) -> dict:
         await manager.close()
 
 
-def through_runtime(args, store: Path, key: str) -> dict:
+@contextmanager
+def batching_runtime(args, store: Path, key: str):
+    """A `meshserve runtime` holding each model twice, as it is and batched (`key`), checked to answer alike."""
     from tests.support.runtime_process import start_runtime_process
 
-    runtime = start_runtime_process(store.parent / "runtime", *args.runtime_flags, capacity="2GiB")
+    split = split_cores(args.runtime_cores)
+    everyone = os.sched_getaffinity(0)
+    if split is not None:  # started on its cores, it sizes its threads and batches by them (runtimes.cpus)
+        os.sched_setaffinity(0, split[0])
+    try:
+        runtime = start_runtime_process(store.parent / "runtime", *args.runtime_flags, capacity="2GiB")
+    finally:
+        os.sched_setaffinity(0, everyone)
     try:
         for name, widths in ((n, MODELS[n]) for n in args.models):
             runtime.load(name, store / name, "onnx")
@@ -156,10 +178,71 @@ def through_runtime(args, store: Path, key: str) -> dict:
                        for m in (name, f"{name}-batched")]
             if replies[0].raw_output_contents != replies[1].raw_output_contents:
                 raise SystemExit(f"{name}: the batched copy answered differently")
-        return asyncio.run(run_all(args, lambda model_id, width, callers: window(
-            runtime.address, runtime.process.pid, model_id, request_for(model_id, width), callers, args)))
+        yield runtime
     finally:
         runtime.stop()
+
+
+def split_cores(runtime_cores: int) -> tuple[set[int], set[int]] | None:
+    """(the runtime's cores, everyone else's) out of this process's, or None to share them all."""
+    cores = sorted(os.sched_getaffinity(0))
+    if runtime_cores <= 0 or runtime_cores >= len(cores):
+        return None
+    return set(cores[:runtime_cores]), set(cores[runtime_cores:])
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process `pid` on `cores` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cores)
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # a thread that ended meanwhile
+
+
+def measure_all(args, runtime, address: str, others: tuple[int, ...] = ()) -> dict:
+    """Every window against `address`; with --runtime-cores, this process (the callers) and
+    `others` (a router, its front) on the cores the runtime was not started on: in a cluster a
+    runtime pod has CPU of its own, and its callers and routers run elsewhere."""
+    split = split_cores(args.runtime_cores)
+    everyone = os.sched_getaffinity(0)
+    if split is not None:
+        for pid in (os.getpid(), *others):
+            pin(pid, split[1])
+    try:
+        return asyncio.run(run_all(args, lambda model_id, width, callers: window(
+            address, runtime, model_id, request_for(model_id, width), callers, args)))
+    finally:
+        pin(os.getpid(), everyone)
+
+
+def through_runtime(args, store: Path, key: str) -> dict:
+    with batching_runtime(args, store, key) as runtime:
+        return measure_all(args, runtime, runtime.address)
+
+
+def through_fabric(args, store: Path, key: str) -> dict:
+    """Callers -> `meshserve router --native-front` -> the runtime's meshserve.stream.v1 stream:
+    how a fabric's callers reach a model. The router's view comes from a real etcd, where an
+    instance record says the runtime holds the models (no agent runs: nothing here moves them)."""
+    from bench.router_overhead import children, publish, start_router
+    from mesh.etcd.keys import Keys
+    from router.native_front.supervisor import NativeFrontError, find_binary
+    from tests.support.etcd_server import EtcdServer
+
+    try:
+        find_binary()
+    except NativeFrontError as error:
+        raise SystemExit(f"the fabric section needs the router's native front: {error}") from None
+    model_ids = [m for n in args.models for m in (n, f"{n}-batched")]
+    with EtcdServer(name="bench") as etcd, batching_runtime(args, store, key) as runtime:
+        asyncio.run(publish(etcd, Keys(fabric="bench"), runtime.address, model_ids))
+        router, address = start_router(etcd, store.parent / "router.log", "--native-front", model=model_ids[-1])
+        try:
+            return measure_all(args, runtime, address, (router.pid, *children(router.pid)))
+        finally:
+            router.terminate()
+            router.wait(30)
 
 
 def report(args, runs: dict, section: str) -> bool:
@@ -203,6 +286,18 @@ def report(args, runs: dict, section: str) -> bool:
     return all(ok for _, ok in checks)
 
 
+#: name -> (heading, measure): in the order they run and are shown.
+SECTIONS = {
+    "in-process": ("In process (ModelManager.run; CPU is this process's)",
+                   lambda args, store, key: asyncio.run(in_process(args, store, key))),
+    "fabric": ("Through the fabric (ModelInfer to a router with its native front, which forwards on the "
+               "runtime's stream; CPU is the runtime's)", through_fabric),
+    "runtime": ("Straight to a runtime process (unary ModelInfer over gRPC; CPU is the runtime's)", through_runtime),
+}
+#: Whose verdicts decide the exit status: how the fabric's callers reach a model.
+VERDICT_SECTION = "fabric"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window per model, mode and caller count")
@@ -213,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=32, help="max_batch_size of the batched copies")
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS),
                         help=f"comma-separated, of {', '.join(MODELS)} (default all)")
-    parser.add_argument("--runtime-only", action="store_true", help="leave out the in-process section")
+    parser.add_argument("--runtime-cores", type=int, default=max(len(os.sched_getaffinity(0)) // 2, 1),
+                        help="cores the runtime gets to itself in the fabric and runtime sections; callers and "
+                             "router get the rest (default half; 0: everyone shares every core)")
+    parser.add_argument("--sections", type=lambda s: s.split(","), default=list(SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS)} (default all)")
     parser.add_argument("runtime_flags", nargs="*", help="extra flags for the runtime process (after --)")
     args = parser.parse_args(argv)
 
@@ -225,19 +324,19 @@ def main(argv: list[str] | None = None) -> int:
         store = Path(tmp) / "store"
         for name in args.models:
             mlp_onnx(store / name / "model.onnx", MODELS[name])
-        sections = {}
-        if not args.runtime_only:
-            sections["In process (ModelManager.run; CPU is this process's)"] = asyncio.run(in_process(args, store, key))
-        sections["Through a runtime process (ModelInfer over gRPC; CPU is the runtime's)"] = \
-            through_runtime(args, store, key)
+        sections = {SECTIONS[name][0]: SECTIONS[name][1](args, store, key) for name in SECTIONS if name in args.sections}
 
     cores = len(os.sched_getaffinity(0))
+    split = split_cores(args.runtime_cores)
+    layout = (f"the runtime on {len(split[0])} of them to itself (cores {sorted(split[0])}), callers and router on "
+              f"the rest" if split else "shared by the callers, the router and the runtime")
     print(f"## Dynamic batching off vs on: ONNX MLPs {', '.join(f'{n} {MODELS[n]}' for n in args.models)}, one row "
           f"per request, max_batch_size {args.max_batch_size}, max_queue_delay_us {args.delay_us}\n")
-    print(f"{cores} CPU cores shared by the client and the runtime (loopback); {args.warmup:g} s warm-up, "
+    print(f"{cores} CPU cores, {layout} (loopback); {args.warmup:g} s warm-up, "
           f"{args.seconds:g} s window, {args.repeats} repeat(s) (median shown); runtime flags "
           f"{' '.join(args.runtime_flags) or '(defaults)'}. 1-min load average before the run: {load_before:.2f}.\n")
-    met = [report(args, runs, section) for section, runs in sections.items()][-1]
+    verdicts = {section: report(args, runs, section) for section, runs in sections.items()}
+    met = verdicts.get(SECTIONS[VERDICT_SECTION][0], all(verdicts.values()))
     if load_before > 0.5:
         print(f"\nWarning: the machine was busy before the run (load {load_before:.2f}); latencies include waits "
               "for CPU that other work took.")

@@ -163,6 +163,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def publish(etcd: EtcdServer, keys: Keys, address: str, model_ids: list[str]) -> None:
+    """An instance record that says the runtime at `address` holds `model_ids` (no agent runs here)."""
     async with EtcdClient([etcd.endpoint]) as client:
         now = int(time.time() * 1000)
         record = InstanceRecord("bench-0", address, 256 << 20,
@@ -201,7 +202,8 @@ def start_native_proxy(upstream: str, log_path: Path) -> tuple[subprocess.Popen,
     return process, f"127.0.0.1:{port}"
 
 
-def start_router(etcd: EtcdServer, log_path: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+def start_router(etcd: EtcdServer, log_path: Path, *flags: str, model: str = "add") -> tuple[subprocess.Popen, str]:
+    """A `meshserve router` of fabric 'bench', once it serves `model`."""
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -210,12 +212,13 @@ def start_router(etcd: EtcdServer, log_path: Path, *flags: str) -> tuple[subproc
              "--log-level", "WARNING", *flags],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     address = f"127.0.0.1:{port}"
-    wait_model_ready(process, address, log_path, "the router", 60)
+    wait_model_ready(process, address, log_path, "the router", 60, model)
     return process, address
 
 
-def wait_model_ready(process: subprocess.Popen, address: str, log_path: Path, what: str, timeout: float) -> None:
-    """Until `what` at `address` says model 'add' is ready; SystemExit with its log if it exits."""
+def wait_model_ready(process: subprocess.Popen, address: str, log_path: Path, what: str, timeout: float,
+                     model: str = "add") -> None:
+    """Until `what` at `address` says `model` is ready; SystemExit with its log if it exits."""
     with grpc.insecure_channel(address) as channel:
         probe = channel.unary_unary("/inference.GRPCInferenceService/ModelReady")
 
@@ -224,11 +227,11 @@ def wait_model_ready(process: subprocess.Popen, address: str, log_path: Path, wh
                 raise SystemExit(f"{what} exited: {log_path.read_text()[-3000:]}")
             try:
                 return pb.ModelReadyResponse.FromString(
-                    probe(pb.ModelReadyRequest(name="add").SerializeToString(), timeout=2)).ready
+                    probe(pb.ModelReadyRequest(name=model).SerializeToString(), timeout=2)).ready
             except grpc.RpcError:
                 return False
 
-        wait_until(ready, timeout, f"{what} to serve model 'add'")
+        wait_until(ready, timeout, f"{what} to serve model '{model}'")
 
 
 def kserve_python(venv: Path) -> Path:

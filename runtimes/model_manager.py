@@ -32,9 +32,10 @@ Guarantees:
   A request whose deadline passed while it waited is not run (DeadlineExceeded).
 - Batching: a model with a batching policy (`runtimes.batching_policy`: its modelKey,
   its config.pbtxt, or `batching`, the runtime's default) runs its requests through its
-  `runtimes.batching.Batcher`: up to `max_concurrency` batches at once (and no more than
-  `infer_threads`), each taking one slot; its requests count against `max_queue` as
-  single ones do, and as queued against `max_instance_queue` until answered.
+  `runtimes.batching.Batcher`: up to `max_batches_at_once` batches at once (the runtime
+  passes its usable cores), no more than `max_concurrency` or `infer_threads`, each taking
+  one slot; its requests count against `max_queue` as single ones do, and as queued
+  against `max_instance_queue` until answered.
 
 Where inference runs: on the worker pool, so a slow model never stalls the event
 loop. A model proven fast (its last `inline_after` runs each took under
@@ -108,6 +109,7 @@ class ManagerConfig:
     max_instance_queue: int = 1024  # requests waiting for a slot, all models together
     max_loading_concurrency: int = 2
     infer_threads: int = 4
+    max_batches_at_once: int = 0  # per batched model (0: no bound of its own), never more than infer_threads
     device: Device = Device()
     inline_below_ns: int = 500_000  # CPU time of the calling thread: immune to GIL waits and preemption
     inline_max_wall_ns: int = 2_000_000  # and wall time, for backends that block without using CPU (GPU syncs)
@@ -277,7 +279,8 @@ class ModelManager(ModelLifecycle):
         entry.slots = asyncio.Semaphore(self.config.max_concurrency)
         policy = self._policies.pop(entry.model_id, None)
         if policy is not None:
-            max_batches = min(self.config.max_concurrency, self.config.infer_threads)
+            max_batches = min(self.config.max_concurrency, self.config.infer_threads,
+                              self.config.max_batches_at_once or self.config.infer_threads)
             entry.batcher = Batcher(entry.model_id, entry.model, policy, entry.slots, max_batches, self._infer_pool,
                                     entry.stats, self._batch_hooks(entry))
 

@@ -156,6 +156,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
         max_instance_queue=settings.max_instance_queue,
         max_loading_concurrency=settings.max_loading_concurrency,
         infer_threads=settings.infer_threads,
+        max_batches_at_once=settings.max_batches_at_once,
         device=device,
         model_fixed_cost=settings.model_fixed_cost or 0,
         batching=default_batching(settings),

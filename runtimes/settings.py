@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from protos.tls import TlsSettings
 
 from protos.limits import DEFAULT_MAX_MESSAGE_BYTES
+from runtimes.cpus import usable_cpus
 from runtimes.sizes import parse_size
 
 
@@ -63,7 +63,11 @@ class RuntimeSettings(TlsSettings):
     model_loading_timeout_ms: int = Field(
         0, ge=0, description="Longest a load may take, reported in runtimeStatus (ModelMesh's modelLoadingTimeoutMs); "
         "0 leaves it to the placement layer. In a fabric the fabric's loading timeout is reported.")
-    infer_threads: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), description="Worker threads running inference.")
+    infer_threads: int = Field(default_factory=lambda: max(2, usable_cpus()), description="Worker threads running "
+                               "inference (default: the usable cores, `runtimes.cpus`, at least 2).")
+    max_batches_at_once: int = Field(default_factory=usable_cpus, ge=1, description="Batches one batched model "
+                                     "runs at once (default: the usable cores). A batch is a core's work: two on "
+                                     "one core only take turns, and each is smaller than one would have been.")
     threads_per_model: int = Field(1, description="Intra-op threads of each model (ONNX Runtime session, torch).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run: auto picks cuda when a GPU is visible.")
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="Largest request or reply (bytes); "

@@ -152,7 +152,7 @@ class HeldOnnxBackend(OnnxBackend):
 
 def _held_manager(max_queue: int, **config) -> tuple[ModelManager, HeldOnnxBackend]:
     backend = HeldOnnxBackend()
-    config = ManagerConfig(capacity_bytes=1 << 30, max_concurrency=1, max_queue=max_queue, **config)
+    config = ManagerConfig(capacity_bytes=1 << 30, max_queue=max_queue, **{"max_concurrency": 1, **config})
     return ModelManager(config, BackendRegistry([backend]), LocalFiles()), backend
 
 
@@ -191,6 +191,33 @@ async def test_the_queue_is_bounded_with_batching(held, store):
         await manager.run("identity", {"IN": np.ones((1, 3), np.int32)}, [])
     backend.gate.set()
     assert [result["OUT"].tolist() for result in await asyncio.gather(*running)] == [[[1, 1, 1]]] * 3
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+async def test_batches_at_once_are_bounded_by_max_batches_at_once(store, at_once):
+    manager, backend = _held_manager(max_queue=8, max_concurrency=4, infer_threads=4, max_batches_at_once=at_once)
+    try:
+        await manager.load("identity", "onnx", str(store["identity"]), _key(max_batch_size=8, max_queue_delay_us=0))
+        model = backend.models[0]
+        first = asyncio.create_task(manager.run("identity", {"IN": np.full((1, 3), 0, np.int32)}, []))
+        await async_wait_until(_async(lambda: model.running == 1), 10, "the first batch to be in flight")
+        rest = [asyncio.create_task(manager.run("identity", {"IN": np.full((1, 3), n, np.int32)}, []))
+                for n in (1, 2, 3)]
+        if at_once == 2:  # a second batch starts beside the first: the delay is 0
+            await async_wait_until(_async(lambda: model.running == 2), 10, "a second batch in flight")
+        else:  # nothing else may start: the three wait for the first batch, and then run as one
+            await async_wait_until(_async(lambda: manager.entries()["identity"].in_flight == 4), 10, "all queued")
+            assert model.running == 1
+        backend.gate.set()
+        results = await asyncio.gather(first, *rest)
+        assert [r["OUT"].tolist() for r in results] == [[[n] * 3] for n in range(4)]
+        if at_once == 1:
+            assert model.calls == [1, 3]
+        else:
+            assert model.calls[0] == 1 and sum(model.calls) == 4
+    finally:
+        backend.gate.set()
+        await manager.close()
 
 
 async def test_unload_waits_for_a_batch_in_flight(held, store):

@@ -14,14 +14,19 @@
   server) and `modelmesh_req_queue_delay_milliseconds` (a request's wait for one of its
   model's concurrency slots; for a batched model, for its batch to start) and
   `meshserve_batch_size` (the rows of each batch a batched model ran; Triton's
-  inference count over execution count, as a distribution). With `per_model` the invoke histogram also has `modelId` and
+  inference count over execution count, as a distribution), and `meshserve_requests_in_flight`
+  (requests taken and not yet answered, queued or running, all models: Triton's pending
+  count plus those executing), a gauge read when scraped, so it costs a request nothing.
+  With `per_model` the invoke histogram also has `modelId` and
   `vModelId` (always empty here: only the router knows the name a caller used), for at most
   `max_models` distinct models.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from protos.metrics_exposition import MODEL_SIZE_BUCKETS, TIMING_BUCKETS_MS, BareCounter, BoundedLabels
 
@@ -78,6 +83,7 @@ class RuntimeMetrics(LifecycleMetrics):
 
     def __init__(self, registry: CollectorRegistry, *, per_model: bool = False, max_models: int = 100) -> None:
         super().__init__(registry)
+        self._registry = registry
         self.per_model = per_model
         self._label = BoundedLabels(max_models)
         labels = ["method", "code", "modelId", "vModelId"] if per_model else ["method", "code"]
@@ -98,6 +104,11 @@ class RuntimeMetrics(LifecycleMetrics):
         if child is None:
             child = self._children[key] = self.invoke.labels(*key)
         child.observe(seconds * 1000)
+
+    def watch_requests(self, in_flight: Callable[[], float]) -> None:
+        """`meshserve_requests_in_flight`, read from `in_flight` when scraped (from the metrics thread)."""
+        Gauge("meshserve_requests_in_flight", "Requests taken and not yet answered (queued or running), all models.",
+              registry=self._registry).set_function(in_flight)
 
     def request_queued(self, seconds: float) -> None:
         self.queue_delay.observe(seconds * 1000)

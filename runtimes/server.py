@@ -183,6 +183,7 @@ async def start_runtime(settings: RuntimeSettings, registry: CollectorRegistry |
     manager.add_probe(metrics)
     manager.on_request_queued = metrics.request_queued
     manager.on_batch_run = metrics.batch_ran
+    metrics.watch_requests(manager.requests_in_flight)
     ready = asyncio.Event()
     # Streamed calls carry a request or reply plus a frame's id and headers, and a router may
     # re-point a request at its model (a longer name): grpc allows a frame more than

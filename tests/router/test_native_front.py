@@ -11,7 +11,9 @@ test_stream.py, whose fixtures and helpers these tests share.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
+import urllib.request
 
 import grpc
 import numpy as np
@@ -44,6 +46,7 @@ from tests.router.test_stream import (  # noqa: F401 - fixtures shared with the 
     stream_store,
     the_callers_deadline_reaches_the_runtime,
 )
+from tests.support import gated_estimator
 from tests.support.native_front import require_native_front
 from tests.support.waiting import wait_until
 
@@ -258,6 +261,45 @@ async def test_calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, nativ
     running, survivor = await calls_in_flight_on_a_killed_runtime_retry_elsewhere(fabric, _native_router(native), gated,
                                                                                   own_runtime, tmp_path)
     assert running.router.streamed_calls().get(survivor.address) == 4
+
+
+async def test_calls_queued_behind_a_batch_run_as_one_batch_on_the_runtime(fabric, native, gated, own_runtime):
+    """The fabric's path to a batched model: calls the front sends on the runtime's stream while
+    the model's one batch at a time runs wait in its batcher, then run as one batch, and each
+    caller gets its own rows back."""
+    gate, started, model = gated
+    runtime = own_runtime("--max-batches-at-once", "1")
+    runtime.load("slow", model("slow", offset=100), "sklearn",
+                 json.dumps({"batching": {"max_batch_size": 8, "max_queue_delay_us": 0}}))
+    await fabric.publish("g0", runtime, ["slow"])
+    running, address, registry = await native()
+
+    def infer(value: float) -> list[float]:
+        tensor = grpcclient.InferInput("input-0", [1, 1], "FP64")
+        tensor.set_data_from_numpy(np.array([[value]]))
+        with grpcclient.InferenceServerClient(address) as client:
+            return client.infer("slow", [tensor], client_timeout=60).as_numpy("predict").tolist()
+
+    first = asyncio.create_task(asyncio.to_thread(infer, 0.0))
+    await asyncio.to_thread(wait_until, lambda: gated_estimator.started(started) == 1, 10, "the first batch to run")
+    rest = [asyncio.create_task(asyncio.to_thread(infer, float(n))) for n in (1, 2, 3)]
+    await asyncio.to_thread(wait_until, lambda: _runtime_gauge(runtime, "meshserve_requests_in_flight") == 4, 10,
+                            "three calls queued behind the running one")
+    assert gated_estimator.started(started) == 1
+    gate.touch()
+    assert await asyncio.gather(first, *rest) == [[100.0], [101.0], [102.0], [103.0]]
+    assert gated_estimator.started(started) == 2  # the first call alone, then the three as one batch
+    with grpcclient.InferenceServerClient(runtime.address) as client:
+        stats = client.get_inference_statistics("slow").model_stats[0]
+    assert (stats.inference_count, stats.execution_count) == (4, 2)
+    await asyncio.to_thread(_answered_here, registry, 4)
+    assert running.router.streamed_calls() == {}  # the front's calls, not the Python router's
+    assert _runtime_gauge(runtime, "meshserve_requests_in_flight") == 0
+
+
+def _runtime_gauge(runtime, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 async def test_a_runtime_without_the_stream_gets_unary_calls(fabric, native, own_runtime, stream_store):

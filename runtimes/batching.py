@@ -166,11 +166,17 @@ class Batcher:
             wait = self._delay_s - waited
             if available >= self._target or wait <= 0 or not self._running:
                 return self._take(head, available)
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), wait)
-            except TimeoutError:
-                pass
+            await self._next_arrival(wait)
+
+    async def _next_arrival(self, seconds: float) -> None:
+        """Until a request arrives (or goes, or a batch ends), `seconds` at most. A timer that
+        sets the event costs a fraction of asyncio.wait_for, which starts a task per wait."""
+        self._arrived.clear()
+        timer = asyncio.get_running_loop().call_later(seconds, self._arrived.set)
+        try:
+            await self._arrived.wait()
+        finally:
+            timer.cancel()
 
     def _drop_dead(self) -> None:
         now = None

@@ -41,6 +41,8 @@ __all__ = ["FRAME_MARGIN_BYTES", "InferenceStreamServicer", "add_to_server"]
 
 log = logging.getLogger(__name__)
 
+#: What a call's task is cancelled with when its deadline passes (its answer: DEADLINE_EXCEEDED).
+_DEADLINE = "the call's deadline passed"
 #: Room a frame needs beyond its request or reply (id, headers, deadline).
 FRAME_MARGIN_BYTES = 1 << 20
 SERVICE = "meshserve.stream.v1.InferenceStream"
@@ -89,10 +91,14 @@ class InferenceStreamServicer:
                                                          "the runtime is shutting down")))
                     else:
                         task = loop.create_task(self._run(frame, replies, max_reply))
+                        # One timer per call, not an asyncio.timeout: that costs several times more.
+                        expiry = loop.call_later(frame.timeout_us / 1e6, task.cancel, _DEADLINE) \
+                            if frame.timeout_us else None
                         running[frame.id] = task
                         self._calls.add(task)
                         self._idle.clear()
-                        task.add_done_callback(lambda done, call_id=frame.id: self._call_done(running, call_id, done))
+                        task.add_done_callback(lambda done, call_id=frame.id, expiry=expiry:
+                                               self._call_done(running, call_id, done, expiry))
 
         reader = loop.create_task(read(), name="stream-calls reader")
         writer = loop.create_task(replies.send(), name="stream-calls writer")
@@ -108,7 +114,10 @@ class InferenceStreamServicer:
             for task in (reader, drained, writer, *running.values()):
                 task.cancel()  # the router went away: its calls go with it
 
-    def _call_done(self, running: dict[int, asyncio.Task], call_id: int, task: asyncio.Task) -> None:
+    def _call_done(self, running: dict[int, asyncio.Task], call_id: int, task: asyncio.Task,
+                   expiry: asyncio.TimerHandle | None) -> None:
+        if expiry is not None:
+            expiry.cancel()
         if running.get(call_id) is task:
             del running[call_id]
         self._calls.discard(task)
@@ -122,11 +131,12 @@ class InferenceStreamServicer:
         try:
             timeout = frame.timeout_us / 1e6 if frame.timeout_us else None
             try:
-                async with asyncio.timeout(timeout):
-                    request, body = self._infer_bytes(frame, started + timeout if timeout else None)
-                    model_name = request.model_name
-                    body = await body
-            except TimeoutError:
+                request, body = self._infer_bytes(frame, started + timeout if timeout else None)
+                model_name = request.model_name
+                body = await body
+            except asyncio.CancelledError as cancelled:
+                if cancelled.args != (_DEADLINE,):
+                    raise  # a cancel frame, or the stream went away
                 raise _CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
             if len(body) > self._max_message_bytes:
                 raise MessageTooLarge(f"the reply of model '{model_name}'", len(body), self._max_message_bytes)

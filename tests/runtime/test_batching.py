@@ -214,7 +214,7 @@ async def test_batches_at_once_are_bounded_by_max_batches_at_once(store, at_once
         if at_once == 1:
             assert model.calls == [1, 3]
         else:
-            assert model.calls[0] == 1 and sum(model.calls) == 4
+            assert 1 in model.calls and sum(model.calls) == 4  # the two held batches pass the gate in either order
     finally:
         backend.gate.set()
         await manager.close()

@@ -103,6 +103,7 @@ async def in_process_window(manager, model_id: str, x: np.ndarray, callers: int,
         while (started := clock()) < end:
             await manager.run(model_id, {"x": x}, [])
             finished = clock()
+            await asyncio.sleep(0)  # a run on the event loop does not yield: let the other callers (and the clock) in
             if begin <= finished < end:
                 latencies.append(finished - started)
 
@@ -270,13 +271,15 @@ def report(args, runs: dict, section: str) -> bool:
         print(f"| {name} | {callers} | {row['speedup']:.2f} | {row['cpu off/on']:.2f} | {row['p99 on - off ms']:+.2f} "
               f"| {row['p50 on - off ms']:+.2f} |")
 
+    # The targets: the heavier model at the most callers (throughput, p99), and a lone
+    # caller of either model (added latency). The other rows are figures, not verdicts.
     top, low = max(args.callers), min(args.callers)
     heavy = ratios.get(("heavy", top))
     checks = [
         *([(f"heavy at {top} callers: {heavy['speedup']:.2f}x the requests/s (target >= {TARGET_SPEEDUP:g}x)",
-            heavy["speedup"] >= TARGET_SPEEDUP)] if heavy else []),
-        *((f"{name} at {callers} callers: p99 {row['p99 on - off ms']:+.2f} ms (target <= +{delay_ms:g} ms)",
-           row["p99 on - off ms"] <= delay_ms) for (name, callers), row in ratios.items()),
+            heavy["speedup"] >= TARGET_SPEEDUP),
+           (f"heavy at {top} callers: p99 {heavy['p99 on - off ms']:+.2f} ms (target <= +{delay_ms:g} ms)",
+            heavy["p99 on - off ms"] <= delay_ms)] if heavy else []),
         *((f"{name} at {low} caller(s): p50 {ratios[(name, low)]['p50 on - off ms']:+.2f} ms "
            f"(target <= +{delay_ms:g} ms)", ratios[(name, low)]["p50 on - off ms"] <= delay_ms) for name in args.models),
     ]

@@ -17,10 +17,13 @@ Steps, each printed as a row of a markdown table:
    unloading gives the memory back;
 4. `--cycles` load/unload cycles (default 100) of a model of `--cycle-size-mb` per backend:
    device memory in use after them less before, and the time per cycle;
-5. batching on vs off on the device: a hook (`batching_on_vs_off`) that reports n/a until
-   the runtime has a dynamic batching option (issue #18's other half, built on its own branch).
+5. batching on vs off on the device: bench/batching.py's heavier model (four 1024-wide
+   layers) as TorchScript in a model manager, unbatched and batched, 32 concurrent callers
+   and then one: requests/s, the mean batch, p50 at one caller, and the batched answers
+   checked against the same requests alone.
 
-    python bench/gpu_check.py [--size-mb 500] [--cycles 100] [--cycle-size-mb 64] [--device cuda|cpu] [--out FILE]
+    python bench/gpu_check.py [--size-mb 500] [--cycles 100] [--cycle-size-mb 64] [--device cuda|cpu] [--batching-seconds 2]
+                            [--out FILE]
 
 `--device cpu` runs the same steps on the CPU, to try the script where there is no GPU.
 Exit status: 0 every check passed, 1 a check failed, 2 no CUDA device for `--device cuda`.
@@ -29,8 +32,10 @@ Exit status: 0 every check passed, 1 a check failed, 2 no CUDA device for `--dev
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import functools
+import json
 import sys
 import tempfile
 import time
@@ -47,11 +52,11 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from runtimes.backends import Device, LoadedModel  # noqa: E402
+from runtimes.backends import BackendRegistry, Device, LoadedModel  # noqa: E402
 from runtimes.backends.onnx_backend import OnnxBackend  # noqa: E402
 from runtimes.backends.torch_backend import TorchBackend  # noqa: E402
 from runtimes.device_memory import DeviceMeter, read_device_memory  # noqa: E402
-from runtimes.model_manager import ManagerConfig  # noqa: E402
+from runtimes.model_manager import ManagerConfig, ModelManager  # noqa: E402
 from tests.support.models import add_onnx, exported_mlp, torchscript_linear  # noqa: E402
 
 MIB = 1 << 20
@@ -252,15 +257,86 @@ def load_unload_cycles(report: Report, work: Path, device: Device, target: torch
                    f"{cycles} cycles {kept / MIB:+.0f} MiB against before")
 
 
-def batching_on_vs_off(report: Report) -> None:
-    """Hook for dynamic batching on the device (issue #18's other half): n/a until the
-    runtime's ManagerConfig has a batching option; then: one model, concurrent small
-    requests, throughput and latency with it on and off."""
-    options = [f.name for f in dataclasses.fields(ManagerConfig) if "batch" in f.name]
-    if not options:
-        report.row("batching on vs off", None, "no dynamic batching option in this runtime yet (hook: batching_on_vs_off)")
-        return
-    report.row("batching on vs off", None, f"batching options {options} exist; this hook is not filled in yet")
+@dataclasses.dataclass
+class _OnDisk:
+    local_path: Path
+
+
+class _FilesOnDisk:
+    """The model manager's artifacts, for files this script wrote (no puller, no storage)."""
+
+    async def pull(self, model_id: str, model_path: str, model_key: str | None = None) -> _OnDisk:
+        return _OnDisk(Path(model_path))
+
+    async def release(self, model_id: str) -> None:
+        pass
+
+
+def batching_model(folder: Path, width: int = 1024, layers: int = 4) -> Path:
+    """bench/batching.py's heavier model (`layers` Linear(width, width) with ReLU) as TorchScript,
+    with a schema.json that gives it a batch dimension (one TorchScript cannot say its shapes)."""
+    torch.manual_seed(0)
+    body = [module for _ in range(layers) for module in (torch.nn.Linear(width, width), torch.nn.ReLU())]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(torch.nn.Sequential(*body[:-1]).eval()).save(str(folder / "model.pt"))
+    spec = {"datatype": "FP32", "shape": [-1, width]}
+    (folder / "schema.json").write_text(json.dumps({"inputs": [{"name": "x", **spec}],
+                                                    "outputs": [{"name": "y", **spec}]}))
+    return folder
+
+
+async def _callers(manager: ModelManager, model_id: str, rows: list[np.ndarray], seconds: float) -> tuple[float, list[float]]:
+    """len(rows) callers, each sending its row back to back for `seconds`: (requests/s, latencies)."""
+    clock = time.perf_counter
+    end = clock() + seconds
+    latencies: list[float] = []
+
+    async def caller(x: np.ndarray) -> None:
+        while (started := clock()) < end:
+            await manager.run(model_id, {"x": x}, [])
+            latencies.append(clock() - started)
+            await asyncio.sleep(0)  # a run on the event loop does not yield
+
+    await asyncio.gather(*(caller(x) for x in rows))
+    return len(latencies) / seconds, latencies
+
+
+async def _batching_figures(folder: Path, device: Device, callers: int, seconds: float) -> tuple[bool, str]:
+    config = ManagerConfig(capacity_bytes=16 << 30, device=device, max_concurrency=8, max_queue=4 * callers)
+    manager = ModelManager(config, BackendRegistry([TorchBackend()]), _FilesOnDisk())
+    key = json.dumps({"batching": {"max_batch_size": 32, "max_queue_delay_us": 500}})
+    try:
+        await manager.load("off", "pytorch", str(folder))
+        await manager.load("on", "pytorch", str(folder), key)
+        rng = np.random.default_rng(0)
+        rows = [rng.random((1, 1024), dtype=np.float32) for _ in range(callers)]
+        # The batched answers against the same requests alone (concurrent, so they batch).
+        alone = [await manager.run("off", {"x": x}, []) for x in rows]
+        together = await asyncio.gather(*(manager.run("on", {"x": x}, []) for x in rows))
+        same = all(close(a, b) for a, b in zip(together, alone))
+        figures = {}
+        for mode in ("off", "on", "off", "on"):  # alternating; the second of each counts (warm)
+            stats = manager.get(mode).stats
+            before = (stats.inference_count, stats.execution_count)
+            rps, _ = await _callers(manager, mode, rows, seconds)
+            after = (stats.inference_count, stats.execution_count)
+            _, lone = await _callers(manager, mode, rows[:1], seconds / 2)
+            figures[mode] = rps, float(np.median(lone)) * 1000, (after[0] - before[0]) / max(after[1] - before[1], 1)
+        (off, off_p50, _), (on, on_p50, batch) = figures["off"], figures["on"]
+        return same, (f"{callers} callers: off {off:,.0f} req/s, on {on:,.0f} req/s (**{on / off:.2f}x**), mean "
+                      f"batch {batch:.1f}; 1 caller p50 {off_p50:.2f} ms off, {on_p50:.2f} ms on; batched answers "
+                      f"{'equal' if same else 'DIFFER FROM'} those alone")
+    finally:
+        await manager.close()
+
+
+def batching_on_vs_off(report: Report, work: Path, device: Device, callers: int = 32, seconds: float = 2.0) -> None:
+    """Dynamic batching on the device: the heavier model of bench/batching.py as TorchScript,
+    in a model manager twice (as it is; batched with max_batch_size 32, max_queue_delay_us
+    500), `callers` concurrent one-row requests and then one caller, each way; the
+    batched answers checked against the same requests alone."""
+    same, detail = asyncio.run(_batching_figures(batching_model(work / "batching-mlp"), device, callers, seconds))
+    report.row("batching on vs off (TorchScript 4x1024 MLP)", same, detail)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=100, help="load/unload cycles per backend (default 100)")
     parser.add_argument("--cycle-size-mb", type=int, default=64, help="size of the cycled model (default 64)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--batching-seconds", type=float, default=2.0, help="each window of the batching step")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -284,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         small_models(report, work, device, target)
         large_model(report, work, device, target, args.size_mb)
         load_unload_cycles(report, work, device, target, args.cycle_size_mb, args.cycles)
-        batching_on_vs_off(report)
+        batching_on_vs_off(report, work, device, seconds=args.batching_seconds)
     if args.out:
         args.out.write_text("\n".join(report.lines) + "\n")
     print("\nevery check passed" if not report.failed else "\nSOME CHECKS FAILED", flush=True)

@@ -164,12 +164,18 @@ async def held():
     await manager.close()
 
 
-async def test_a_request_whose_deadline_passes_in_the_queue_is_not_run(held, store):
-    manager, backend = held
+async def _one_batch_in_flight(manager, backend, store) -> tuple[HeldModel, asyncio.Task]:
+    """The identity model loaded batched (4 rows, no delay) and one request of ones whose batch is held in flight."""
     await manager.load("identity", "onnx", str(store["identity"]), _key(max_batch_size=4, max_queue_delay_us=0))
     model = backend.models[0]
-    first = asyncio.create_task(manager.run("identity", {"IN": np.ones((1, 3), np.int32)}, []))
+    call = asyncio.create_task(manager.run("identity", {"IN": np.ones((1, 3), np.int32)}, []))
     await async_wait_until(_async(lambda: model.running), 10, "the first batch to be in flight")
+    return model, call
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_not_run(held, store):
+    manager, backend = held
+    model, first = await _one_batch_in_flight(manager, backend, store)
     deadline = time.perf_counter() + 0.05
     late = asyncio.create_task(manager.run("identity", {"IN": np.full((2, 3), 7, np.int32)}, [], deadline))
     timely = asyncio.create_task(manager.run("identity", {"IN": np.full((1, 3), 8, np.int32)}, []))
@@ -250,10 +256,7 @@ async def test_batches_of_a_model_proven_fast_run_on_the_event_loop(store):
 
 async def test_unload_waits_for_a_batch_whose_callers_went_away(held, store):
     manager, backend = held
-    await manager.load("identity", "onnx", str(store["identity"]), _key(max_batch_size=4, max_queue_delay_us=0))
-    model = backend.models[0]
-    call = asyncio.create_task(manager.run("identity", {"IN": np.ones((1, 3), np.int32)}, []))
-    await async_wait_until(_async(lambda: model.running), 10, "the batch to be in flight")
+    model, call = await _one_batch_in_flight(manager, backend, store)
     call.cancel()  # its caller goes: the model has nothing in flight, but the batch still runs
     unload = asyncio.create_task(manager.unload("identity"))
     await async_wait_until(_async(lambda: manager.entries()["identity"].in_flight == 0

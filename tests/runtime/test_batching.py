@@ -374,9 +374,14 @@ async def test_unary_calls_that_queue_behind_a_batch_run_as_one(held_server, sto
     manager, backend, client = held_server
     await manager.load("identity", "onnx", str(store["identity"]), _key(max_batch_size=8, max_queue_delay_us=0))
     model = backend.models[0]
-    calls = [asyncio.create_task(client.infer("identity", [_tensor(np.full((1, 3), n, np.int32))])) for n in range(4)]
-    await async_wait_until(_async(lambda: model.running and manager.get("identity").in_flight == 4), 10,
-                           "one call in flight and three queued")
+    def call(n: int) -> asyncio.Task:
+        return asyncio.create_task(client.infer("identity", [_tensor(np.full((1, 3), n, np.int32))]))
+
+    # The first alone, then the rest: sent together, all four could reach the server in one read.
+    calls = [call(0)]
+    await async_wait_until(_async(lambda: model.running), 10, "the first call's batch in flight")
+    calls += [call(n) for n in range(1, 4)]
+    await async_wait_until(_async(lambda: manager.get("identity").in_flight == 4), 10, "three calls queued behind it")
     backend.gate.set()
     results = [(await call).as_numpy("OUT").tolist() for call in calls]
     assert sorted(results) == [[[n] * 3] for n in range(4)]

@@ -83,7 +83,6 @@ class RuntimeMetrics(LifecycleMetrics):
 
     def __init__(self, registry: CollectorRegistry, *, per_model: bool = False, max_models: int = 100) -> None:
         super().__init__(registry)
-        self._registry = registry
         self.per_model = per_model
         self._label = BoundedLabels(max_models)
         labels = ["method", "code", "modelId", "vModelId"] if per_model else ["method", "code"]
@@ -93,6 +92,8 @@ class RuntimeMetrics(LifecycleMetrics):
         self.queue_delay = Histogram("modelmesh_req_queue_delay_milliseconds",
                                      "Time a request waited for its model's concurrency slot.",
                                      buckets=TIMING_BUCKETS_MS, registry=registry)
+        self.in_flight = Gauge("meshserve_requests_in_flight", "Requests taken and not yet answered (queued or "
+                               "running), all models.", registry=registry)
         self.batch_size = Histogram("meshserve_batch_size", "Rows of each batch a batched model ran.",
                                     buckets=BATCH_SIZE_BUCKETS, registry=registry)
         # Label lookups cost microseconds per call; keep the children (bounded by the label cap).
@@ -106,9 +107,8 @@ class RuntimeMetrics(LifecycleMetrics):
         child.observe(seconds * 1000)
 
     def watch_requests(self, in_flight: Callable[[], float]) -> None:
-        """`meshserve_requests_in_flight`, read from `in_flight` when scraped (from the metrics thread)."""
-        Gauge("meshserve_requests_in_flight", "Requests taken and not yet answered (queued or running), all models.",
-              registry=self._registry).set_function(in_flight)
+        """`meshserve_requests_in_flight` reads `in_flight` when scraped (from the metrics thread)."""
+        self.in_flight.set_function(in_flight)
 
     def request_queued(self, seconds: float) -> None:
         self.queue_delay.observe(seconds * 1000)

@@ -135,7 +135,6 @@ class ModelManager(ModelLifecycle):
         self._load_pool = ThreadPoolExecutor(config.max_loading_concurrency, thread_name_prefix="load")
         self._infer_pool = ThreadPoolExecutor(config.infer_threads, thread_name_prefix="infer")
         self._queued = 0  # requests waiting for a concurrency slot, all models together
-        self._in_flight = 0  # requests taken and not answered, all models (read by the metrics thread)
         #: Told how long each pooled request waited for a concurrency slot (seconds; metrics).
         #: Inline runs take no slot and wait for none, so they are not reported.
         self.on_request_queued: Callable[[float], None] | None = None
@@ -311,8 +310,9 @@ class ModelManager(ModelLifecycle):
 
     # -- requests -----------------------------------------------------------
     def requests_in_flight(self) -> int:
-        """Requests taken and not yet answered, queued or running, all models (an int: safe from any thread)."""
-        return self._in_flight
+        """Requests taken and not yet answered, queued or running, all models. Called from the
+        metrics thread: `entries()` copies the dict in one C call, which no other thread interrupts."""
+        return sum(entry.in_flight for entry in self.entries().values())
 
     async def run(self, model_id: str, inputs: dict[str, np.ndarray], output_names: list[str],
                   deadline: float | None = None) -> dict[str, np.ndarray]:
@@ -321,7 +321,6 @@ class ModelManager(ModelLifecycle):
         entry = self.get(model_id)
         self._admit(model_id, entry)
         entry.in_flight += 1
-        self._in_flight += 1
         entry.idle.clear()
         queued_at = time.perf_counter_ns()
         abandoned = False  # cancelled while a worker thread runs it: released when that ends
@@ -374,8 +373,8 @@ class ModelManager(ModelLifecycle):
             if not abandoned:
                 self._leave(entry)
 
-    def _leave(self, entry: ModelEntry) -> None:
-        self._in_flight -= 1
+    @staticmethod
+    def _leave(entry: ModelEntry) -> None:
         entry.in_flight -= 1
         if entry.in_flight == 0:
             entry.idle.set()

@@ -91,14 +91,10 @@ class InferenceStreamServicer:
                                                          "the runtime is shutting down")))
                     else:
                         task = loop.create_task(self._run(frame, replies, max_reply))
-                        # One timer per call, not an asyncio.timeout: that costs several times more.
-                        expiry = loop.call_later(frame.timeout_us / 1e6, task.cancel, _DEADLINE) \
-                            if frame.timeout_us else None
                         running[frame.id] = task
                         self._calls.add(task)
                         self._idle.clear()
-                        task.add_done_callback(lambda done, call_id=frame.id, expiry=expiry:
-                                               self._call_done(running, call_id, done, expiry))
+                        task.add_done_callback(lambda done, call_id=frame.id: self._call_done(running, call_id, done))
 
         reader = loop.create_task(read(), name="stream-calls reader")
         writer = loop.create_task(replies.send(), name="stream-calls writer")
@@ -114,10 +110,7 @@ class InferenceStreamServicer:
             for task in (reader, drained, writer, *running.values()):
                 task.cancel()  # the router went away: its calls go with it
 
-    def _call_done(self, running: dict[int, asyncio.Task], call_id: int, task: asyncio.Task,
-                   expiry: asyncio.TimerHandle | None) -> None:
-        if expiry is not None:
-            expiry.cancel()
+    def _call_done(self, running: dict[int, asyncio.Task], call_id: int, task: asyncio.Task) -> None:
         if running.get(call_id) is task:
             del running[call_id]
         self._calls.discard(task)
@@ -130,6 +123,9 @@ class InferenceStreamServicer:
         model_name = ""
         try:
             timeout = frame.timeout_us / 1e6 if frame.timeout_us else None
+            # One timer that cancels this task, not an asyncio.timeout: that costs several times more.
+            expiry = asyncio.get_running_loop().call_later(timeout, asyncio.current_task().cancel, _DEADLINE) \
+                if timeout else None
             try:
                 request, body = self._infer_bytes(frame, started + timeout if timeout else None)
                 model_name = request.model_name
@@ -138,6 +134,9 @@ class InferenceStreamServicer:
                 if cancelled.args != (_DEADLINE,):
                     raise  # a cancel frame, or the stream went away
                 raise _CallFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            finally:
+                if expiry is not None:
+                    expiry.cancel()
             if len(body) > self._max_message_bytes:
                 raise MessageTooLarge(f"the reply of model '{model_name}'", len(body), self._max_message_bytes)
             if len(body) > max_reply:  # what the router refuses of a unary reply

@@ -38,8 +38,8 @@ from mesh.etcd.errors import StoreError
 from mesh.etcd.keys import Keys
 from mesh.instance.metrics import AgentMetrics
 from mesh.instance.publisher import Publisher, RecordBuilder
-from mesh.instance.record_writer import (Change, ModelRecordWriter, earlier_run_claim_change, load_failed_change,
-                                         loaded_change, unloaded_change)
+from mesh.instance.record_writer import (Change, ModelRecordWriter, earlier_run_claim_change, has_earlier_runs_claim,
+                                         load_failed_change, loaded_change, unloaded_change)
 from mesh.instance.registration import Registration
 from mesh.instance.room import LruRoomMaker
 from mesh.state.registry import Registry
@@ -183,9 +183,7 @@ class InstanceAgent(AsyncClosing):
             return
         held = self._manager.entries()
         for model_id, record in records.items():
-            claim = record.copies.get(self.instance_id)
-            if claim is not None and claim.state == "loading" and claim.since_ms < self._started_ms \
-                    and model_id not in held:
+            if model_id not in held and has_earlier_runs_claim(record, self.instance_id, self._started_ms):
                 log.info("instance %s: dropping the loading claim on %s an earlier run left", self.instance_id,
                          model_id)
                 self._writer.submit(model_id, earlier_run_claim_change(self.instance_id, self._started_ms))

@@ -25,8 +25,8 @@ from mesh.etcd.errors import StoreClosed, StoreError, StoreUnavailable
 from mesh.state.registry import ModelNotRegistered, Registry, RegistryConflict
 from runtimes.errors import CapacityExhausted, LoadFailed
 
-__all__ = ["Change", "ModelRecordWriter", "earlier_run_claim_change", "load_failed_change", "loaded_change",
-           "unloaded_change"]
+__all__ = ["Change", "ModelRecordWriter", "earlier_run_claim_change", "has_earlier_runs_claim", "load_failed_change",
+           "loaded_change", "unloaded_change"]
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,19 @@ def unloaded_change(instance_id: str, last_used_ms: int) -> Change:
     return change
 
 
+def has_earlier_runs_claim(record: ModelRecord, instance_id: str, started_ms: int) -> bool:
+    """Whether the record holds a `loading` claim on the instance's id made before it started."""
+    claim = record.copies.get(instance_id)
+    return claim is not None and claim.state == "loading" and claim.since_ms < started_ms
+
+
 def earlier_run_claim_change(instance_id: str, started_ms: int) -> Change:
     """The instance drops a `loading` claim on its id made before it started: an earlier run
     under the same id died mid-load and no one will finish it (callers would wait on it for
     the whole loading timeout). A claim made since is left alone."""
 
     def change(record: ModelRecord) -> ModelRecord:
-        claim = record.copies.get(instance_id)
-        if claim is None or claim.state != "loading" or claim.since_ms >= started_ms:
+        if not has_earlier_runs_claim(record, instance_id, started_ms):
             return record
         return replace(record, copies={i: c for i, c in record.copies.items() if i != instance_id})
 

@@ -163,14 +163,9 @@ def batching_runtime(args, store: Path, key: str):
     """A `meshserve runtime` holding each model twice, as it is and batched (`key`), checked to answer alike."""
     from tests.support.runtime_process import start_runtime_process
 
-    split = split_cores(args.runtime_cores)
-    everyone = os.sched_getaffinity(0)
-    if split is not None:  # started on its cores, it sizes its threads and batches by them (runtimes.cpus)
-        os.sched_setaffinity(0, split[0])
-    try:
+    # Started on its cores, it sizes its threads and batches by them (runtimes.cpus).
+    with on_cores(args.cores and args.cores[0]):
         runtime = start_runtime_process(store.parent / "runtime", *args.runtime_flags, capacity="2GiB")
-    finally:
-        os.sched_setaffinity(0, everyone)
     try:
         for name, widths in ((n, MODELS[n]) for n in args.models):
             runtime.load(name, store / name, "onnx")
@@ -201,20 +196,27 @@ def pin(pid: int, cores: set[int]) -> None:
             pass  # a thread that ended meanwhile
 
 
+@contextmanager
+def on_cores(cores: set[int] | None, *others: int):
+    """This process, and the processes `others`, on `cores` for the block (None: as they are);
+    this process back on all its cores after it (its children keep theirs)."""
+    everyone = os.sched_getaffinity(0)
+    if cores:
+        for pid in (os.getpid(), *others):
+            pin(pid, cores)
+    try:
+        yield
+    finally:
+        pin(os.getpid(), everyone)
+
+
 def measure_all(args, runtime, address: str, others: tuple[int, ...] = ()) -> dict:
     """Every window against `address`; with --runtime-cores, this process (the callers) and
     `others` (a router, its front) on the cores the runtime was not started on: in a cluster a
     runtime pod has CPU of its own, and its callers and routers run elsewhere."""
-    split = split_cores(args.runtime_cores)
-    everyone = os.sched_getaffinity(0)
-    if split is not None:
-        for pid in (os.getpid(), *others):
-            pin(pid, split[1])
-    try:
+    with on_cores(args.cores and args.cores[1], *others):
         return asyncio.run(run_all(args, lambda model_id, width, callers: window(
             address, runtime, model_id, request_for(model_id, width), callers, args)))
-    finally:
-        pin(os.getpid(), everyone)
 
 
 def through_runtime(args, store: Path, key: str) -> dict:
@@ -318,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(SECTIONS)} (default all)")
     parser.add_argument("runtime_flags", nargs="*", help="extra flags for the runtime process (after --)")
     args = parser.parse_args(argv)
+    args.cores = split_cores(args.runtime_cores)  # (the runtime's, everyone else's), or None
 
     from tests.support.models import mlp_onnx
 
@@ -330,9 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         sections = {SECTIONS[name][0]: SECTIONS[name][1](args, store, key) for name in SECTIONS if name in args.sections}
 
     cores = len(os.sched_getaffinity(0))
-    split = split_cores(args.runtime_cores)
-    layout = (f"the runtime on {len(split[0])} of them to itself (cores {sorted(split[0])}), callers and router on "
-              f"the rest" if split else "shared by the callers, the router and the runtime")
+    layout = (f"the runtime on {len(args.cores[0])} of them to itself (cores {sorted(args.cores[0])}), callers and "
+              f"router on the rest" if args.cores else "shared by the callers, the router and the runtime")
     print(f"## Dynamic batching off vs on: ONNX MLPs {', '.join(f'{n} {MODELS[n]}' for n in args.models)}, one row "
           f"per request, max_batch_size {args.max_batch_size}, max_queue_delay_us {args.delay_us}\n")
     print(f"{cores} CPU cores, {layout} (loopback); {args.warmup:g} s warm-up, "
